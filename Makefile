@@ -1,0 +1,33 @@
+# RoadSeg. Every target depends on `setup`, which is idempotent and quick when nothing is missing.
+PY := .venv/bin/python
+DATA ?= ../shared/data/massachusetts-roads/train
+QGIS_PROFILE ?= $(HOME)/.local/share/QGIS/QGIS3/profiles/default
+
+.PHONY: setup test test-fast demo bench evaluate package install-plugin clean
+
+setup:
+	@bash scripts/setup.sh
+
+test: setup
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q
+
+test-fast: setup
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -m "not slow"
+
+demo: setup
+	$(PY) scripts/demo.py
+
+bench: setup
+	$(PY) -m bench
+
+evaluate: setup
+	$(PY) -m training evaluate --data $(DATA) --json out.json
+
+package: setup
+	$(PY) scripts/package.py
+
+install-plugin: package
+	$(PY) scripts/install_plugin.py --profile "$(QGIS_PROFILE)"
+
+clean:
+	rm -rf dist build .pytest_cache demo_output

@@ -1,0 +1,1 @@
+"""QGIS-free core: model, checkpoint, tiling, engine, vectoriser. Never imports qgis."""

@@ -1,0 +1,79 @@
+"""Shared fixtures: small real rasters and a tiny real model, written into tmp folders."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data" / "massachusetts-roads" / "train"
+needs_shared_data = pytest.mark.skipif(
+    not (SHARED_DATA / "images").is_dir(),
+    reason=f"real Massachusetts tiles not found at {SHARED_DATA} (they live beside the repository)",
+)
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+
+def draw_roads(size: int, rng: np.random.Generator, n: int = 3, width: int = 5) -> np.ndarray:
+    """A boolean mask of a few straight roads across a square."""
+    mask = np.zeros((size, size), bool)
+    for _ in range(n):
+        if rng.random() < 0.5:
+            r = int(rng.integers(width, size - width))
+            mask[r - width // 2:r + width // 2 + 1, :] = True
+        else:
+            c = int(rng.integers(width, size - width))
+            mask[:, c - width // 2:c + width // 2 + 1] = True
+    return mask
+
+
+def road_image(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """uint8 RGB (3, H, W): grey roads on green-brown noise, so a tiny model can learn it."""
+    h, w = mask.shape
+    base = np.stack([np.full((h, w), 70), np.full((h, w), 110), np.full((h, w), 60)]).astype(np.float32)
+    base += rng.normal(0, 12, (3, h, w))
+    base[:, mask] = 170 + rng.normal(0, 8, (3, int(mask.sum())))
+    return np.clip(base, 0, 254).astype(np.uint8)
+
+
+def write_png_pair(root: Path, name: str, image: np.ndarray, mask: np.ndarray) -> None:
+    import rasterio
+
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    with rasterio.open(root / "images" / f"{name}.png", "w", driver="PNG", width=image.shape[2],
+                       height=image.shape[1], count=image.shape[0], dtype="uint8") as dst:
+        dst.write(image)
+    with rasterio.open(root / "masks" / f"{name}.png", "w", driver="PNG", width=mask.shape[1],
+                       height=mask.shape[0], count=1, dtype="uint8") as dst:
+        dst.write((mask * 255).astype(np.uint8)[None])
+
+
+@pytest.fixture
+def road_dataset(tmp_path: Path) -> Path:
+    """A folder of 4 generated 96x96 image/mask PNG pairs."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "data"
+    for i in range(4):
+        mask = draw_roads(96, rng)
+        write_png_pair(root, f"tile{i}", road_image(mask, rng), mask)
+    return root
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path: Path) -> Path:
+    """A real (untrained) depth-2, base-4 U-Net checkpoint."""
+    import torch
+
+    from roadseg_plugin.core.checkpoint import ModelMeta, save_checkpoint
+    from roadseg_plugin.core.unet import build_model
+
+    torch.manual_seed(0)
+    config = {"in_channels": 3, "base_channels": 4, "depth": 2}
+    model = build_model("unet", **config)
+    meta = ModelMeta(arch_config=config, tile=64, overlap=16, threshold=0.5)
+    path = tmp_path / "tiny.pt"
+    save_checkpoint(path, model, meta)
+    return path

@@ -1,0 +1,1 @@
+"""Training package: datasets, augmentation, trainer, callbacks and the `python -m training` CLI."""

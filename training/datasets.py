@@ -1,0 +1,199 @@
+"""Image/mask folders: pairing, loading with rasterio, no-data masks and random training crops.
+
+A dataset folder holds `images/` and `masks/` paired by file stem. Samples are dicts with
+`image` (float32, C x H x W, 0..1), `mask` (float32, H x W, 1 = road) and `valid`
+(float32, H x W, 0 where the image is no-data: all-white pixels or the raster's own mask).
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+from rasterio.enums import ColorInterp
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from torch.nn import functional as F
+from torch.utils.data import Dataset
+
+from roadseg_plugin.core.errors import DatasetError
+
+from .augment import augment
+
+log = logging.getLogger(__name__)
+MIN_VALID = 0.5  # crops with less valid area carry too little signal
+
+
+@dataclass
+class Tile:
+    """One decoded image/mask pair held in memory."""
+
+    name: str
+    image: np.ndarray  # uint8 (C, H, W)
+    mask: np.ndarray  # bool (H, W)
+    valid: np.ndarray  # bool (H, W)
+    gsd_m: float | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.mask.shape
+
+
+def find_pairs(root: str | Path, skip_bad: bool = False) -> list[tuple[str, Path, Path]]:
+    """(stem, image path, mask path) for every pair under `root/images` and `root/masks`."""
+    root = Path(root)
+    img_dir, mask_dir = root / "images", root / "masks"
+    for d in (img_dir, mask_dir):
+        if not d.is_dir():
+            raise DatasetError(d, "folder not found",
+                               "a dataset folder needs images/ and masks/ paired by file stem")
+    images = {p.stem: p for p in sorted(img_dir.iterdir()) if p.is_file() and not p.name.startswith(".")}
+    masks = {p.stem: p for p in sorted(mask_dir.iterdir()) if p.is_file() and not p.name.startswith(".")}
+    pairs = []
+    for stem in sorted(images.keys() | masks.keys()):
+        if stem not in masks or stem not in images:
+            lonely = images.get(stem) or masks.get(stem)
+            other = "masks/" if stem not in masks else "images/"
+            _bad(DatasetError(lonely, f"has no partner in {other}", f"add {other}{stem}.* or remove it"), skip_bad)
+            continue
+        pairs.append((stem, images[stem], masks[stem]))
+    if not pairs:
+        raise DatasetError(root, "no image/mask pairs found", "put images in images/ and masks in masks/")
+    return pairs
+
+
+def _bad(error: DatasetError, skip: bool) -> None:
+    if not skip:
+        raise error
+    warnings.warn(f"skipping: {error}", stacklevel=3)
+    log.warning("skipping: %s", error)
+
+
+def _colour_bands(src: rasterio.DatasetReader, count: int) -> list[int]:
+    bands = [i + 1 for i, ci in enumerate(src.colorinterp) if ci != ColorInterp.alpha]
+    if len(bands) < count:
+        raise DatasetError(src.name, f"has {len(bands)} image band(s), the model needs {count}",
+                           "use images with the model's bands")
+    return bands[:count]
+
+
+def read_image(path: Path, bands: int = 3) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """uint8 (C, H, W) image, its valid mask and its ground sampling distance (None if unknown)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as src:
+            idx = _colour_bands(src, bands)
+            image = src.read(idx)
+            valid = src.dataset_mask() > 0
+            gsd = abs(src.res[0]) if src.crs is not None and src.crs.is_projected else None
+    if image.dtype != np.uint8:
+        raise DatasetError(path, f"is {image.dtype}, training reads 8-bit images", "convert it to 8-bit")
+    valid &= ~np.all(image == 255, axis=0)  # white no-data areas (see the data README)
+    return image, valid, gsd
+
+
+def read_mask(path: Path) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as src:
+            return src.read(1) > 127
+
+
+def load_tiles(root: str | Path, bands: int = 3, skip_bad: bool = False) -> list[Tile]:
+    """Decode every pair of a dataset folder once; errors name the offending file."""
+    tiles = []
+    for stem, img_path, mask_path in find_pairs(root, skip_bad):
+        try:
+            image, valid, gsd = read_image(img_path, bands)
+            try:
+                mask = read_mask(mask_path)
+            except RasterioIOError as exc:
+                raise DatasetError(mask_path, f"cannot be read ({exc})", "replace or remove the file") from None
+        except RasterioIOError as exc:
+            _bad(DatasetError(img_path, f"cannot be read ({exc})", "replace or remove the file"), skip_bad)
+            continue
+        except DatasetError as exc:
+            _bad(exc, skip_bad)
+            continue
+        if mask.shape != valid.shape:
+            _bad(DatasetError(mask_path, f"is {mask.shape[1]}x{mask.shape[0]} but its image is "
+                              f"{valid.shape[1]}x{valid.shape[0]}", "masks must match their image size"), skip_bad)
+            continue
+        tiles.append(Tile(stem, image, mask, valid, gsd))
+    if not tiles:
+        raise DatasetError(root, "no usable image/mask pairs", "fix the files named above")
+    return tiles
+
+
+def split_tiles(tiles: list[Tile], val_fraction: float, seed: int) -> tuple[list[Tile], list[Tile]]:
+    """Split by whole tile (never by crop), reproducibly."""
+    order = np.random.default_rng(seed).permutation(len(tiles))
+    n_val = max(1, round(len(tiles) * val_fraction)) if len(tiles) > 1 else 0
+    val = [tiles[i] for i in sorted(order[:n_val])]
+    train = [tiles[i] for i in sorted(order[n_val:])]
+    return train, val
+
+
+def band_stats(tiles: list[Tile], scale: float = 1 / 255) -> tuple[list[float], list[float]]:
+    """Per-band mean and std over valid pixels (sub-sampled), in model input units."""
+    samples = [t.image[:, t.valid][:, ::97].astype(np.float64) * scale for t in tiles]
+    pixels = np.concatenate(samples, axis=1)
+    return pixels.mean(axis=1).tolist(), np.maximum(pixels.std(axis=1), 1e-3).tolist()
+
+
+class RandomCropDataset(Dataset):
+    """`length` random crops per epoch, tiles chosen by area; deterministic per (seed, epoch, index)."""
+
+    def __init__(self, tiles: list[Tile], tile: int, length: int, mean: list[float], std: list[float],
+                 augment: bool = True, scale_jitter: float = 0.0, seed: int = 0) -> None:
+        self.tiles, self.tile, self.length = tiles, tile, length
+        self.mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
+        self.std = torch.tensor(std, dtype=torch.float32)[:, None, None]
+        self.augment, self.scale_jitter, self.seed = augment, scale_jitter, seed
+        self.epoch = 0
+        areas = np.array([t.valid.sum() for t in tiles], dtype=np.float64)
+        self.weights = areas / areas.sum()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def crop(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        size = self.tile
+        if self.augment and self.scale_jitter > 0:
+            size = int(round(self.tile * np.exp(rng.uniform(-1, 1) * np.log1p(self.scale_jitter))))
+        for attempt in range(20):
+            t = self.tiles[rng.choice(len(self.tiles), p=self.weights)]
+            h, w = t.shape
+            s = min(size, h, w)
+            r, c = rng.integers(0, h - s + 1), rng.integers(0, w - s + 1)
+            valid = t.valid[r:r + s, c:c + s]
+            if valid.mean() >= MIN_VALID or attempt == 19:
+                break
+        sample = {
+            "image": torch.from_numpy(t.image[:, r:r + s, c:c + s].astype(np.float32) / 255.0),
+            "mask": torch.from_numpy(t.mask[r:r + s, c:c + s].astype(np.float32)),
+            "valid": torch.from_numpy(valid.astype(np.float32)),
+        }
+        return resize_sample(sample, self.tile) if s != self.tile else sample
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        sample = self.crop(rng)
+        if self.augment:
+            sample = augment(sample, rng)
+        sample["image"] = (sample["image"] - self.mean) / self.std
+        return sample
+
+
+def resize_sample(sample: dict[str, torch.Tensor], size: int) -> dict[str, torch.Tensor]:
+    """Resize a crop to `size`: bilinear image; labels re-thresholded so they stay binary."""
+    image = F.interpolate(sample["image"][None], size=(size, size), mode="bilinear", align_corners=False)[0]
+    labels = torch.stack([sample["mask"], sample["valid"]])[None]
+    labels = F.interpolate(labels, size=(size, size), mode="bilinear", align_corners=False)[0]
+    return {"image": image, "mask": (labels[0] > 0.5).float(), "valid": (labels[1] > 0.99).float()}

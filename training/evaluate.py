@@ -1,0 +1,57 @@
+"""Evaluate a model on whole tiles: pixel, relaxed and topology metrics."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from roadseg_plugin.core.checkpoint import ModelMeta, load_model
+from roadseg_plugin.core.metrics import PixelCounts, pixel_counts
+from roadseg_plugin.core.predictor import TorchPredictor, normalise
+from roadseg_plugin.core.tiling import predict_array
+
+from .datasets import Tile, load_tiles
+
+METRIC_KEYS = ("iou", "precision", "recall", "f1", "relaxed_precision", "relaxed_recall", "relaxed_f1")
+
+
+def evaluate_tiles(tiles: list[Tile], predict: Callable[[np.ndarray], np.ndarray], threshold: float,
+                   on_tile: Callable[[str, dict], None] | None = None) -> dict:
+    """Micro-averaged metrics over all tiles, plus each tile's own figures."""
+    total, per_tile = PixelCounts(), []
+    for tile in tiles:
+        prob = predict(tile.image)
+        counts = pixel_counts(prob >= threshold, tile.mask, tile.valid)
+        total = total + counts
+        row = {"name": tile.name, **counts.metrics()}
+        per_tile.append(row)
+        if on_tile:
+            on_tile(tile.name, row)
+    return {**total.metrics(), "threshold": threshold, "tiles": len(tiles), "per_tile": per_tile}
+
+
+def evaluate_model(model_path: str | Path | None, data: str | Path, device: str = "auto",
+                   threshold: float | None = None, batch_size: int = 8,
+                   on_tile: Callable[[str, dict], None] | None = None) -> dict:
+    model, meta = load_model(model_path)
+    predictor = TorchPredictor(model, device)
+
+    def predict(image: np.ndarray) -> np.ndarray:
+        return predict_array(normalise(image, meta), predictor, meta.tile, meta.overlap, batch_size)
+
+    tiles = load_tiles(data, bands=meta.in_channels)
+    return evaluate_tiles(tiles, predict, meta.threshold if threshold is None else threshold, on_tile)
+
+
+def format_table(result: dict) -> str:
+    lines = [f"{'tile':<24}" + "".join(f"{k:>18}" for k in METRIC_KEYS)]
+    for row in result["per_tile"]:
+        lines.append(f"{row['name'][:24]:<24}" + "".join(f"{row[k]:>18.4f}" for k in METRIC_KEYS))
+    lines.append(f"{'ALL (micro)':<24}" + "".join(f"{result[k]:>18.4f}" for k in METRIC_KEYS))
+    extra = {k: v for k, v in result.items() if k not in METRIC_KEYS and k != "per_tile"}
+    lines.append("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in extra.items()))
+    return "\n".join(lines)
+
+
+__all__ = ["evaluate_model", "evaluate_tiles", "format_table", "ModelMeta"]
