@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 from pathlib import Path
 
 import torch
@@ -51,6 +52,8 @@ class TrainConfig:
     gsd_m: float | None = None
     description: str = ""
     callbacks: list = field(default_factory=list)
+    on_progress: Callable[[float], None] | None = None
+    is_cancelled: Callable[[], bool] | None = None
 
 
 def _model_and_meta(cfg: TrainConfig, train_tiles: list[Tile]) -> tuple[torch.nn.Module, ModelMeta]:
@@ -96,7 +99,8 @@ def train_model(cfg: TrainConfig) -> Trainer:
                  CSVLogger(out / "history.csv"), LossPlot(out / "loss.png"),
                  PredictionGif(out / "predictions.gif", size=min(cfg.tile, 256)), *cfg.callbacks]
     fit = FitConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, workers=cfg.workers,
-                    max_minutes=cfg.max_minutes, compile=cfg.compile)
+                    max_minutes=cfg.max_minutes, compile=cfg.compile, on_progress=cfg.on_progress,
+                    is_cancelled=cfg.is_cancelled)
     trainer = Trainer(model, meta, data, val_tiles, out, fit, device, callbacks)
     if cfg.resume and (out / "last.pt").exists():
         trainer.load_last()

@@ -10,7 +10,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -45,6 +45,8 @@ class FitConfig:
     amp: bool = True
     compile: bool = False
     val_batch_size: int = 8
+    on_progress: Callable[[float], None] | None = None  # fraction of all epochs done, 0..1
+    is_cancelled: Callable[[], bool] | None = None  # checked between batches
 
 
 class Trainer:
@@ -109,6 +111,8 @@ class Trainer:
                     break
                 t0 = time.monotonic()
                 train_loss = self.train_epoch()
+                if self.stop_training:  # cancelled mid-epoch: no half-epoch in the history
+                    break
                 logs = {"epoch": self.epoch + 1, "train_loss": train_loss, **self.validate(),
                         "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.monotonic() - t0}
                 self.epoch += 1
@@ -158,6 +162,13 @@ class Trainer:
             total += loss.item() * len(x)
             count += len(x)
             bar.set_postfix(loss=f"{total / count:.4f}")
+            if self.config.on_progress is not None:
+                done = self.epoch + count / len(self.train_data)
+                self.config.on_progress(min(1.0, done / self.config.epochs))
+            if self.config.is_cancelled is not None and self.config.is_cancelled():
+                log.warning("cancelled: stopping after this batch")
+                self.stop_training = True
+                break
         return total / max(count, 1)
 
     @torch.no_grad()
