@@ -42,7 +42,7 @@ class ModelMeta:
     threshold: float = 0.5
     val_metrics: dict[str, float] = field(default_factory=dict)
     data: str = ""
-    torch_version: str = field(default_factory=lambda: torch.__version__)
+    torch_version: str = field(default_factory=lambda: str(torch.__version__))
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -94,16 +94,22 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(path, "model file not found", "check the path or pass --model")
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic[:2] != b"PK" and magic[:1] != b"\x80":  # torch.save writes a zip (or a legacy pickle)
+        raise CheckpointError(path, "not a PyTorch checkpoint",
+                              "pass a .pt file written by `python -m training train`")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+        if "Unsupported global" in str(exc):
             raise CheckpointError(path, "file contains pickled Python objects and was refused for safety",
                                   "use a checkpoint written by RoadSeg (tensors and plain types only)") from None
         raise CheckpointError(path, "not a PyTorch checkpoint",
                               "pass a .pt file written by `python -m training train`") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise CheckpointError(path, f"file is truncated or damaged ({str(exc).splitlines()[0][:80]})",
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError, KeyError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:80]
+        raise CheckpointError(path, f"file is truncated or damaged ({reason})",
                               "copy the model file again or retrain") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(path, "not a RoadSeg checkpoint",
