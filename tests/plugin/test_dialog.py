@@ -1,0 +1,177 @@
+"""The Segment roads dialog in a real (offscreen) QGIS: layers, model defaults, extents, result."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("qgis.core")
+torch = pytest.importorskip("torch")
+
+from qgis.core import (  # noqa: E402
+    QgsCoordinateReferenceSystem,
+    QgsFeature,
+    QgsGeometry,
+    QgsPointXY,
+    QgsRasterLayer,
+    QgsRectangle,
+    QgsVectorLayer,
+)
+
+from roadseg_plugin.dialog import EXTENT_CANVAS, EXTENT_LAYER, EXTENT_SELECTION, SegmentDialog  # noqa: E402
+from roadseg_plugin.params import SegmentParams  # noqa: E402
+from tests.plugin.conftest import UTM19_ORIGIN, write_road_geotiff  # noqa: E402
+
+
+@pytest.fixture
+def model_037(tmp_path: Path) -> Path:
+    """A tiny checkpoint whose metadata threshold (0.37) differs from every default."""
+    from roadseg_plugin.core.checkpoint import ModelMeta, save_checkpoint
+    from roadseg_plugin.core.unet import build_model
+
+    config = {"in_channels": 3, "base_channels": 4, "depth": 2}
+    path = tmp_path / "model037.pt"
+    save_checkpoint(path, build_model("unet", **config),
+                    ModelMeta(arch_config=config, tile=64, overlap=16, threshold=0.37))
+    return path
+
+
+@pytest.fixture
+def dialog(qgis_iface, road_raster_layer):
+    dlg = SegmentDialog(qgis_iface)
+    yield dlg
+    dlg.deleteLater()
+
+
+def _select_extent(dlg: SegmentDialog, mode: str) -> None:
+    dlg.extent_combo.setCurrentIndex(dlg.extent_combo.findData(mode))
+
+
+def test_lists_loaded_raster_layers_only(qgis_iface, road_raster_layer, tmp_path):
+    from qgis.core import QgsProject
+
+    second = QgsRasterLayer(str(write_road_geotiff(tmp_path / "second.tif", seed=3)[0]), "second")
+    lines = QgsVectorLayer("LineString?crs=EPSG:32619", "some lines", "memory")
+    QgsProject.instance().addMapLayers([second, lines])
+    dlg = SegmentDialog(qgis_iface)
+    names = {dlg.layer_combo.layer(i).name() for i in range(dlg.layer_combo.count())}
+    assert names == {"aerial", "second"}
+    dlg.deleteLater()
+
+
+def test_device_list_and_defaults(dialog):
+    devices = [dialog.device_combo.itemText(i) for i in range(dialog.device_combo.count())]
+    assert devices[:2] == ["auto", "cpu"]
+    assert ("cuda" in devices) == torch.cuda.is_available()
+    assert dialog.extent_combo.currentData() == EXTENT_LAYER
+    assert not dialog.polygon_combo.isEnabled()
+    assert dialog.output_path() is None  # empty output field = temporary layer
+    assert not dialog.probability_check.isChecked()
+
+
+def test_threshold_default_comes_from_the_model(dialog, model_037):
+    dialog.model_widget.setFilePath(str(model_037))
+    assert dialog.threshold_spin.value() == pytest.approx(0.37)
+    assert "0.37" in dialog.model_info.text()
+    params = dialog.params()
+    assert params.threshold == pytest.approx(0.37)
+    assert params.model_path == str(model_037)
+
+
+def test_corrupt_model_disables_run(dialog, tmp_path):
+    from qgis.PyQt.QtWidgets import QDialogButtonBox
+
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    dialog.model_widget.setFilePath(str(bad))
+    assert not dialog.buttons.button(QDialogButtonBox.Ok).isEnabled()
+    assert "broken.pt" in dialog.model_info.text()
+
+
+def test_returns_params_with_the_chosen_values(dialog, road_raster_layer, model_037, tmp_path):
+    dialog.layer_combo.setLayer(road_raster_layer)
+    dialog.model_widget.setFilePath(str(model_037))
+    dialog.device_combo.setCurrentText("cpu")
+    dialog.threshold_spin.setValue(0.6)
+    dialog.min_length_spin.setValue(42.0)
+    dialog.output_widget.setFilePath(str(tmp_path / "out" / "roads.shp"))
+    dialog.probability_check.setChecked(True)
+
+    params = dialog.params()
+    assert isinstance(params, SegmentParams)
+    assert params == SegmentParams(
+        layer_id=road_raster_layer.id(), model_path=str(model_037), device="cpu", extent=None,
+        threshold=0.6, min_length=42.0, output=str(tmp_path / "out" / "roads.shp"),
+        add_probability=True, layer_name="Roads (aerial)")
+    assert params.output_driver == "ESRI Shapefile"
+
+    dialog.output_widget.setFilePath(str(tmp_path / "noext"))
+    assert dialog.params().output == str(tmp_path / "noext.gpkg")
+
+
+def test_canvas_extent_is_reprojected_and_clipped(dialog, qgis_iface, road_raster_layer):
+    canvas = qgis_iface.mapCanvas()
+    canvas.setDestinationCrs(QgsCoordinateReferenceSystem("EPSG:32619"))
+    x0, y0 = UTM19_ORIGIN
+    canvas.setExtent(QgsRectangle(x0 + 10, y0 - 50, x0 + 40, y0 - 20))
+    shown = canvas.extent()  # the canvas widens to its aspect ratio
+    _select_extent(dialog, EXTENT_CANVAS)
+    xmin, ymin, xmax, ymax = dialog.params().extent
+    layer_extent = road_raster_layer.extent()
+    assert xmin == pytest.approx(max(shown.xMinimum(), layer_extent.xMinimum()))
+    assert xmax == pytest.approx(min(shown.xMaximum(), layer_extent.xMaximum()))
+    assert ymin == pytest.approx(max(shown.yMinimum(), layer_extent.yMinimum()))
+    assert ymax == pytest.approx(min(shown.yMaximum(), layer_extent.yMaximum()))
+
+    # A view in another CRS is brought into the raster's CRS.
+    canvas.setDestinationCrs(QgsCoordinateReferenceSystem("EPSG:4326"))
+    from qgis.core import QgsCoordinateTransform, QgsProject
+
+    to_wgs = QgsCoordinateTransform(road_raster_layer.crs(), QgsCoordinateReferenceSystem("EPSG:4326"),
+                                    QgsProject.instance())
+    canvas.setExtent(to_wgs.transformBoundingBox(QgsRectangle(x0 + 20, y0 - 60, x0 + 60, y0 - 30)))
+    xmin, ymin, xmax, ymax = dialog.params().extent
+    assert x0 - 1 < xmin < x0 + 25 and y0 - 96 <= ymin < y0 - 55
+    canvas.setDestinationCrs(QgsCoordinateReferenceSystem("EPSG:32619"))
+
+
+def test_selected_polygons_give_their_bounding_box_in_raster_crs(dialog, road_raster_layer):
+    from qgis.core import QgsCoordinateTransform, QgsProject
+
+    wgs84 = QgsCoordinateReferenceSystem("EPSG:4326")
+    polygons = QgsVectorLayer("Polygon?crs=EPSG:4326", "areas", "memory")
+    to_wgs = QgsCoordinateTransform(road_raster_layer.crs(), wgs84, QgsProject.instance())
+    x0, y0 = UTM19_ORIGIN
+    feats = []
+    for rect in (QgsRectangle(x0 + 10, y0 - 40, x0 + 30, y0 - 20), QgsRectangle(x0 + 500, y0 - 900,
+                                                                                 x0 + 520, y0 - 880)):
+        feat = QgsFeature()
+        feat.setGeometry(QgsGeometry.fromRect(to_wgs.transformBoundingBox(rect)))
+        feats.append(feat)
+    polygons.dataProvider().addFeatures(feats)
+    QgsProject.instance().addMapLayer(polygons)
+    dialog.polygon_combo.setLayer(polygons)
+    _select_extent(dialog, EXTENT_SELECTION)
+    assert dialog.polygon_combo.isEnabled()
+
+    with pytest.raises(ValueError, match="Select at least one feature"):
+        dialog.params()
+    dialog.accept()
+    assert dialog.result() != dialog.Accepted
+    assert "Select at least one feature" in dialog.error_label.text()
+
+    polygons.selectByIds([polygons.getFeatures().__next__().id()])
+    xmin, ymin, xmax, ymax = dialog.params().extent
+    assert xmin == pytest.approx(x0 + 10, abs=0.5) and xmax == pytest.approx(x0 + 30, abs=0.5)
+    assert ymin == pytest.approx(y0 - 40, abs=0.5) and ymax == pytest.approx(y0 - 20, abs=0.5)
+
+    far = [f.id() for f in polygons.getFeatures()][1]
+    polygons.selectByIds([far])
+    with pytest.raises(ValueError, match="does not overlap"):
+        dialog.params()
+
+
+def test_accept_closes_with_valid_values(dialog, tiny_checkpoint):
+    dialog.model_widget.setFilePath(str(tiny_checkpoint))
+    dialog.accept()
+    assert dialog.result() == dialog.Accepted

@@ -1,0 +1,110 @@
+"""RoadSegPlugin in a real (offscreen) QGIS with pytest-qgis's iface: action, menu, provider, deps."""
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("qgis.core")
+
+from qgis.core import Qgis, QgsApplication  # noqa: E402
+from qgis.PyQt.QtWidgets import QToolBar  # noqa: E402
+
+import roadseg_plugin  # noqa: E402
+from roadseg_plugin import deps  # noqa: E402
+from roadseg_plugin.plugin import ACTION_TEXT, MENU, RoadSegPlugin  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+HAS_PROVIDER = importlib.util.find_spec("roadseg_plugin.processing.provider") is not None \
+    if importlib.util.find_spec("roadseg_plugin.processing") is not None else False
+needs_provider = pytest.mark.skipif(not HAS_PROVIDER, reason="roadseg_plugin/processing/provider.py not written yet")
+
+
+@pytest.fixture
+def plugin(qgis_iface, qgis_processing, qgis_new_project):
+    qgis_iface.messageBar().clear_messages()
+    instance = roadseg_plugin.classFactory(qgis_iface)
+    instance.initGui()
+    yield instance
+    if instance.action is not None:
+        instance.unload()
+
+
+def _toolbar_actions(iface) -> list:
+    return [a for tb in iface.mainWindow().findChildren(QToolBar) for a in tb.actions()]
+
+
+def test_class_factory_returns_the_plugin(qgis_iface):
+    assert isinstance(roadseg_plugin.classFactory(qgis_iface), RoadSegPlugin)
+
+
+def test_init_gui_adds_action_menu_and_toolbar(plugin, qgis_iface):
+    action = plugin.action
+    assert action is not None and action.text() == ACTION_TEXT
+    assert not action.icon().isNull()
+    assert action in _toolbar_actions(qgis_iface)
+    qgis_iface.addPluginToRasterMenu.assert_called_with(MENU, action)
+    # Dependencies are present in the test environment: no message.
+    assert qgis_iface.messageBar().get_messages(Qgis.Warning) == []
+
+
+@needs_provider
+def test_init_gui_registers_the_processing_provider(plugin):
+    registry = QgsApplication.processingRegistry()
+    provider = registry.providerById("roadseg")
+    assert provider is not None and provider is plugin.provider
+    ids = {alg.name() for alg in provider.algorithms()}
+    assert {"segmentroads", "vectorisemask"} <= ids
+
+
+def test_unload_removes_action_toolbar_and_provider(plugin, qgis_iface):
+    action = plugin.action
+    plugin.unload()
+    QgsApplication.processEvents()
+    assert plugin.action is None and plugin.toolbar is None
+    assert action not in _toolbar_actions(qgis_iface)
+    qgis_iface.removePluginRasterMenu.assert_called_with(MENU, action)
+    assert QgsApplication.processingRegistry().providerById("roadseg") is None
+
+
+def test_load_unload_twice(qgis_iface, qgis_processing):
+    for _ in range(2):
+        instance = roadseg_plugin.classFactory(qgis_iface)
+        instance.initGui()
+        instance.unload()
+    QgsApplication.processEvents()
+    assert not [a for a in _toolbar_actions(qgis_iface) if a.text() == ACTION_TEXT]
+    assert QgsApplication.processingRegistry().providerById("roadseg") is None
+
+
+def test_missing_dependencies_give_one_message_with_the_install_command(
+        qgis_iface, qgis_processing, qgis_new_project, monkeypatch):
+    real = deps._installed
+    monkeypatch.setattr(deps, "_installed", lambda name: name != "torch" and real(name))
+    assert deps.missing_dependencies() == ["torch"]
+    bar = qgis_iface.messageBar()
+    bar.clear_messages()
+    instance = roadseg_plugin.classFactory(qgis_iface)
+    instance.initGui()  # still loads
+    try:
+        assert instance.action is not None
+        warnings = bar.get_messages(Qgis.Warning)
+        assert len(warnings) == 1
+        assert deps.install_command() in warnings[0]
+        assert bar.get_messages(Qgis.Critical) == []
+        # Running the action repeats the advice instead of opening a dialog that cannot work.
+        instance.action.trigger()
+        assert len(bar.get_messages(Qgis.Warning)) == 2
+    finally:
+        instance.unload()
+
+
+def test_plugin_module_does_not_import_torch_or_rasterio():
+    code = ("import sys; import roadseg_plugin; import roadseg_plugin.plugin; "
+            "heavy = [m for m in ('torch', 'rasterio', 'geopandas') if m in sys.modules]; "
+            "print(heavy); sys.exit(1 if heavy else 0)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
