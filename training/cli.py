@@ -55,10 +55,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(args.out / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logging.getLogger().addHandler(handler)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k not in ("command", "func", "gsd")},
                       gsd_m=args.gsd)
-    trainer = train_model(cfg)
+    try:
+        trainer = train_model(cfg)
+    finally:
+        root.removeHandler(handler)
+        handler.close()
     print(f"done: {trainer.epoch} epoch(s); outputs in {args.out}/ (best.pt, last.pt, history.csv, "
           f"loss.png, predictions.gif, metrics.json, train.log)")
     return 0

@@ -1,0 +1,135 @@
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.transform import from_origin
+
+from roadseg_plugin.core.errors import DatasetError
+from tests.conftest import draw_roads, road_image, write_png_pair
+from training.datasets import RandomCropDataset, find_pairs, load_tiles, read_image, resize_sample, split_tiles
+
+
+def test_pairs_by_stem(road_dataset):
+    pairs = find_pairs(road_dataset)
+    assert [p[0] for p in pairs] == ["tile0", "tile1", "tile2", "tile3"]
+    assert all(img.parent.name == "images" and m.parent.name == "masks" for _, img, m in pairs)
+
+
+def test_missing_folder_names_it(tmp_path):
+    with pytest.raises(DatasetError, match=r"images: folder not found; a dataset folder needs images/"):
+        find_pairs(tmp_path)
+
+
+def test_missing_partner_is_an_error_or_skipped(road_dataset):
+    (road_dataset / "masks" / "tile2.png").unlink()
+    with pytest.raises(DatasetError, match=r"tile2\.png: has no partner in masks/"):
+        find_pairs(road_dataset)
+    with pytest.warns(UserWarning, match="tile2"):
+        assert [p[0] for p in find_pairs(road_dataset, skip_bad=True)] == ["tile0", "tile1", "tile3"]
+
+
+def test_mismatched_sizes(road_dataset):
+    rng = np.random.default_rng(1)
+    write_png_pair(road_dataset, "odd", road_image(draw_roads(64, rng), rng), draw_roads(80, rng))
+    with pytest.raises(DatasetError, match=r"masks/odd\.png: is 80x80 but its image is 64x64"):
+        load_tiles(road_dataset)
+    assert len(load_tiles(road_dataset, skip_bad=True)) == 4
+
+
+def test_unreadable_file(road_dataset):
+    (road_dataset / "images" / "tile1.png").write_bytes(b"garbage")
+    with pytest.raises(DatasetError, match=r"images/tile1\.png: cannot be read"):
+        load_tiles(road_dataset)
+    with pytest.warns(UserWarning):
+        assert [t.name for t in load_tiles(road_dataset, skip_bad=True)] == ["tile0", "tile2", "tile3"]
+
+
+def test_white_pixels_are_not_valid(tmp_path):
+    rng = np.random.default_rng(2)
+    mask = draw_roads(64, rng)
+    image = road_image(mask, rng)
+    image[:, :10, :] = 255  # painted no-data strip (roads in the mask still run through it)
+    image[0, 30, 30] = 255  # white in one band only: still valid
+    write_png_pair(tmp_path, "a", image, mask)
+    tile = load_tiles(tmp_path)[0]
+    assert not tile.valid[:10].any()
+    assert tile.valid[10:].all()
+
+
+def test_raster_nodata_and_jpeg_and_geotiff(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    rng = np.random.default_rng(3)
+    mask = draw_roads(32, rng)
+    image = road_image(mask, rng)
+    image[:, :, :4] = 0
+    profile = dict(driver="GTiff", width=32, height=32, count=3, dtype="uint8", nodata=0,
+                   crs="EPSG:32619", transform=from_origin(300000, 4600000, 0.5, 0.5))
+    with rasterio.open(tmp_path / "images" / "g.tif", "w", **profile) as dst:
+        dst.write(image)
+    with rasterio.open(tmp_path / "masks" / "g.jpg", "w", driver="JPEG", width=32, height=32, count=1,
+                       dtype="uint8") as dst:
+        dst.write((mask * 255).astype(np.uint8)[None])
+    tile = load_tiles(tmp_path)[0]
+    assert not tile.valid[:, :4].any() and tile.valid[:, 4:].all()
+    assert tile.gsd_m == 0.5
+    assert (tile.mask == mask).mean() > 0.98  # JPEG artefacts stay on the right side of 127
+
+
+def test_rgba_alpha_marks_nodata(tmp_path):
+    rng = np.random.default_rng(4)
+    mask = draw_roads(32, rng)
+    rgba = np.concatenate([road_image(mask, rng), np.full((1, 32, 32), 255, np.uint8)])
+    rgba[3, 20:, :] = 0
+    write_png_pair(tmp_path, "rgba", rgba, mask)
+    image, valid, _ = read_image(tmp_path / "images" / "rgba.png")
+    assert image.shape[0] == 3 and not valid[20:].any() and valid[:20].all()
+
+
+def test_split_is_by_tile_and_reproducible(road_dataset):
+    tiles = load_tiles(road_dataset)
+    train, val = split_tiles(tiles, 0.25, seed=0)
+    assert len(val) == 1 and len(train) == 3
+    assert not {t.name for t in train} & {t.name for t in val}
+    assert [t.name for t in split_tiles(tiles, 0.25, seed=0)[1]] == [t.name for t in val]
+
+
+def test_crops_keep_image_and_labels_aligned(tmp_path):
+    # Roads are drawn bright in the image: after crop + augmentation, bright pixels must be road.
+    rng = np.random.default_rng(5)
+    mask = draw_roads(128, rng, n=4)
+    image = np.where(mask, 250, 10).astype(np.uint8)[None].repeat(3, 0)
+    write_png_pair(tmp_path, "t", image, mask)
+    tiles = load_tiles(tmp_path)
+    ds = RandomCropDataset(tiles, 48, 40, [0.0] * 3, [1.0] * 3, augment=True, scale_jitter=0.3, seed=1)
+    for i in range(len(ds)):
+        s = ds[i]
+        assert s["image"].shape == (3, 48, 48) and s["mask"].shape == (48, 48)
+        bright = s["image"].mean(0) > 0.45
+        agree = (bright == (s["mask"] > 0.5)).float().mean()
+        assert agree > 0.93, i
+
+
+def test_crops_are_deterministic_per_epoch(road_dataset):
+    tiles = load_tiles(road_dataset)
+    ds = RandomCropDataset(tiles, 32, 4, [0.5] * 3, [0.2] * 3, seed=0)
+    a = ds[2]["image"]
+    assert torch.equal(a, ds[2]["image"])
+    ds.set_epoch(1)
+    assert not torch.equal(a, ds[2]["image"])
+
+
+def test_mostly_nodata_crops_are_avoided(tmp_path):
+    rng = np.random.default_rng(6)
+    mask = draw_roads(128, rng)
+    image = road_image(mask, rng)
+    image[:, :, :96] = 255  # three quarters no-data
+    write_png_pair(tmp_path, "w", image, mask)
+    ds = RandomCropDataset(load_tiles(tmp_path), 32, 30, [0.5] * 3, [0.2] * 3, augment=False)
+    assert np.mean([ds[i]["valid"].mean().item() >= 0.5 for i in range(30)]) == 1.0
+
+
+def test_resize_keeps_labels_binary():
+    s = {"image": torch.rand(3, 40, 40), "mask": (torch.rand(40, 40) > 0.5).float(), "valid": torch.ones(40, 40)}
+    r = resize_sample(s, 32)
+    assert set(r["mask"].unique().tolist()) <= {0.0, 1.0} and r["valid"].min() == 1
