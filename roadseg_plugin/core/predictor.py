@@ -1,11 +1,17 @@
 """Backends that turn a batch of normalised tiles into road probabilities."""
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
 import numpy as np
 import torch
 from torch import nn
 
 from .checkpoint import ModelMeta
+from .errors import CheckpointError
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -36,14 +42,12 @@ def _dihedral(x: torch.Tensor, k: int, inverse: bool = False) -> torch.Tensor:
 
 
 class TorchPredictor:
-    """Runs a torch model on batches: inference mode; fp16 autocast and channels_last on CUDA."""
+    """Runs a torch model on batches in inference mode, channels_last; fp16 autocast on CUDA."""
 
     def __init__(self, model: nn.Module, device: str | torch.device = "auto", tta: bool = False) -> None:
         self.device = resolve_device(device) if isinstance(device, str) else device
-        self.model = model.to(self.device).eval()
+        self.model = model.to(self.device).eval().to(memory_format=torch.channels_last)
         self.cuda = self.device.type == "cuda"
-        if self.cuda:
-            self.model = self.model.to(memory_format=torch.channels_last)
         self.tta = tta
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -54,10 +58,116 @@ class TorchPredictor:
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(batch)
         if self.cuda:
-            x = x.pin_memory().to(self.device, non_blocking=True).to(memory_format=torch.channels_last)
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        x = x.to(memory_format=torch.channels_last)
         if not self.tta:
             return self._forward(x).cpu().numpy()
         total = torch.zeros(x.shape[0], *x.shape[-2:], device=self.device)
         for k in range(8):
             total += _dihedral(self._forward(_dihedral(x, k)), k, inverse=True)
         return (total / 8).cpu().numpy()
+
+
+def physical_cores() -> int:
+    """Physical CPU cores (hyper-threads not counted); falls back to the logical count."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            cores, physical = set(), "0"
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() == "physical id":
+                    physical = value.strip()
+                elif key.strip() == "core id":
+                    cores.add((physical, value.strip()))
+        if cores:
+            return len(cores)
+    except OSError:
+        pass
+    return os.cpu_count() or 1
+
+
+class InputNormaliser:
+    """Raw band values -> model input, with invalid pixels set to 0 (the training mean).
+
+    uint8 values go through the checkpoint's scale, mean and std via a lookup table. Other
+    types are first stretched per band from `stretch[c] = (low, high)` to 0..255.
+
+    Args:
+        meta: the model's metadata (input_scale, mean, std).
+        dtype: numpy dtype name of the raw values.
+        stretch: (C, 2) per-band value limits, required unless dtype is uint8.
+    """
+
+    def __init__(self, meta: ModelMeta, dtype: str, stretch: np.ndarray | None = None) -> None:
+        if stretch is None and dtype != "uint8":
+            raise ValueError(f"{dtype} values need per-band stretch limits")
+        self.meta, self.stretch = meta, stretch
+        self.lut = None
+        if stretch is None:
+            levels = np.arange(256, dtype=np.float32)[None, :, None]
+            self.lut = normalise(np.repeat(levels, meta.in_channels, axis=0), meta)[:, :, 0]
+
+    def __call__(self, raw: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """(C, h, w) raw values and (h, w) valid mask -> (C, h, w) float32."""
+        if self.lut is not None:
+            out = np.empty(raw.shape, dtype=np.float32)
+            for c in range(raw.shape[0]):
+                np.take(self.lut[c], raw[c], out=out[c])
+        else:
+            lo = self.stretch[:, 0, None, None]
+            span = self.stretch[:, 1, None, None] - lo
+            scaled = np.clip((raw.astype(np.float32) - lo) * (np.float32(255) / span), 0, 255)
+            out = normalise(np.nan_to_num(scaled), self.meta)
+        if not valid.all():
+            out[:, ~valid] = 0.0
+        return out
+
+
+@dataclass
+class Backend:
+    """A ready-to-run model: the batch function, its metadata and where it runs."""
+
+    predict: Callable[[np.ndarray], np.ndarray]
+    meta: ModelMeta
+    name: str
+    device: str
+
+
+def onnxruntime_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def load_backend(model: str | os.PathLike | None = None, device: str = "auto", backend: str = "auto",
+                 tta: bool = False) -> Backend:
+    """Load a checkpoint (or exported .onnx file) onto the best backend for `device`.
+
+    `backend="auto"` means torch on CUDA, ONNX Runtime on CPU when installed (the checkpoint
+    is exported once and cached, see `onnx_backend.export_onnx`), else torch.
+
+    Raises:
+        CheckpointError: the model file is missing, damaged or unsuitable for the backend.
+        ValueError: unknown backend or device, or CUDA asked for without a GPU.
+    """
+    from .checkpoint import BUNDLED_MODEL, load_model
+
+    if backend not in ("auto", "torch", "onnxruntime"):
+        raise ValueError(f"unknown backend {backend!r}; use auto, torch or onnxruntime")
+    path = Path(model) if model is not None else BUNDLED_MODEL
+    torch_device = resolve_device(device)
+    if path.suffix.lower() == ".onnx" or backend == "onnxruntime" or (
+            backend == "auto" and torch_device.type == "cpu" and onnxruntime_available()):
+        from .onnx_backend import OnnxPredictor, export_onnx, read_onnx_meta
+
+        if path.suffix.lower() == ".onnx" and backend == "torch":
+            raise CheckpointError(path, "an ONNX model runs only on the onnxruntime backend",
+                                  "pass --backend onnxruntime or the .pt checkpoint")
+        onnx_path = path if path.suffix.lower() == ".onnx" else export_onnx(path)
+        predictor = OnnxPredictor(onnx_path, device=torch_device.type, tta=tta)
+        return Backend(predictor, read_onnx_meta(onnx_path), "onnxruntime", predictor.device)
+    net, meta = load_model(path)
+    predictor = TorchPredictor(net, torch_device, tta=tta)
+    return Backend(predictor, meta, "torch", str(torch_device))

@@ -23,18 +23,24 @@ def tile_origins(length: int, tile: int, stride: int) -> list[int]:
     return origins
 
 
-def blend_window(tile: int, overlap: int) -> np.ndarray:
-    """Weights that fall smoothly to near zero over `overlap` pixels at each tile border.
-
-    Overlapping tiles weighted this way sum to a smooth surface, so predictions near a
-    tile's border (which see zero padding) barely count and no seams appear.
-    """
+def blend_ramp(tile: int, overlap: int) -> np.ndarray:
+    """One axis of `blend_window`: 1 inside, a raised cosine over `overlap` pixels at each end."""
     ramp = np.ones(tile, dtype=np.float32)
     if overlap > 0:
         edge = (np.arange(overlap, dtype=np.float32) + 0.5) / overlap
         edge = 0.5 - 0.5 * np.cos(np.pi * edge)  # raised cosine, never exactly zero
         ramp[:overlap] = edge
         ramp[-overlap:] = edge[::-1]
+    return ramp
+
+
+def blend_window(tile: int, overlap: int) -> np.ndarray:
+    """Weights that fall smoothly to near zero over `overlap` pixels at each tile border.
+
+    Overlapping tiles weighted this way sum to a smooth surface, so predictions near a
+    tile's border (which see zero padding) barely count and no seams appear.
+    """
+    ramp = blend_ramp(tile, overlap)
     return np.outer(ramp, ramp).astype(np.float32)
 
 
@@ -76,3 +82,109 @@ def predict_array(image: np.ndarray, predict_batch: PredictBatch, tile: int, ove
             on_progress(done / len(origins))
     out = acc / np.maximum(weight, 1e-6)
     return out[margin:margin + h, margin:margin + w]
+
+
+class TileGrid:
+    """The tile layout of `predict_array` for an (height, width) raster, without the image.
+
+    Tiles live in padded coordinates: the raster is reflection-padded by `margin` (half the
+    overlap) at the top/left and by `pad_h`/`pad_w` at the bottom/right, exactly as
+    `predict_array` pads, so streaming and whole-array predictions agree pixel for pixel.
+    Because the grid is a product of row and column origins, the summed blend weight of a
+    pixel is `row_weight[y] * col_weight[x]`: no weight image is ever stored.
+
+    Args:
+        height: raster rows.
+        width: raster columns.
+        tile: tile size in pixels.
+        overlap: pixels shared by neighbouring tiles.
+    """
+
+    def __init__(self, height: int, width: int, tile: int, overlap: int) -> None:
+        if not 0 <= overlap < tile // 2:
+            raise ValueError(f"overlap {overlap} must be at least 0 and less than half the tile ({tile})")
+        self.height, self.width, self.tile, self.overlap = height, width, tile, overlap
+        self.margin = overlap // 2
+        self.pad_h = max(self.margin, tile - height - self.margin)
+        self.pad_w = max(self.margin, tile - width - self.margin)
+        stride = tile - overlap
+        self.row_origins = tile_origins(height + self.margin + self.pad_h, tile, stride)
+        self.col_origins = tile_origins(width + self.margin + self.pad_w, tile, stride)
+        ramp = blend_ramp(tile, overlap)
+        self.row_weight = self._summed(ramp, self.row_origins, height)
+        self.col_weight = self._summed(ramp, self.col_origins, width)
+
+    def _summed(self, ramp: np.ndarray, origins: list[int], length: int) -> np.ndarray:
+        total = np.zeros(length + self.margin + self.tile, dtype=np.float32)
+        for o in origins:
+            total[o:o + self.tile] += ramp
+        return total[self.margin:self.margin + length]
+
+    @property
+    def n_tiles(self) -> int:
+        return len(self.row_origins) * len(self.col_origins)
+
+    def raster_rows(self, row_origin: int) -> tuple[int, int]:
+        """Raster rows [first, stop) that a tile row starting at padded row `row_origin` covers."""
+        first = row_origin - self.margin
+        return max(first, 0), min(first + self.tile, self.height)
+
+
+class RollingBlend:
+    """Blends tile predictions into a band of raster rows that rolls down the raster.
+
+    Memory is `rows x width` floats whatever the raster height. Rows above the current tile
+    row are final and are handed out by `pop`, in multiples of `block` rows (so a tiled
+    GeoTIFF receives whole block rows) except at the raster's end.
+
+    Args:
+        grid: the tile layout.
+        block: output block height; flushed rows are multiples of it.
+    """
+
+    def __init__(self, grid: TileGrid, block: int = 256) -> None:
+        self.grid, self.block = grid, block
+        rows = min(grid.height, grid.tile + block)
+        self.acc = np.zeros((rows, grid.width), dtype=np.float32)
+        self.valid = np.zeros((rows, grid.width), dtype=bool)
+        self.window = blend_window(grid.tile, grid.overlap)
+        self.start = 0  # raster row held in self.acc[0]
+
+    def add(self, prob: np.ndarray, valid: np.ndarray, row_origin: int, col_origin: int) -> None:
+        """Accumulate one (tile, tile) probability tile and its valid mask at a padded origin."""
+        g = self.grid
+        y0, y1 = g.raster_rows(row_origin)
+        x0 = max(col_origin - g.margin, 0)
+        x1 = min(col_origin - g.margin + g.tile, g.width)
+        ty, tx = y0 - (row_origin - g.margin), x0 - (col_origin - g.margin)
+        h, w = y1 - y0, x1 - x0
+        b0 = y0 - self.start
+        if b0 < 0 or b0 + h > self.acc.shape[0]:
+            raise RuntimeError("tile outside the rolling band; tiles must come in row-major order")
+        self.acc[b0:b0 + h, x0:x1] += prob[ty:ty + h, tx:tx + w] * self.window[ty:ty + h, tx:tx + w]
+        self.valid[b0:b0 + h, x0:x1] = valid[ty:ty + h, tx:tx + w]
+
+    def pop(self, finished: int) -> tuple[int, np.ndarray, np.ndarray] | None:
+        """Hand out rows [start, finished) rounded down to whole blocks (all at the raster end).
+
+        Returns:
+            (first row, (n, width) blended probabilities with invalid pixels at 0, (n, width)
+            valid mask), or None when no whole block is finished yet.
+        """
+        if finished < self.grid.height:
+            finished = self.start + (finished - self.start) // self.block * self.block
+        n = finished - self.start
+        if n <= 0:
+            return None
+        g = self.grid
+        weight = g.row_weight[self.start:finished, None] * g.col_weight[None, :]
+        prob = self.acc[:n] / np.maximum(weight, 1e-6)
+        valid = self.valid[:n].copy()
+        prob[~valid] = 0.0
+        first, keep = self.start, self.acc.shape[0] - n
+        self.acc[:keep] = self.acc[n:]  # numpy copes with the overlap
+        self.valid[:keep] = self.valid[n:]
+        self.acc[keep:] = 0.0
+        self.valid[keep:] = False
+        self.start = finished
+        return first, prob, valid

@@ -1,0 +1,368 @@
+"""Segment a raster of any size into a road-probability GeoTIFF, in bounded memory.
+
+Three threads form a pipeline. A reader thread reads one strip of raster rows per tile row,
+reflection-pads it at the raster's edges, cuts and normalises tiles and queues batches. The
+calling thread runs the model on each batch and blends the tiles into a `RollingBlend`, a
+band of rows that rolls down the raster. Finished rows go to a writer thread that encodes
+and writes them. Memory is a few tile rows times the raster width, whatever its height.
+
+Output: one uint8 band, tiled and DEFLATE-compressed, on the grid the model saw (the input's
+CRS and transform, or a resampled grid, see `readers.open_raster`). Values are road
+probability x 255, or with `binary=True` 1 for road and 0 for background. Pixels without
+input data (nodata value, alpha or mask band, all-white uint8 pixels, NaN) are written as 0
+and flagged invalid in the file's internal mask band, so they are no-data to GDAL and QGIS and
+still read as "no road" by anything that ignores masks.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import affine
+import numpy as np
+import rasterio
+from rasterio.errors import RasterioError
+from rasterio.windows import Window
+
+from .checkpoint import ModelMeta
+from .errors import Cancelled, OutputError
+from .predictor import InputNormaliser, load_backend
+from .readers import RasterReader, band_stretch, choose_bands, open_raster
+from .tiling import RollingBlend, TileGrid
+
+OUTPUT_BLOCK = 256
+DEFAULT_BATCH = {"cpu": 4, "cuda": 16}
+
+
+@dataclass
+class SegmentResult:
+    """What `segment_raster` wrote and how."""
+
+    path: Path
+    width: int
+    height: int
+    crs: Any
+    transform: affine.Affine
+    gsd_m: float | None
+    backend: str
+    device: str
+    threshold: float
+    tile: int
+    overlap: int
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TileBatch:
+    """Normalised tiles, their valid masks, padded origins and, per tile, the raster row
+    before which everything is final once the tile is blended (None mid tile-row)."""
+
+    tiles: np.ndarray
+    valid: np.ndarray
+    origins: list[tuple[int, int]]
+    finished: list[int | None]
+
+
+def make_normaliser(reader: RasterReader, meta: ModelMeta, bands: list[int]) -> tuple[InputNormaliser, list[str]]:
+    """The raw-values -> model-input function for `reader`, and warnings about the stretch."""
+    if reader.dtype == "uint8":
+        return InputNormaliser(meta, "uint8"), []
+    limits = band_stretch(reader, bands)
+    note = (f"{reader.name}: {reader.dtype} values stretched per band (2-98 percentile: "
+            + ", ".join(f"{lo:g}-{hi:g}" for lo, hi in limits) + ") to the model's 0-255 input range")
+    return InputNormaliser(meta, reader.dtype, limits), [note]
+
+
+def read_strip(reader: RasterReader, grid: TileGrid, row_origin: int,
+               bands: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The (C, tile, padded width) raw values and valid mask under one tile row.
+
+    Rows and columns beyond the raster are reflected, exactly as `predict_array` pads.
+    All-white uint8 pixels and non-finite values are invalid.
+    """
+    first = row_origin - grid.margin
+    y0, y1 = grid.raster_rows(row_origin)
+    data, valid = reader.read(Window(0, y0, grid.width, y1 - y0), bands)
+    if data.dtype == np.uint8:
+        valid &= ~(data == 255).all(axis=0)
+    elif data.dtype.kind == "f":
+        valid &= np.isfinite(data).all(axis=0)
+    pad = ((y0 - first, first + grid.tile - y1), (grid.margin, grid.pad_w))
+    mode = "reflect" if min(data.shape[1:]) > 1 else "edge"
+    return np.pad(data, ((0, 0), *pad), mode=mode), np.pad(valid, pad, mode=mode)
+
+
+def iter_tile_batches(reader: RasterReader, grid: TileGrid, bands: list[int], normalise: InputNormaliser,
+                      batch_size: int) -> Iterator[TileBatch]:
+    """Batches of normalised tiles in row-major order, reading one strip per tile row."""
+    pending: list[tuple[np.ndarray, np.ndarray, tuple[int, int], int | None]] = []
+    t = grid.tile
+    for k, r in enumerate(grid.row_origins):
+        data, valid = read_strip(reader, grid, r, bands)
+        last_col = grid.col_origins[-1]
+        done = grid.raster_rows(grid.row_origins[k + 1])[0] if k + 1 < len(grid.row_origins) else grid.height
+        for c in grid.col_origins:
+            v = valid[:, c:c + t]
+            pending.append((normalise(data[:, :, c:c + t], v), v, (r, c), done if c == last_col else None))
+            if len(pending) == batch_size:
+                yield _stack(pending)
+                pending = []
+    if pending:
+        yield _stack(pending)
+
+
+def _stack(items: list) -> TileBatch:
+    return TileBatch(np.stack([i[0] for i in items]), np.stack([i[1] for i in items]),
+                     [i[2] for i in items], [i[3] for i in items])
+
+
+class Prefetcher:
+    """Runs an iterator in a background thread, keeping up to `depth` items ready."""
+
+    _END = object()
+
+    def __init__(self, items: Iterator, depth: int = 2) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(items,), name="roadseg-reader", daemon=True)
+        self._thread.start()
+
+    def _run(self, items: Iterator) -> None:
+        try:
+            for item in items:
+                if not self._put(item):
+                    return
+            self._put(self._END)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            self._put(exc)
+
+    def _put(self, item: object) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Iterator:
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class RasterSink:
+    """Writes finished row bands from a writer thread into a tiled, compressed GeoTIFF.
+
+    Args:
+        path: file to create (the engine passes a temporary name).
+        reader: gives the size, CRS and transform of the grid.
+        encode: (rows, width) probabilities -> uint8 values.
+        tags: dataset metadata to store.
+    """
+
+    def __init__(self, path: Path, reader: RasterReader, encode: Callable[[np.ndarray], np.ndarray],
+                 tags: dict[str, str]) -> None:
+        georeferenced = reader.crs is not None or reader.transform != affine.Affine.identity()
+        profile = dict(driver="GTiff", width=reader.width, height=reader.height, count=1, dtype="uint8",
+                       crs=reader.crs, transform=reader.transform if georeferenced else None, tiled=True,
+                       blockxsize=OUTPUT_BLOCK, blockysize=OUTPUT_BLOCK, compress="deflate", bigtiff="if_safer")
+        try:
+            self.dataset = rasterio.open(path, "w", **profile)
+        except RasterioError as exc:
+            raise OutputError(path, f"cannot create the output ({str(exc).splitlines()[0][:100]})",
+                              "choose a writable folder with free space") from None
+        self.dataset.update_tags(**tags)
+        self.dataset.set_band_description(1, tags.get("ROADSEG_VALUES", ""))
+        self.path, self.encode, self.error = path, encode, None
+        self._queue: queue.Queue = queue.Queue(maxsize=2)
+        self._thread = threading.Thread(target=self._run, name="roadseg-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self.error is not None:
+                continue  # drain after a failure; the engine reports it
+            row, prob, valid = item
+            window = Window(0, row, prob.shape[1], prob.shape[0])
+            try:
+                self.dataset.write(self.encode(prob), 1, window=window)
+                self.dataset.write_mask(valid.astype(np.uint8) * np.uint8(255), window=window)
+            except BaseException as exc:
+                self.error = exc
+
+    def write(self, row: int, prob: np.ndarray, valid: np.ndarray) -> None:
+        """Queue rows starting at raster row `row` (blocks while the writer is two behind)."""
+        self._raise_error()
+        self._queue.put((row, prob, valid))
+
+    def _raise_error(self) -> None:
+        if self.error is not None:
+            raise OutputError(self.path, f"writing failed ({str(self.error).splitlines()[0][:100]})",
+                              "check the free disk space and permissions")
+
+    def close(self) -> None:
+        """Finish writing and close the file; raises the writer's error if it had one."""
+        self._queue.put(None)
+        self._thread.join()
+        try:
+            self.dataset.close()
+        except RasterioError as exc:
+            self.error = self.error or exc
+        self._raise_error()
+
+
+class BatchRunner:
+    """Calls the backend in chunks; on CUDA out-of-memory, halves the chunk size and retries."""
+
+    def __init__(self, predict: Callable[[np.ndarray], np.ndarray], batch_size: int) -> None:
+        self.predict, self.limit, self.notes = predict, batch_size, []
+
+    def __call__(self, tiles: np.ndarray) -> np.ndarray:
+        out, i = [], 0
+        while i < len(tiles):
+            try:
+                out.append(self.predict(tiles[i:i + self.limit]))
+                i += len(out[-1])
+            except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is a RuntimeError
+                if "out of memory" not in str(exc).lower() or self.limit == 1:
+                    raise
+                self._free_cuda_cache()
+                self.limit //= 2
+                self.notes.append(f"GPU out of memory: batch size reduced to {self.limit}")
+        return np.concatenate(out)
+
+    @staticmethod
+    def _free_cuda_cache() -> None:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _encoder(binary: bool, threshold: float) -> Callable[[np.ndarray], np.ndarray]:
+    if binary:
+        return lambda prob: (prob >= threshold).astype(np.uint8)
+    return lambda prob: np.rint(prob * np.float32(255)).astype(np.uint8)
+
+
+def _temporary_output(dst: Path) -> Path:
+    if dst.is_dir():
+        raise OutputError(dst, "is a folder", "give a file name such as roads.tif")
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part.tif", dir=dst.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise OutputError(dst, f"cannot write here ({exc.strerror})", "choose a writable folder") from None
+    return Path(tmp)
+
+
+def _run_pipeline(reader: RasterReader, grid: TileGrid, bands: list[int],
+                  normaliser: InputNormaliser, runner: BatchRunner, sink: RasterSink,
+                  on_progress: Callable[[float], None] | None, is_cancelled: Callable[[], bool] | None) -> None:
+    blend = RollingBlend(grid, OUTPUT_BLOCK)
+    batches = Prefetcher(iter_tile_batches(reader, grid, bands, normaliser, runner.limit))
+    done = 0
+    try:
+        for batch in batches:
+            if is_cancelled is not None and is_cancelled():
+                raise Cancelled()
+            probs = runner(batch.tiles)
+            for prob, valid, (r, c), finished in zip(probs, batch.valid, batch.origins, batch.finished):
+                blend.add(prob, valid, r, c)
+                if finished is not None and (rows := blend.pop(finished)) is not None:
+                    sink.write(*rows)
+            done += len(batch.origins)
+            if on_progress is not None:
+                on_progress(0.99 * done / grid.n_tiles)
+    finally:
+        batches.close()
+
+
+def segment_raster(src: str | os.PathLike | RasterReader, dst: str | os.PathLike,
+                   model: str | os.PathLike | None = None, *, device: str = "auto", backend: str = "auto",
+                   tile: int | None = None, overlap: int | None = None, batch_size: int | None = None,
+                   bands: list[int] | None = None, threshold: float | None = None, binary: bool = False,
+                   tta: bool = False, on_progress: Callable[[float], None] | None = None,
+                   is_cancelled: Callable[[], bool] | None = None) -> SegmentResult:
+    """Predict roads over a whole raster and write a uint8 GeoTIFF (see the module notes).
+
+    Args:
+        src: a raster path (opened with `open_raster`, resampled to the model's GSD when it
+            differs by more than 25 %) or a `RasterReader` used as is.
+        dst: the GeoTIFF to write; written under a temporary name and renamed on success.
+        model: checkpoint (.pt) or exported .onnx; None means the bundled model.
+        device: "auto" (CUDA when present), "cpu" or "cuda".
+        backend: "auto" (torch on CUDA, ONNX Runtime on CPU), "torch" or "onnxruntime".
+        tile: tile size (default: the model's); a multiple of 2**depth.
+        overlap: pixels shared by neighbouring tiles (default: the model's).
+        batch_size: tiles per forward pass (default 4 on CPU, 16 on CUDA).
+        bands: 1-based bands to feed the model (default: the first non-alpha bands).
+        threshold: road threshold for `binary` (default: the model's).
+        binary: write 0/1 instead of probability x 255.
+        tta: average the 8 flips/rotations (8x slower).
+        on_progress: called with the fraction done, 0..1.
+        is_cancelled: polled between batches; when it returns True, `Cancelled` is raised.
+
+    Returns:
+        A `SegmentResult`.
+
+    Raises:
+        RasterError, CheckpointError, OutputError: bad input or output; nothing is written.
+        Cancelled: the run was cancelled; nothing is written.
+        ValueError: bad tile, overlap, device or backend.
+    """
+    start = time.perf_counter()
+    dst = Path(dst)
+    if isinstance(src, (str, os.PathLike)) and Path(src).resolve() == dst.resolve():
+        raise OutputError(dst, "output would overwrite the input raster", "choose another output name")
+    loaded = load_backend(model, device=device, backend=backend, tta=tta)
+    meta = loaded.meta
+    tile, overlap = tile or meta.tile, meta.overlap if overlap is None else overlap
+    multiple = 2 ** int(meta.arch_config.get("depth", 4))
+    if tile % multiple:
+        raise ValueError(f"tile {tile} must be a multiple of {multiple} for this model")
+    threshold = meta.threshold if threshold is None else threshold
+    reader = open_raster(src, gsd_m=meta.gsd_m, bands=bands) if isinstance(src, (str, os.PathLike)) else src
+    try:
+        chosen = choose_bands(reader, meta.in_channels, bands)
+        grid = TileGrid(reader.height, reader.width, tile, overlap)
+        normaliser, notes = make_normaliser(reader, meta, chosen)
+        runner = BatchRunner(loaded.predict, batch_size or DEFAULT_BATCH["cuda" if "cuda" in loaded.device else "cpu"])
+        tmp = _temporary_output(dst)
+        try:
+            tags = {"ROADSEG_VALUES": "binary road mask (1 road, 0 background)" if binary
+                    else "road probability x 255", "ROADSEG_THRESHOLD": f"{threshold:g}"}
+            sink = RasterSink(tmp, reader, _encoder(binary, threshold), tags)
+            try:
+                _run_pipeline(reader, grid, chosen, normaliser, runner, sink, on_progress, is_cancelled)
+            finally:
+                sink.close()
+            os.replace(tmp, dst)
+        finally:
+            tmp.unlink(missing_ok=True)
+        if on_progress is not None:
+            on_progress(1.0)
+        return SegmentResult(dst, reader.width, reader.height, reader.crs, reader.transform,
+                             getattr(reader, "gsd_m", None), loaded.name, loaded.device, threshold, tile, overlap,
+                             time.perf_counter() - start,
+                             list(getattr(reader, "warnings", [])) + notes + runner.notes)
+    finally:
+        if reader is not src:
+            reader.close()

@@ -1,0 +1,283 @@
+"""Raster readers: the windows of pixels, and their validity, that the engine predicts on.
+
+The engine only talks to the `RasterReader` protocol, so a QGIS data provider can be wrapped
+in a reader and passed straight in. `open_raster` gives the rasterio implementation, which
+also resamples to the model's ground sampling distance (GSD) when the raster's differs.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import affine
+import numpy as np
+import rasterio
+from rasterio.crs import CRS
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
+from rasterio.errors import CRSError, RasterioError
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+from .errors import RasterError
+
+GSD_TOLERANCE = 0.25  # resample when the raster's GSD differs from the model's by more than this
+SUPPORTED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+_WGS84_A, _WGS84_E2 = 6378137.0, 6.69437999014e-3
+
+
+@runtime_checkable
+class RasterReader(Protocol):
+    """Pixels of the grid the engine predicts on.
+
+    Required attributes are below. Optional ones the engine uses when present:
+    `alpha_bands` (tuple of 1-based alpha band numbers, never fed to the model), `gsd_m`
+    (metres per pixel of the grid, None when unknown), `warnings` (list of strings to report)
+    and `read_overview(bands, max_size)` (a decimated read for value statistics).
+    """
+
+    width: int
+    height: int
+    count: int
+    crs: CRS | None
+    transform: affine.Affine
+    dtype: str
+    name: str
+
+    def read(self, window: Window, bands: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(C, h, w) raw values and (h, w) bool valid mask; parts outside the raster are invalid."""
+        ...
+
+
+def ground_sampling_distance(crs: CRS | None, transform: affine.Affine, width: int,
+                             height: int) -> tuple[float, float] | None:
+    """Metres per pixel along x and y at the raster centre; None without a usable CRS.
+
+    Geographic CRSs (degrees) are converted with the WGS84 ellipsoid's radii of curvature at
+    the centre latitude; projected CRSs use their linear unit (feet become metres).
+    """
+    if crs is None:
+        return None
+    res_x = math.hypot(transform.a, transform.d)
+    res_y = math.hypot(transform.b, transform.e)
+    if crs.is_geographic:
+        lat = math.radians(max(-89.9, min(89.9, (transform @ (width / 2, height / 2))[1])))
+        w = 1.0 - _WGS84_E2 * math.sin(lat) ** 2
+        meridional = _WGS84_A * (1.0 - _WGS84_E2) / w**1.5
+        normal = _WGS84_A / math.sqrt(w)
+        per_degree = math.pi / 180.0
+        return res_x * per_degree * normal * math.cos(lat), res_y * per_degree * meridional
+    try:
+        factor = crs.linear_units_factor[1]
+    except CRSError:
+        factor = 1.0
+    return res_x * factor, res_y * factor
+
+
+def _is_georeferenced(src: rasterio.DatasetReader) -> bool:
+    return src.crs is not None or src.transform != affine.Affine.identity()
+
+
+class RasterioReader:
+    """A `RasterReader` over any file GDAL opens, optionally resampled to a target GSD.
+
+    Args:
+        path: raster file (GeoTIFF, VRT, JPEG, PNG, ...).
+        gsd_m: the model's metres per pixel; when the raster's differs by more than 25 % on
+            either axis, the raster is read through a WarpedVRT on a grid of that GSD, in the
+            raster's own CRS and extent. None reads the native grid.
+        bands: bands the caller will read; checked against the raster's band count.
+
+    Raises:
+        RasterError: the file is missing, unreadable, or has unsupported bands.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, gsd_m: float | None = None,
+                 bands: list[int] | None = None) -> None:
+        self.name = str(path)
+        self.warnings: list[str] = []
+        self._src = _open_dataset(path)
+        try:
+            self._check(bands)
+            self._note_georeferencing()
+            gsd = ground_sampling_distance(self._src.crs, self._src.transform, self._src.width, self._src.height)
+            self._ds = self._resampled(gsd, gsd_m) if gsd and gsd_m else self._src
+        except BaseException:
+            self._src.close()
+            raise
+        self.width, self.height, self.count = self._ds.width, self._ds.height, self._src.count
+        self.crs = self._src.crs
+        self.transform = self._ds.transform
+        self.dtype = self._src.dtypes[0]
+        self.alpha_bands = tuple(i for i, ci in enumerate(self._src.colorinterp, 1) if ci == ColorInterp.alpha)
+        self.nodata = self._src.nodata
+        source_gsd = ground_sampling_distance(self.crs, self.transform, self.width, self.height)
+        self.gsd_m = None if source_gsd is None else (source_gsd[0] + source_gsd[1]) / 2
+
+    def _check(self, bands: list[int] | None) -> None:
+        if self._src.dtypes[0] not in SUPPORTED_DTYPES or len(set(self._src.dtypes)) > 1:
+            raise RasterError(self.name, f"unsupported band data type {'/'.join(sorted(set(self._src.dtypes)))}",
+                              f"convert the raster to one of {', '.join(SUPPORTED_DTYPES)}")
+        bad = [b for b in bands or [] if not 1 <= b <= self._src.count]
+        if bad:
+            raise RasterError(self.name, f"band {bad[0]} does not exist (the raster has {self._src.count})",
+                              f"pass band numbers between 1 and {self._src.count}")
+
+    def _note_georeferencing(self) -> None:
+        if not _is_georeferenced(self._src):
+            self.warnings.append(f"{self.name}: no georeferencing; processed at native resolution "
+                                 "and the output is in pixel coordinates")
+        elif self._src.crs is None:
+            self.warnings.append(f"{self.name}: no coordinate reference system; processed at native "
+                                 "resolution and the output has none either")
+
+    def _resampled(self, gsd: tuple[float, float], gsd_m: float) -> rasterio.io.DatasetReaderBase:
+        src = self._src
+        if all(abs(g / gsd_m - 1.0) <= GSD_TOLERANCE for g in gsd):
+            return src
+        width = max(1, round(src.width * gsd[0] / gsd_m))
+        height = max(1, round(src.height * gsd[1] / gsd_m))
+        transform = src.transform @ affine.Affine.scale(src.width / width, src.height / height)
+        coarser = width * height < src.width * src.height
+        self.warnings.append(f"{self.name}: ground sampling distance {gsd[0]:.3g} x {gsd[1]:.3g} m differs from "
+                             f"the model's {gsd_m:g} m; resampled to {width} x {height} px and the output "
+                             "is written on that grid")
+        masked_by_file = src.mask_flag_enums[0] == [MaskFlags.per_dataset]
+        return WarpedVRT(src, crs=src.crs, transform=transform, width=width, height=height,
+                         resampling=Resampling.average if coarser else Resampling.bilinear,
+                         add_alpha=masked_by_file)
+
+    def _mask_kind(self, bands: list[int]) -> str:
+        flags = [self._ds.mask_flag_enums[b - 1] for b in bands]
+        if all(f == [MaskFlags.all_valid] for f in flags):
+            return "all_valid"
+        if MaskFlags.nodata in flags[0] and self._ds.nodata is not None:
+            return "nodata"
+        return "mask"
+
+    def _read(self, bands: list[int], window: Window | None = None,
+              out_shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        kw = {"window": window}
+        if out_shape is not None:
+            kw.update(out_shape=out_shape, resampling=Resampling.nearest)
+        try:
+            data = self._ds.read(bands, **kw)
+            kind = self._mask_kind(bands)
+            if kind == "all_valid":
+                valid = np.ones(data.shape[1:], dtype=bool)
+            elif kind == "nodata":
+                nodata = self._ds.nodata
+                valid = (~np.isnan(data) if math.isnan(nodata) else data != nodata).any(axis=0)
+            else:
+                valid = self._ds.read_masks(bands[0], **kw) > 0
+        except RasterioError as exc:
+            raise RasterError(self.name, f"reading failed ({str(exc).splitlines()[0][:100]})",
+                              "the file may be truncated or damaged; copy or export it again") from None
+        return data, valid
+
+    def read(self, window: Window, bands: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(C, h, w) raw values and (h, w) valid mask; outside the raster: zeros, invalid."""
+        row, col = int(window.row_off), int(window.col_off)
+        h, w = int(window.height), int(window.width)
+        data = np.zeros((len(bands), h, w), dtype=self.dtype)
+        valid = np.zeros((h, w), dtype=bool)
+        r0, r1 = max(row, 0), min(row + h, self.height)
+        c0, c1 = max(col, 0), min(col + w, self.width)
+        if r1 > r0 and c1 > c0:
+            part, ok = self._read(bands, Window(c0, r0, c1 - c0, r1 - r0))
+            data[:, r0 - row:r1 - row, c0 - col:c1 - col] = part
+            valid[r0 - row:r1 - row, c0 - col:c1 - col] = ok
+        return data, valid
+
+    def read_overview(self, bands: list[int], max_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+        """A decimated read of the whole raster (GDAL uses overviews when the file has them)."""
+        scale = max(self.width, self.height) / max_size
+        if scale <= 1:
+            return self._read(bands)
+        shape = (max(1, round(self.height / scale)), max(1, round(self.width / scale)))
+        return self._read(bands, out_shape=shape)
+
+    def close(self) -> None:
+        if self._ds is not self._src:
+            self._ds.close()
+        self._src.close()
+
+    def __enter__(self) -> "RasterioReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _open_dataset(path: str | os.PathLike) -> rasterio.DatasetReader:
+    if not str(path).startswith("/vsi") and not Path(path).is_file():
+        raise RasterError(path, "raster file not found", "check the path")
+    try:
+        src = rasterio.open(path)
+    except RasterioError as exc:
+        first = str(exc).splitlines()[0][:100]
+        raise RasterError(path, f"not a raster GDAL can read ({first})",
+                          "pass a GeoTIFF, VRT, JPEG or PNG file") from None
+    if src.count == 0:
+        src.close()
+        raise RasterError(path, "raster has no bands", "pass an image with at least one band")
+    return src
+
+
+def open_raster(path: str | os.PathLike, *, gsd_m: float | None = None,
+                bands: list[int] | None = None) -> RasterioReader:
+    """Open a raster for the engine; see `RasterioReader` (resampling, band checks, errors)."""
+    return RasterioReader(path, gsd_m=gsd_m, bands=bands)
+
+
+def choose_bands(reader: RasterReader, n_model: int, bands: list[int] | None = None) -> list[int]:
+    """The 1-based bands to feed a model taking `n_model` bands.
+
+    Default: the first `n_model` bands that are not alpha. Explicit `bands` must exist and
+    match the model's band count.
+
+    Raises:
+        RasterError: too few bands, or `bands` invalid.
+    """
+    if bands:
+        bad = [b for b in bands if not 1 <= b <= reader.count]
+        if bad:
+            raise RasterError(reader.name, f"band {bad[0]} does not exist (the raster has {reader.count})",
+                              f"pass band numbers between 1 and {reader.count}")
+        if len(bands) != n_model:
+            raise RasterError(reader.name, f"{len(bands)} band(s) chosen but the model takes {n_model}",
+                              f"pass exactly {n_model} band numbers, e.g. --bands {','.join(map(str, range(1, n_model + 1)))}")
+        return list(bands)
+    alpha = set(getattr(reader, "alpha_bands", ()))
+    image_bands = [b for b in range(1, reader.count + 1) if b not in alpha]
+    if len(image_bands) < n_model:
+        raise RasterError(reader.name, f"raster has {len(image_bands)} image band(s) but the model needs {n_model}",
+                          f"use a {n_model}-band image (e.g. RGB) or a model trained on {len(image_bands)} band(s)")
+    return image_bands[:n_model]
+
+
+def _sample_windows(reader: RasterReader, bands: list[int], grid: int = 8,
+                    size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """A grid of small windows spread over the raster, for readers without overviews."""
+    rows = np.linspace(0, max(reader.height - size, 0), grid).astype(int)
+    cols = np.linspace(0, max(reader.width - size, 0), grid).astype(int)
+    parts = [reader.read(Window(int(c), int(r), size, size), bands) for r in np.unique(rows) for c in np.unique(cols)]
+    return np.concatenate([p[0] for p in parts], axis=2), np.concatenate([p[1] for p in parts], axis=1)
+
+
+def band_stretch(reader: RasterReader, bands: list[int], low: float = 2.0,
+                 high: float = 98.0) -> np.ndarray:
+    """Per-band (low, high) percentiles of the valid pixels, from a decimated read.
+
+    Returns:
+        (C, 2) float32 array; a band with no spread gets high = low + 1.
+    """
+    overview = getattr(reader, "read_overview", None)
+    data, valid = overview(bands) if overview is not None else _sample_windows(reader, bands)
+    limits = np.zeros((len(bands), 2), dtype=np.float32)
+    for i, band in enumerate(data.astype(np.float64)):
+        values = band[valid & np.isfinite(band)]
+        lo, hi = np.percentile(values, [low, high]) if values.size else (0.0, 1.0)
+        limits[i] = (lo, hi if hi > lo else lo + 1.0)
+    return limits

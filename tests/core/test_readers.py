@@ -1,0 +1,156 @@
+"""Raster readers on real little files: validity masks, boundless reads, GSD and resampling."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.crs import CRS
+from rasterio.enums import ColorInterp
+from rasterio.transform import from_origin
+from rasterio.windows import Window
+
+from roadseg_plugin.core.errors import RasterError
+from roadseg_plugin.core.readers import (
+    RasterReader,
+    band_stretch,
+    choose_bands,
+    ground_sampling_distance,
+    open_raster,
+)
+
+
+def write_tif(path: Path, data: np.ndarray, crs: str | None = "EPSG:32631", res: float = 1.0,
+              origin: tuple[float, float] = (500000.0, 6000000.0), **extra) -> Path:
+    profile = dict(driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
+                   dtype=data.dtype.name, **extra)
+    if crs is not None:
+        profile.update(crs=crs, transform=from_origin(*origin, res, res))
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        if data.shape[0] == 4:
+            dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
+    return path
+
+
+def rgb(h: int = 40, w: int = 50, value: int = 100) -> np.ndarray:
+    return np.full((3, h, w), value, np.uint8)
+
+
+def test_projected_gsd_uses_the_linear_unit():
+    t = from_origin(0, 0, 2.0, 2.0)
+    assert ground_sampling_distance(CRS.from_epsg(32631), t, 10, 10) == pytest.approx((2.0, 2.0))
+    feet = ground_sampling_distance(CRS.from_epsg(2263), t, 10, 10)  # NY state plane, US feet
+    assert feet == pytest.approx((0.6096, 0.6096), rel=1e-4)
+    assert ground_sampling_distance(None, t, 10, 10) is None
+
+
+@pytest.mark.parametrize("lat,expected_x", [(0.0, 1.1132), (60.0, 0.5580)])
+def test_geographic_gsd_is_in_metres_at_the_centre(lat, expected_x):
+    t = from_origin(10.0, lat + 0.0005, 1e-5, 1e-5)  # 100 px tall: centre at `lat`
+    gx, gy = ground_sampling_distance(CRS.from_epsg(4326), t, 100, 100)
+    assert gx == pytest.approx(expected_x, rel=2e-3)
+    assert gy == pytest.approx(1.106 if lat == 0 else 1.116, rel=2e-3)
+
+
+def test_missing_and_corrupt_files_are_raster_errors(tmp_path):
+    with pytest.raises(RasterError, match="not found"):
+        open_raster(tmp_path / "nope.tif")
+    junk = tmp_path / "junk.tif"
+    junk.write_text("this is not an image")
+    with pytest.raises(RasterError, match="junk.tif: not a raster GDAL can read"):
+        open_raster(junk)
+
+
+def test_band_numbers_are_checked(tmp_path):
+    path = write_tif(tmp_path / "a.tif", rgb())
+    with pytest.raises(RasterError, match="band 5 does not exist"):
+        open_raster(path, bands=[1, 2, 5])
+
+
+def test_boundless_read_marks_outside_invalid(tmp_path):
+    data = np.arange(3 * 40 * 50, dtype=np.uint32).reshape(3, 40, 50).astype(np.uint16)
+    with open_raster(write_tif(tmp_path / "a.tif", data)) as reader:
+        assert isinstance(reader, RasterReader)
+        values, valid = reader.read(Window(-5, 30, 20, 20), [3, 1])
+    assert values.shape == (2, 20, 20) and valid.shape == (20, 20)
+    assert not valid[:, :5].any() and not valid[10:].any() and valid[:10, 5:].all()
+    np.testing.assert_array_equal(values[:, :10, 5:], data[[2, 0], 30:40, 0:15])
+    assert (values[:, 10:] == 0).all()
+
+
+def test_nodata_alpha_and_mask_band_make_pixels_invalid(tmp_path):
+    nodata = rgb()
+    nodata[:, :10] = 0
+    nodata[1, 20:, :] = 0  # one band at the nodata value is still data
+    with open_raster(write_tif(tmp_path / "nodata.tif", nodata, nodata=0)) as reader:
+        _, valid = reader.read(Window(0, 0, 50, 40), [1, 2, 3])
+    assert not valid[:10].any() and valid[10:].all()
+
+    rgba = np.concatenate([rgb(), np.full((1, 40, 50), 255, np.uint8)])
+    rgba[3, :, :7] = 0
+    with open_raster(write_tif(tmp_path / "rgba.tif", rgba)) as reader:
+        assert reader.alpha_bands == (4,)
+        assert choose_bands(reader, 3) == [1, 2, 3]
+        _, valid = reader.read(Window(0, 0, 50, 40), [1, 2, 3])
+    assert not valid[:, :7].any() and valid[:, 7:].all()
+
+    path = write_tif(tmp_path / "masked.tif", rgb())
+    with rasterio.open(path, "r+") as dst:
+        mask = np.full((40, 50), 255, np.uint8)
+        mask[30:] = 0
+        dst.write_mask(mask)
+    with open_raster(path) as reader:
+        _, valid = reader.read(Window(0, 0, 50, 40), [1, 2, 3])
+    assert not valid[30:].any() and valid[:30].all()
+
+
+def test_resampled_to_the_model_gsd_when_more_than_25_percent_off(tmp_path):
+    path = write_tif(tmp_path / "half.tif", rgb(80, 100), res=0.5)
+    with open_raster(path, gsd_m=1.0) as reader:
+        assert (reader.width, reader.height) == (50, 40)
+        assert reader.transform.a == pytest.approx(1.0) and reader.transform.e == pytest.approx(-1.0)
+        assert reader.transform.c == 500000.0 and reader.gsd_m == pytest.approx(1.0)
+        assert any("resampled" in w for w in reader.warnings)
+        values, valid = reader.read(Window(0, 0, 50, 40), [1, 2, 3])
+    assert (values == 100).all() and valid.all()
+    with open_raster(path, gsd_m=0.6) as reader:  # 17 % off: native grid
+        assert (reader.width, reader.height) == (100, 80) and not reader.warnings
+
+
+def test_geographic_raster_is_resampled_to_square_metres(tmp_path):
+    path = write_tif(tmp_path / "wgs84.tif", rgb(50, 60), crs="EPSG:4326", res=2e-5, origin=(5.0, 45.0))
+    with open_raster(path, gsd_m=1.0) as reader:
+        assert reader.crs == CRS.from_epsg(4326)
+        gx, gy = ground_sampling_distance(reader.crs, reader.transform, reader.width, reader.height)
+        assert gx == pytest.approx(1.0, rel=0.02) and gy == pytest.approx(1.0, rel=0.02)
+        assert reader.width == pytest.approx(60 * 1.574, abs=1) and reader.height == pytest.approx(50 * 2.222, abs=1)
+
+
+def test_unreferenced_image_is_read_natively_with_a_warning(tmp_path):
+    path = tmp_path / "photo.png"
+    with rasterio.open(path, "w", driver="PNG", width=30, height=20, count=3, dtype="uint8") as dst:
+        dst.write(rgb(20, 30))
+    with open_raster(path, gsd_m=1.0) as reader:
+        assert reader.crs is None and reader.gsd_m is None and (reader.width, reader.height) == (30, 20)
+        assert any("no georeferencing" in w for w in reader.warnings)
+
+
+def test_choose_bands_explains_what_is_wrong(tmp_path):
+    with open_raster(write_tif(tmp_path / "grey.tif", rgb()[:1])) as reader:
+        with pytest.raises(RasterError, match="1 image band.*model needs 3"):
+            choose_bands(reader, 3)
+        assert choose_bands(reader, 1) == [1]
+    with open_raster(write_tif(tmp_path / "rgb.tif", rgb())) as reader:
+        assert choose_bands(reader, 3, [3, 2, 1]) == [3, 2, 1]
+        with pytest.raises(RasterError, match="2 band.*model takes 3"):
+            choose_bands(reader, 3, [1, 2])
+
+
+def test_stretch_limits_are_percentiles_of_valid_pixels(tmp_path):
+    ramp = np.tile(np.arange(1000, 1100, dtype=np.uint16), (3, 100, 1))
+    ramp[:, :50] = 0  # nodata
+    with open_raster(write_tif(tmp_path / "u16.tif", ramp, nodata=0)) as reader:
+        limits = band_stretch(reader, [1, 2, 3])
+    np.testing.assert_allclose(limits, [[1002, 1097]] * 3, atol=1.0)
