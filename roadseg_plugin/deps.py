@@ -1,0 +1,126 @@
+"""Which Python packages RoadSeg needs, which are missing, and the command that installs them.
+
+QGIS ships its own Python, so the packages RoadSeg needs (torch, rasterio, ...) are often absent
+inside QGIS even when they are installed elsewhere. Nothing here imports those packages: the
+check uses `importlib.util.find_spec`, so the plugin loads and can tell the user what to do.
+Neither QGIS nor Qt is imported either; the dialog and the Processing algorithms show
+`dependency_message()` themselves.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shlex
+import shutil
+import sys
+import sysconfig
+from pathlib import Path
+
+# import name -> pip requirement; the pins match requirements.txt
+REQUIRED: dict[str, str] = {
+    "numpy": "numpy<2",
+    "torch": "torch==2.13.0",
+    "rasterio": "rasterio>=1.3",
+    "geopandas": "geopandas>=0.14",
+    "shapely": "shapely>=2.0",
+    "pyogrio": "pyogrio>=0.7",
+    "skimage": "scikit-image>=0.22",
+    "scipy": "scipy>=1.11",
+    "networkx": "networkx>=3.2",
+    "sknw": "sknw>=0.15",
+    "imageio": "imageio>=2.31",
+    "matplotlib": "matplotlib>=3.7",
+    "tqdm": "tqdm>=4.66",
+}
+# Faster CPU inference when present; RoadSeg works without it.
+OPTIONAL: dict[str, str] = {"onnxruntime": "onnxruntime>=1.17"}
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken parent package or a module with __spec__ None
+        return False
+
+
+def missing_dependencies() -> list[str]:
+    """Import names of the required packages that this Python cannot import (empty when all are there)."""
+    return [name for name in REQUIRED if not _installed(name)]
+
+
+def missing_optional() -> list[str]:
+    """Import names of the optional packages that are absent (they only make things faster)."""
+    return [name for name in OPTIONAL if not _installed(name)]
+
+
+def python_executable() -> str:
+    """The Python interpreter QGIS (or this process) runs, as a path a shell can call.
+
+    Inside QGIS `sys.executable` is often the QGIS program itself (`/usr/bin/qgis`,
+    `qgis-bin.exe`, `QGIS.app/Contents/MacOS/QGIS`), which cannot run `-m pip`; the interpreter
+    of the same installation is then looked up beside it.
+    """
+    exe = sys.executable or ""
+    if Path(exe).name.lower().startswith("python"):
+        return exe
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    prefix = Path(sys.exec_prefix)
+    candidates = [
+        prefix / "python.exe", prefix / "python3.exe",  # OSGeo4W / standalone Windows installers
+        prefix / "bin" / f"python{version}", prefix / "bin" / "python3",  # Linux, macOS bundles
+    ]
+    if exe:
+        candidates += [Path(exe).parent / "python3", Path(exe).parent / "bin" / "python3"]
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return shutil.which(f"python{version}") or shutil.which("python3") or "python3"
+
+
+def _quote(arg: str) -> str:
+    if os.name == "nt":
+        return f'"{arg}"' if any(c in arg for c in ' <>&|^') else arg
+    return shlex.quote(arg)
+
+
+def install_command(packages: list[str] | None = None) -> str:
+    """The shell command that installs `packages` (import names; default: the missing ones) for this Python.
+
+    Example: `/usr/bin/python3 -m pip install 'numpy<2' 'torch==2.13.0' scikit-image>=0.22`.
+    numpy is always pinned below 2 because QGIS's own GDAL bindings are built against numpy 1.
+    """
+    names = missing_dependencies() if packages is None else list(packages)
+    wanted = {**REQUIRED, **OPTIONAL}
+    reqs = [wanted.get(name, name) for name in names]
+    if reqs and REQUIRED["numpy"] not in reqs:
+        reqs.insert(0, REQUIRED["numpy"])
+    return " ".join([_quote(python_executable()), "-m", "pip", "install", *(_quote(r) for r in reqs)])
+
+
+def _externally_managed() -> bool:
+    """True for a distribution Python (Debian, Ubuntu) whose pip refuses system-wide installs (PEP 668)."""
+    if sys.prefix != sys.base_prefix:  # a virtual environment is never externally managed
+        return False
+    stdlib = sysconfig.get_paths().get("stdlib", "")
+    return bool(stdlib) and (Path(stdlib) / "EXTERNALLY-MANAGED").is_file()
+
+
+def dependency_message() -> str:
+    """One user-facing message: what is missing and the exact command to run; empty when nothing is."""
+    missing = missing_dependencies()
+    if not missing:
+        return ""
+    pips = ", ".join(REQUIRED[name].split("<")[0].split(">")[0].split("=")[0] for name in missing)
+    lines = [
+        f"RoadSeg needs Python packages that QGIS's Python ({python_executable()}) cannot import: {pips}.",
+        "Install them with this command (in a terminal; on Windows the OSGeo4W Shell), then restart QGIS:",
+        f"    {install_command(missing)}",
+    ]
+    if _externally_managed():
+        lines.append("If pip answers 'externally-managed-environment', add --user --break-system-packages "
+                     "or see docs/QGIS.md for the virtual-environment route.")
+    return "\n".join(lines)
+
+
+__all__ = ["OPTIONAL", "REQUIRED", "dependency_message", "install_command", "missing_dependencies",
+           "missing_optional", "python_executable"]

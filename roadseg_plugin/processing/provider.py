@@ -1,0 +1,35 @@
+"""The `roadseg` Processing provider: lists the algorithms, nothing else."""
+from __future__ import annotations
+
+from qgis.core import QgsProcessingProvider
+from qgis.PyQt.QtGui import QIcon
+
+from .base import ICON
+from .evaluate_model import EvaluateModelAlgorithm
+from .segment_roads import SegmentRoadsAlgorithm
+from .train_from_lines import TrainFromLinesAlgorithm
+from .vectorise_mask import VectoriseMaskAlgorithm
+
+
+class RoadSegProvider(QgsProcessingProvider):
+    """Toolbox group "RoadSeg"; algorithm ids are `roadseg:<name>`."""
+
+    def getAlgs(self) -> list:  # noqa: N802 (QGIS naming)
+        return [SegmentRoadsAlgorithm(), VectoriseMaskAlgorithm(), TrainFromLinesAlgorithm(),
+                EvaluateModelAlgorithm()]
+
+    def loadAlgorithms(self) -> None:  # noqa: N802 (QGIS API)
+        for algorithm in self.getAlgs():
+            self.addAlgorithm(algorithm)
+
+    def id(self) -> str:
+        return "roadseg"
+
+    def name(self) -> str:
+        return "RoadSeg"
+
+    def longName(self) -> str:  # noqa: N802 (QGIS API)
+        return "RoadSeg: road extraction from aerial imagery"
+
+    def icon(self) -> QIcon:
+        return QIcon(str(ICON))

@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Build dist/roadseg_plugin-<version>.zip, installable with QGIS's Plugins > Install from ZIP.
+
+The zip holds one folder, `roadseg_plugin/`, which QGIS puts on its plugin path:
+
+- the plugin package itself (core, processing, GUI, icon, the bundled model and its card);
+- `metadata.txt`, copied in from the repository root (QGIS reads it from the plugin folder);
+- the `training/` package, copied in as `roadseg_plugin/training/`. It imports
+  `roadseg_plugin.core...` absolutely, which works because QGIS's plugin folder is on
+  `sys.path`; the plugin reaches it through `processing.base.import_training`, so no folder
+  is added to `sys.path` (a top-level `processing` package would clash with QGIS's own);
+- LICENSE, when the repository has one.
+
+Tests, caches, compiled files, ONNX exports and temporary files are left out.
+Usage: `python scripts/package.py [--out DIR] [--allow-missing-model]`.
+"""
+from __future__ import annotations
+
+import argparse
+import configparser
+import fnmatch
+import os
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PLUGIN = "roadseg_plugin"
+EXCLUDE_DIRS = {"__pycache__", "tests", "test", ".pytest_cache", ".mypy_cache", ".ruff_cache", ".git"}
+EXCLUDE_FILES = ("*.pyc", "*.pyo", "*.onnx", "*.tmp", ".*", "*~", "*.orig")
+
+
+def read_version(metadata: Path = ROOT / "metadata.txt") -> str:
+    parser = configparser.ConfigParser(interpolation=None)
+    if not parser.read(metadata, encoding="utf-8") or not parser.has_option("general", "version"):
+        raise SystemExit(f"{metadata}: no [general] version; metadata.txt must sit at the repository root")
+    return parser.get("general", "version").strip()
+
+
+def package_files(root: Path = ROOT) -> list[tuple[Path, str]]:
+    """(source file, path inside the zip) for everything the plugin ships, sorted by zip path."""
+
+    def walk(folder: Path, prefix: str) -> list[tuple[Path, str]]:
+        found = []
+        for dirpath, dirnames, filenames in os.walk(folder):
+            dirnames[:] = sorted(d for d in dirnames if d not in EXCLUDE_DIRS and not d.startswith("."))
+            for name in sorted(filenames):
+                if any(fnmatch.fnmatch(name, pattern) for pattern in EXCLUDE_FILES):
+                    continue
+                path = Path(dirpath) / name
+                found.append((path, f"{prefix}/{path.relative_to(folder).as_posix()}"))
+        return found
+
+    files = walk(root / PLUGIN, PLUGIN)
+    files += walk(root / "training", f"{PLUGIN}/training")
+    files.append((root / "metadata.txt", f"{PLUGIN}/metadata.txt"))
+    for extra in ("LICENSE", "LICENSE.txt", "COPYING"):
+        if (root / extra).is_file():
+            files.append((root / extra, f"{PLUGIN}/{extra}"))
+            break
+    return sorted(files, key=lambda item: item[1])
+
+
+def build(out_dir: Path = ROOT / "dist", allow_missing_model: bool = False, root: Path = ROOT) -> Path:
+    """Write the zip atomically and return its path."""
+    version = read_version(root / "metadata.txt")
+    files = package_files(root)
+    models = [arc for _, arc in files if fnmatch.fnmatch(arc, f"{PLUGIN}/models/*.pt")]
+    if not models and not allow_missing_model:
+        raise SystemExit(f"no bundled model in {root / PLUGIN / 'models'} (*.pt); train or copy one there, "
+                         "or pass --allow-missing-model for a plugin without it")
+    if (root / PLUGIN / "training").exists():
+        raise SystemExit(f"{root / PLUGIN / 'training'} exists; the package copies training/ there itself")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{PLUGIN}-{version}.zip"
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=out_dir)
+    os.close(fd)
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for source, arcname in files:
+                zf.write(source, arcname)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    size = target.stat().st_size / 1e6
+    print(f"{target} ({len(files)} files, {size:.1f} MB; model: {', '.join(models) or 'none'})")
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "dist", help="output folder (default: dist/)")
+    parser.add_argument("--allow-missing-model", action="store_true",
+                        help="build even when roadseg_plugin/models/ holds no .pt file")
+    args = parser.parse_args(argv)
+    build(args.out, args.allow_missing_model)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
