@@ -1,0 +1,177 @@
+"""RoadSegTask in a real (offscreen) QGIS: the task manager, result layers, cancel, failure."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("qgis.core")
+pytest.importorskip("torch")
+
+from qgis.core import (  # noqa: E402
+    Qgis,
+    QgsProject,
+    QgsRasterLayer,
+    QgsSingleBandPseudoColorRenderer,
+    QgsVectorLayer,
+    QgsWkbTypes,
+)
+
+from roadseg_plugin.core.errors import RoadSegError  # noqa: E402
+from roadseg_plugin.params import SegmentParams  # noqa: E402
+from roadseg_plugin.task import ROAD_WIDTH_MM, RoadSegTask, Status  # noqa: E402
+from tests.plugin.conftest import UTM19_ORIGIN, wait_for_task, write_road_geotiff  # noqa: E402
+
+
+@pytest.fixture
+def bar(qgis_iface):
+    qgis_iface.messageBar().clear_messages()
+    return qgis_iface.messageBar()
+
+
+def _added_lines(name: str) -> QgsVectorLayer:
+    layers = QgsProject.instance().mapLayersByName(name)
+    assert len(layers) == 1, [lyr.name() for lyr in QgsProject.instance().mapLayers().values()]
+    return layers[0]
+
+
+def _on_roads_fraction(layer: QgsVectorLayer, mask: np.ndarray, origin=UTM19_ORIGIN, tol_px: int = 3) -> float:
+    """Share of the line vertices within `tol_px` pixels of a drawn road."""
+    from scipy.ndimage import binary_dilation
+
+    near = binary_dilation(mask, iterations=tol_px)
+    hits = total = 0
+    for feature in layer.getFeatures():
+        for vertex in feature.geometry().vertices():
+            col, row = int(vertex.x() - origin[0]), int(origin[1] - vertex.y())
+            total += 1
+            hits += bool(0 <= row < mask.shape[0] and 0 <= col < mask.shape[1] and near[row, col])
+    return hits / max(total, 1)
+
+
+def test_task_manager_run_adds_road_lines_in_the_raster_crs(qgis_new_project, road_model, bar, tmp_path, qgis_iface):
+    tif, mask = write_road_geotiff(tmp_path / "area.tif", size=128, seed=5)
+    raster = QgsRasterLayer(str(tif), "aerial")
+    qgis_new_project.addMapLayer(raster)
+    progress: list[float] = []
+    task = RoadSegTask(SegmentParams(raster.id(), model_path=str(road_model), device="cpu"), iface=qgis_iface)
+    task.progressChanged.connect(progress.append)
+
+    assert wait_for_task(task), "the task did not finish in time"
+    outcome = task.outcome
+    assert outcome.status is Status.OK, outcome.message
+    assert outcome.n_lines > 0 and outcome.total_length_m > 50
+    assert outcome.probability_path is None  # not asked for: removed, not added
+    assert Path(outcome.lines_path).is_file() and Path(outcome.lines_path).suffix == ".gpkg"
+    assert max(progress) == pytest.approx(100.0)
+
+    lines = _added_lines("Roads")
+    assert lines.crs().authid() == "EPSG:32619"
+    assert QgsWkbTypes.geometryType(lines.wkbType()) == QgsWkbTypes.LineGeometry
+    assert lines.featureCount() == outcome.n_lines
+    assert {"length_m", "width_m", "mean_prob"} <= set(lines.fields().names())
+    assert _on_roads_fraction(lines, mask) > 0.9
+    symbol = lines.renderer().symbol()
+    assert symbol.symbolLayer(symbol.symbolLayerCount() - 1).width() == pytest.approx(ROAD_WIDTH_MM)
+    assert len(QgsProject.instance().mapLayersByName("Roads probability")) == 0
+    assert len(bar.get_messages(Qgis.Success)) == 1 and "road lines" in bar.get_messages(Qgis.Success)[0]
+
+
+def test_file_output_with_probability_raster(qgis_new_project, road_model, bar, tmp_path, qgis_iface):
+    tif, mask = write_road_geotiff(tmp_path / "area.tif", size=96, seed=2)
+    raster = QgsRasterLayer(str(tif), "aerial")
+    qgis_new_project.addMapLayer(raster)
+    out = tmp_path / "result" / "roads.shp"
+    out.parent.mkdir()
+    params = SegmentParams(raster.id(), model_path=str(road_model), device="cpu", output=str(out),
+                           add_probability=True, threshold=0.5, min_length=5.0, layer_name="My roads")
+    task = RoadSegTask(params, iface=qgis_iface)
+    assert task.run()  # synchronously, on this (main) thread
+    task.finished(True)
+
+    assert task.outcome.lines_path == str(out) and out.is_file()
+    probability = Path(task.outcome.probability_path)
+    assert probability == out.with_name("roads_probability.tif") and probability.is_file()
+    lines = _added_lines("My roads")
+    assert lines.source().startswith(str(out)) and lines.crs().authid() == "EPSG:32619"
+    prob_layer = QgsProject.instance().mapLayersByName("My roads probability")[0]
+    assert prob_layer.crs().authid() == "EPSG:32619"
+    assert isinstance(prob_layer.renderer(), QgsSingleBandPseudoColorRenderer)
+    assert _on_roads_fraction(lines, mask) > 0.9
+
+
+def test_extent_limits_the_lines(qgis_new_project, road_model, qgis_iface, tmp_path):
+    tif, _ = write_road_geotiff(tmp_path / "area.tif", size=128, seed=5)
+    raster = QgsRasterLayer(str(tif), "aerial")
+    qgis_new_project.addMapLayer(raster)
+    x0, y0 = UTM19_ORIGIN
+    extent = (x0 + 16.0, y0 - 112.0, x0 + 80.0, y0 - 48.0)
+    task = RoadSegTask(SegmentParams(raster.id(), model_path=str(road_model), device="cpu", extent=extent,
+                                     min_length=5.0), iface=qgis_iface)
+    assert wait_for_task(task)
+    assert task.outcome.ok, task.outcome.message
+    box = _added_lines("Roads").extent()
+    assert box.xMinimum() >= extent[0] - 1 and box.xMaximum() <= extent[2] + 1
+    assert box.yMinimum() >= extent[1] - 1 and box.yMaximum() <= extent[3] + 1
+
+
+def test_cancel_before_run_leaves_nothing(qgis_new_project, road_raster_layer, tiny_checkpoint, bar, tmp_path,
+                                          qgis_iface):
+    out = tmp_path / "out" / "roads.gpkg"
+    out.parent.mkdir()
+    n_layers = len(QgsProject.instance().mapLayers())
+    task = RoadSegTask(SegmentParams(road_raster_layer.id(), model_path=str(tiny_checkpoint), device="cpu",
+                                     output=str(out), add_probability=True), iface=qgis_iface)
+    task.cancel()
+    assert task.run() is False
+    task.finished(False)
+    assert task.outcome.status is Status.CANCELLED
+    assert not out.exists() and not out.with_name("roads_probability.tif").exists()
+    assert list(out.parent.iterdir()) == []
+    assert len(QgsProject.instance().mapLayers()) == n_layers
+    assert len(bar.get_messages(Qgis.Info)) == 1 and bar.get_messages(Qgis.Critical) == []
+
+
+def test_cancel_while_running_in_the_task_manager(qgis_new_project, tiny_checkpoint, bar, tmp_path, qgis_iface):
+    tif, _ = write_road_geotiff(tmp_path / "big.tif", size=1024, seed=1)
+    raster = QgsRasterLayer(str(tif), "big")
+    qgis_new_project.addMapLayer(raster)
+    out = tmp_path / "out" / "roads.geojson"
+    out.parent.mkdir()
+    task = RoadSegTask(SegmentParams(raster.id(), model_path=str(tiny_checkpoint), device="cpu",
+                                     output=str(out), add_probability=True), iface=qgis_iface)
+    seen: list[float] = []
+
+    def cancel_once_started(t):
+        if not seen and t.progress() > 0:
+            seen.append(t.progress())
+            t.cancel()
+
+    assert wait_for_task(task, on_poll=cancel_once_started)
+    assert seen and seen[0] < 85, "cancel should land during segmentation"
+    assert task.outcome.status is Status.CANCELLED
+    assert list(out.parent.iterdir()) == []  # no lines, no probability raster, no temporary files
+    assert QgsProject.instance().mapLayersByName("Roads") == []
+    assert len(bar.get_messages(Qgis.Info)) == 1 and bar.get_messages(Qgis.Critical) == []
+
+
+def test_corrupt_model_fails_with_a_message_bar_error(qgis_new_project, road_raster_layer, bar, tmp_path,
+                                                      qgis_iface):
+    model = tmp_path / "corrupt.pt"
+    model.write_bytes(b"PK\x03\x04 this is not a checkpoint")
+    out = tmp_path / "roads.gpkg"
+    task = RoadSegTask(SegmentParams(road_raster_layer.id(), model_path=str(model), device="cpu",
+                                     output=str(out)), iface=qgis_iface)
+    assert wait_for_task(task)
+    assert task.outcome.status is Status.FAILED
+    assert "corrupt.pt" in task.outcome.message
+    errors = bar.get_messages(Qgis.Critical)
+    assert len(errors) == 1 and "Segment roads failed" in errors[0] and "corrupt.pt" in errors[0]
+    assert not out.exists()
+    assert QgsProject.instance().mapLayersByName("Roads") == []
+
+
+def test_unknown_layer_is_refused_on_the_main_thread(qgis_new_project):
+    with pytest.raises(RoadSegError, match="no raster layer"):
+        RoadSegTask(SegmentParams("no-such-layer-id"))
