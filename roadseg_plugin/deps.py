@@ -8,13 +8,18 @@ Neither QGIS nor Qt is imported either; the dialog and the Processing algorithms
 """
 from __future__ import annotations
 
+import ctypes
+import importlib
 import importlib.util
+import logging
 import os
 import shlex
 import shutil
 import sys
 import sysconfig
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 # import name -> pip requirement; the pins match requirements.txt
 REQUIRED: dict[str, str] = {
@@ -122,5 +127,58 @@ def dependency_message() -> str:
     return "\n".join(lines)
 
 
-__all__ = ["OPTIONAL", "REQUIRED", "dependency_message", "install_command", "missing_dependencies",
-           "missing_optional", "python_executable"]
+# Packages whose pip wheels bundle their own GEOS / GDAL / PROJ / image libraries (see below).
+NATIVE_PACKAGES = ("shapely", "pyproj", "rasterio", "pyogrio", "PIL")
+_QGIS_GLOBAL_SYMBOLS = ("GEOSversion", "GDALVersionInfo", "proj_info")
+
+
+def _qgis_libraries_are_global() -> bool:
+    """True inside the QGIS program or qgis_process: GEOS, GDAL and PROJ are in the global symbol scope."""
+    try:
+        scope = ctypes.CDLL(None)
+    except OSError:
+        return False
+    return any(hasattr(scope, symbol) for symbol in _QGIS_GLOBAL_SYMBOLS)
+
+
+def isolate_native_libraries(packages: tuple[str, ...] = NATIVE_PACKAGES) -> list[str]:
+    """Import the compiled parts of shapely, pyproj, rasterio, pyogrio and Pillow so that they use
+    the libraries their wheels bundle, not the (older) ones QGIS itself is linked with. Linux only.
+
+    In the QGIS program and in qgis_process, QGIS's own GEOS, GDAL and PROJ are loaded into the
+    global symbol scope before Python starts; a wheel's bundled copy then has some of its symbols
+    resolved to QGIS's version (shapely fails with "WKB output dimension must be 2 or 3", then
+    crashes). Loading the extension modules with RTLD_DEEPBIND makes each prefer its own
+    libraries. Call this before anything imports those packages; packages already imported, or
+    processes where QGIS's libraries are not global (plain Python, pytest), are left alone.
+
+    Returns:
+        The packages imported this way.
+    """
+    if not sys.platform.startswith("linux") or not hasattr(os, "RTLD_DEEPBIND") or not _qgis_libraries_are_global():
+        return []
+    import numpy  # noqa: F401  (numpy is shared by all of them; load it the ordinary way first)
+
+    done = []
+    flags = sys.getdlopenflags()
+    sys.setdlopenflags(os.RTLD_NOW | os.RTLD_DEEPBIND)
+    try:
+        for package in packages:
+            spec = None if package in sys.modules else importlib.util.find_spec(package)
+            if spec is None or not spec.submodule_search_locations:
+                continue
+            root = Path(next(iter(spec.submodule_search_locations)))
+            for lib in sorted(root.rglob("*.so")):  # every extension module: later imports reuse them
+                parts = lib.relative_to(root.parent).with_name(lib.name.split(".")[0]).parts
+                try:
+                    importlib.import_module(".".join(parts))
+                except Exception as exc:  # noqa: BLE001  (an optional extension; the package still works)
+                    log.debug("not preloaded: %s (%s)", ".".join(parts), exc)
+            done.append(package)
+    finally:
+        sys.setdlopenflags(flags)
+    return done
+
+
+__all__ = ["NATIVE_PACKAGES", "OPTIONAL", "REQUIRED", "dependency_message", "install_command",
+           "isolate_native_libraries", "missing_dependencies", "missing_optional", "python_executable"]

@@ -107,6 +107,7 @@ class _Labelled:
     path: Path
     roads: np.ndarray  # bool (H, W)
     labelled: np.ndarray  # bool (H, W): inside the AOI (everything when there is none)
+    usable: np.ndarray  # bool (H, W): labelled and with image data (not no-data, not all-white)
 
 
 def _colour_bands(src: rasterio.DatasetReader) -> list[int]:
@@ -122,22 +123,34 @@ def _open(path: Path) -> rasterio.DatasetReader:
         raise DatasetError(path, f"cannot be read ({exc})", "choose a raster GDAL can open") from None
 
 
+def _image_valid(src: rasterio.DatasetReader, rows: int = 1024) -> np.ndarray:
+    """Pixels with image data, as `training.datasets.read_image` sees them (mask, not all-white)."""
+    valid = np.zeros((src.height, src.width), dtype=bool)
+    bands = _colour_bands(src)
+    for r0 in range(0, src.height, rows):
+        win = Window(0, r0, src.width, min(rows, src.height - r0))
+        image = src.read(bands, window=win)
+        valid[r0:r0 + image.shape[1]] = (src.dataset_mask(window=win) > 0) & ~np.all(image == 255, axis=0)
+    return valid
+
+
 def _label(path: Path, lines: "gpd.GeoDataFrame", aoi: "gpd.GeoDataFrame | None", buffer_m: float) -> _Labelled:
     with _open(path) as src:
         if src.dtypes[0] != "uint8":
             raise DatasetError(path, f"is {src.dtypes[0]}, training reads 8-bit images",
                                "convert it to 8-bit (Raster > Conversion > Translate, output type Byte)")
         shape, transform, crs = (src.height, src.width), src.transform, src.crs
+        image_valid = _image_valid(src)
     roads = rasterise_lines(lines, shape, transform, crs, buffer_m)
     labelled = np.ones(shape, dtype=bool) if aoi is None else rasterise_areas(aoi, shape, transform, crs)
-    return _Labelled(path, roads, labelled)
+    return _Labelled(path, roads, labelled, labelled & image_valid)
 
 
 def _windows(labels: list[_Labelled], tile: int) -> Iterator[tuple[int, _Labelled, Window]]:
     for i, lab in enumerate(labels):
         h, w = lab.roads.shape
         for win in tile_windows(w, h, tile):
-            if lab.labelled[win.toslices()].any():
+            if lab.usable[win.toslices()].any():
                 yield i, lab, win
 
 
@@ -146,7 +159,7 @@ def _write_tile(lab: _Labelled, win: Window, name: str, out: Path) -> None:
     with _open(lab.path) as src:
         bands = _colour_bands(src)
         image = src.read(bands, window=win)
-        valid = (src.dataset_mask(window=win) > 0) & lab.labelled[rows, cols]
+        valid = lab.usable[rows, cols]
         profile = {"driver": "GTiff", "width": int(win.width), "height": int(win.height), "crs": src.crs,
                    "transform": src.window_transform(win), "compress": "deflate"}
     with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
@@ -195,6 +208,9 @@ def make_label_dataset(rasters: list[str | Path], lines: "gpd.GeoDataFrame", out
     if not any((lab.roads & lab.labelled).any() for lab in labels):
         raise DatasetError("", "no road line lies inside the area of interest",
                            "digitise the roads inside the AOI polygons")
+    if not any((lab.roads & lab.usable).any() for lab in labels):
+        raise DatasetError("", f"the road lines only cross no-data (or all-white) parts of {names}",
+                           "digitise roads where the images have data")
     for lab in labels:
         if not lab.roads.any():
             log.warning("%s: no road line on this raster; all of it is labelled background", lab.path.name)

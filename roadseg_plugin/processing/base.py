@@ -30,7 +30,7 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QCoreApplication, QVariant
 from qgis.PyQt.QtGui import QIcon
 
-from ..deps import dependency_message, missing_dependencies
+from ..deps import dependency_message, isolate_native_libraries, missing_dependencies
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -95,10 +95,12 @@ class RoadSegAlgorithm(QgsProcessingAlgorithm):
     # ---- helpers for processAlgorithm ------------------------------------------------------
     @staticmethod
     def require_dependencies() -> None:
-        """Raise the install instructions as a QgsProcessingException when packages are missing."""
+        """Raise the install instructions as a QgsProcessingException when packages are missing;
+        otherwise make sure the packages' bundled GEOS/GDAL/PROJ do not clash with QGIS's own."""
         message = dependency_message()
         if message:
             raise QgsProcessingException(message)
+        isolate_native_libraries()
 
     @staticmethod
     @contextmanager

@@ -35,7 +35,7 @@ def score(prob_path: str, truth_from_grid: Any, threshold: float) -> dict[str, A
     from ..core.metrics import pixel_counts
 
     with rasterio.open(prob_path) as src:
-        pred = src.read(1) >= round(threshold * 255)
+        pred = src.read(1) >= threshold * 255  # probability x 255 (the engine's encoding)
         valid = src.dataset_mask() > 0
         truth = truth_from_grid((src.height, src.width), src.transform, src.crs)
     figures = pixel_counts(pred, truth, valid).metrics()

@@ -101,7 +101,8 @@ class SegmentRoadsAlgorithm(RoadSegAlgorithm):
             for warning in result.warnings:
                 feedback.pushWarning(warning)
             lines = vectorise_raster(result.path, threshold=result.threshold,
-                                     min_length=self.parameterAsDouble(parameters, self.MIN_LENGTH, context))
+                                     min_length=self.parameterAsDouble(parameters, self.MIN_LENGTH, context),
+                                     on_progress=self.progress(feedback, 90, 98), is_cancelled=feedback.isCanceled)
         sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, line_fields(),
                                              QgsWkbTypes.LineString, layer.crs())
         if sink is None:

@@ -77,6 +77,7 @@ class VectoriseMaskAlgorithm(RoadSegAlgorithm):
             path = layer_path(layer, "INPUT", "roadseg_mask.tif")
             feedback.setProgress(10)
             lines = vectorise_raster(path, threshold=self.parameterAsDouble(parameters, self.THRESHOLD, context),
+                                     on_progress=self.progress(feedback, 10, 80), is_cancelled=feedback.isCanceled,
                                      **cleanup)
         feedback.setProgress(80)
         sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, line_fields(),

@@ -61,3 +61,41 @@ def test_import_does_not_pull_heavy_packages() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           cwd=str(deps.__file__).rsplit("/roadseg_plugin/", 1)[0])
     assert done.stdout.strip() == "[]"
+
+
+ISOLATION = """
+import ctypes, ctypes.util, os, sys
+ctypes.CDLL(ctypes.util.find_library("geos_c"), mode=os.RTLD_GLOBAL)  # what the QGIS program does
+from roadseg_plugin import deps
+if sys.argv[1] == "isolate":
+    print(deps.isolate_native_libraries())
+from shapely.geometry import LineString
+try:
+    print(len(LineString([(0, 0), (1, 1)]).wkb))
+except Exception as exc:
+    print(type(exc).__name__, exc)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RTLD_DEEPBIND is Linux-only")
+def test_bundled_geos_does_not_clash_with_qgis_geos() -> None:
+    """Inside QGIS, the system GEOS is global; shapely's wheel must keep using its own copy."""
+    import ctypes.util
+
+    if not ctypes.util.find_library("geos_c"):
+        pytest.skip("no system GEOS (libgeos_c) installed")
+    root = str(deps.__file__).rsplit("/roadseg_plugin/", 1)[0]
+
+    def run(mode: str) -> list[str]:
+        done = subprocess.run([sys.executable, "-c", ISOLATION, mode], capture_output=True, text=True, cwd=root,
+                              timeout=120)
+        return done.stdout.strip().splitlines()
+
+    isolated = run("isolate")
+    assert "shapely" in isolated[0] and isolated[1] == "41"
+    plain = run("plain")  # documents the clash the isolation exists for (when the versions differ)
+    assert plain[-1] == "41" or "GEOSException" in plain[-1]
+
+
+def test_isolation_is_a_no_op_in_plain_python() -> None:
+    assert deps.isolate_native_libraries() == []

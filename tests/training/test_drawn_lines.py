@@ -113,3 +113,19 @@ def test_non_8bit_raster_is_refused(tmp_path: Path) -> None:
         dst.write(np.zeros((3, 64, 64), np.float32))
     with pytest.raises(DatasetError, match="8-bit"):
         make_label_dataset([path], middle_road(), tmp_path / "ds")
+
+
+def test_white_no_data_tiles_are_left_out(tmp_path: Path) -> None:
+    path = write_raster(tmp_path / "area.tif")
+    with rasterio.open(path, "r+") as dst:
+        image = dst.read()
+        image[:, :, 100:] = 255  # the eastern half is white no-data, as in the Massachusetts tiles
+        dst.write(image)
+    out = make_label_dataset([path], middle_road(), tmp_path / "ds", tile=100)
+    tiles = load_tiles(out)
+    assert len(tiles) == 2  # the two western tiles
+    assert all(t.valid.all() for t in tiles)
+    with rasterio.open(path, "r+") as dst:
+        dst.write(np.full((3, 200, 200), 255, np.uint8))
+    with pytest.raises(DatasetError, match="no-data"):
+        make_label_dataset([path], middle_road(), tmp_path / "ds2")

@@ -1,0 +1,148 @@
+"""roadseg:segmentroads through processing.run, with a tiny model that really finds drawn roads."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from rasterio.features import rasterize
+
+from tests.conftest import needs_shared_data
+
+FIELDS = ["id", "length_m", "width_m", "mean_prob"]
+
+
+def on_roads(lines: gpd.GeoDataFrame, mask: np.ndarray, transform: Affine, tolerance_px: int = 4) -> float:
+    """Fraction of the line pixels that lie within `tolerance_px` of a true road pixel."""
+    from scipy import ndimage
+
+    burnt = rasterize(((g, 1) for g in lines.geometry), out_shape=mask.shape, transform=transform, fill=0,
+                      dtype="uint8").astype(bool)
+    near = ndimage.binary_dilation(mask, iterations=tolerance_px)
+    return float((burnt & near).sum() / max(burnt.sum(), 1))
+
+
+def run(params: dict, **kw):
+    import processing
+
+    return processing.run("roadseg:segmentroads", params, **kw)
+
+
+def test_lines_where_roads_are_in_the_raster_crs(roadseg_provider, road_rasters, road_model, tmp_path: Path) -> None:
+    path, mask = road_rasters("area.tif", size=256, seed=3)
+    out = tmp_path / "roads.gpkg"
+    result = run({"INPUT": str(path), "MODEL": str(road_model), "DEVICE": "cpu", "MIN_LENGTH": 10,
+                  "OUTPUT": str(out)})
+    assert result["OUTPUT"] == str(out)
+    lines = gpd.read_file(out)
+    assert len(lines) >= 2
+    assert lines.crs.to_epsg() == 32619
+    assert list(lines.columns[:4]) == FIELDS
+    assert on_roads(lines, mask, Affine(1, 0, 330000, 0, -1, 4690000)) > 0.9
+    assert lines["mean_prob"].between(0.4, 1).all() and (lines["length_m"] >= 10).all()
+    # a drawn road crosses the whole raster: the network is about as long as the roads
+    assert lines["length_m"].sum() > 0.6 * 256 * (mask.all(axis=0).any() + mask.all(axis=1).any())
+
+
+def test_shapefile_with_fields_prj_and_probability_raster(roadseg_provider, road_rasters, road_model,
+                                                          tmp_path: Path) -> None:
+    path, mask = road_rasters("area.tif", size=192, seed=5)
+    shp, prob = tmp_path / "roads.shp", tmp_path / "prob.tif"
+    result = run({"INPUT": str(path), "MODEL": str(road_model), "THRESHOLD": 0.5, "OUTPUT": str(shp),
+                  "MASK_OUTPUT": str(prob)})
+    assert result["MASK_OUTPUT"] == str(prob)
+    for suffix in (".shp", ".shx", ".dbf", ".prj"):
+        assert shp.with_suffix(suffix).is_file(), suffix
+    assert "utm_zone_19n" in shp.with_suffix(".prj").read_text().lower().replace(" ", "_")
+    lines = gpd.read_file(shp)
+    assert list(lines.columns[:4]) == FIELDS and len(lines) >= 1
+    with rasterio.open(prob) as src:
+        assert src.crs.to_epsg() == 32619 and src.dtypes[0] == "uint8"
+        values = src.read(1)
+    assert values[mask].mean() > values[~mask].mean() + 80  # probability x 255: roads stand out
+
+
+def test_batch_two_rasters_one_output_each(roadseg_provider, road_rasters, road_model, tmp_path: Path) -> None:
+    """What the toolbox's batch mode does: the same algorithm once per raster, each to its own file."""
+    from qgis.core import QgsProcessingAlgRunnerTask, QgsProcessingContext, QgsProcessingFeedback, QgsApplication
+
+    alg = QgsApplication.processingRegistry().algorithmById("roadseg:segmentroads")
+    outputs = []
+    for i in range(2):
+        path, _ = road_rasters(f"area{i}.tif", size=128, seed=10 + i, origin=(330000 + 1000 * i, 4690000))
+        context, feedback = QgsProcessingContext(), QgsProcessingFeedback()
+        params = {"INPUT": str(path), "MODEL": str(road_model), "OUTPUT": str(tmp_path / f"roads{i}.gpkg")}
+        ok, message = alg.checkParameterValues(params, context)
+        assert ok, message
+        results, ok = alg.run(params, context, feedback)
+        assert ok and results["OUTPUT"] == str(tmp_path / f"roads{i}.gpkg")
+        outputs.append(gpd.read_file(results["OUTPUT"]))
+    assert all(len(lines) for lines in outputs)
+    assert outputs[1].total_bounds[0] >= 331000 > outputs[0].total_bounds[2]
+    assert QgsProcessingAlgRunnerTask  # the class the batch dialog uses is there in 3.22
+
+
+def test_non_file_layer_and_extent_through_the_provider_reader(roadseg_provider, road_rasters, road_model,
+                                                                tmp_path: Path) -> None:
+    from osgeo import gdal
+    from qgis.core import QgsRasterLayer
+
+    path, mask = road_rasters("area.tif", size=256, seed=3)
+    vrt = tmp_path / "area.vrt"
+    gdal.BuildVRT(str(vrt), [str(path)])
+    xml = vrt.read_text().replace('relativeToVRT="1">area.tif', f'relativeToVRT="0">{path}')
+    layer = QgsRasterLayer(xml, "vrt from a string", "gdal")  # not a file: read through the data provider
+    assert layer.isValid()
+    prob = tmp_path / "prob.tif"
+    extent = "330000,330128,4689872,4690000 [EPSG:32619]"  # the north-west quarter
+    run({"INPUT": layer, "MODEL": str(road_model), "EXTENT": extent, "OUTPUT": str(tmp_path / "roads.gpkg"),
+         "MASK_OUTPUT": str(prob), "MIN_LENGTH": 5})
+    with rasterio.open(prob) as src:
+        assert (src.width, src.height) == (128, 128)
+        assert src.transform == Affine(1, 0, 330000, 0, -1, 4690000)
+        values = src.read(1)
+    quarter = mask[:128, :128]
+    assert quarter.any()
+    assert values[quarter].mean() > values[~quarter].mean() + 80
+
+
+def test_cancel_writes_nothing(roadseg_provider, road_rasters, road_model, tmp_path: Path) -> None:
+    from qgis.core import QgsProcessingException, QgsProcessingFeedback
+
+    path, _ = road_rasters("area.tif", size=128)
+    feedback = QgsProcessingFeedback()
+    feedback.cancel()
+    with pytest.raises(QgsProcessingException, match="Cancelled"):
+        run({"INPUT": str(path), "MODEL": str(road_model), "OUTPUT": str(tmp_path / "roads.gpkg"),
+             "MASK_OUTPUT": str(tmp_path / "prob.tif")}, feedback=feedback)
+    assert not (tmp_path / "prob.tif").exists() and not (tmp_path / "roads.gpkg").exists()
+
+
+def test_bad_model_is_a_clear_processing_error(roadseg_provider, road_rasters, tmp_path: Path) -> None:
+    from qgis.core import QgsProcessingException
+
+    path, _ = road_rasters("area.tif", size=64)
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(QgsProcessingException, match="broken.pt"):
+        run({"INPUT": str(path), "MODEL": str(bad), "OUTPUT": str(tmp_path / "roads.gpkg")})
+
+
+@needs_shared_data
+def test_real_tile_with_the_bundled_model(roadseg_provider, mass_tile, tmp_path: Path) -> None:
+    from roadseg_plugin.core.checkpoint import BUNDLED_MODEL
+
+    if not BUNDLED_MODEL.is_file():
+        pytest.skip(f"no bundled model at {BUNDLED_MODEL} yet")
+    image, mask_path = mass_tile
+    out = tmp_path / "roads.shp"
+    run({"INPUT": str(image), "OUTPUT": str(out)})
+    lines = gpd.read_file(out)
+    assert lines.crs.to_epsg() == 26919 and len(lines) > 0
+    with rasterio.open(mask_path) as src:
+        mask = src.read(1) > 127
+        transform = src.transform
+    assert on_roads(lines, mask, transform, tolerance_px=8) > 0.6

@@ -1,0 +1,108 @@
+"""roadseg:trainfromlines: road lines digitised in QGIS (memory layers) -> a fine-tuned checkpoint."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from tests.conftest import needs_shared_data
+from tests.plugin.conftest import MASS_ORIGIN, UTM19_ORIGIN, lines_layer, mask_to_lines_wkt
+
+X0, Y0 = UTM19_ORIGIN
+
+
+def run(params: dict):
+    import processing
+
+    return processing.run("roadseg:trainfromlines", params)
+
+
+def base_params(tmp_path: Path, rasters: list, lines, init: Path, **extra) -> dict:
+    return {"RASTER": [str(r) for r in rasters], "LINES": lines, "INIT_MODEL": str(init), "EPOCHS": 1,
+            "TILE": 64, "BATCH_SIZE": 8, "DEVICE": "cpu", "OUTPUT_MODEL": str(tmp_path / "out" / "tuned.pt"),
+            "OUTPUT_FOLDER": str(tmp_path / "run"), **extra}
+
+
+def check_outputs(result: dict, tmp_path: Path, init_meta) -> None:
+    from roadseg_plugin.core.checkpoint import load_model
+
+    assert result["OUTPUT_MODEL"] == str(tmp_path / "out" / "tuned.pt")
+    model, meta = load_model(result["OUTPUT_MODEL"])
+    assert meta.arch_config == init_meta.arch_config  # fine-tuned, same architecture
+    assert "drawn lines" in meta.data
+    run_dir = Path(result["OUTPUT_FOLDER"])
+    for name in ("loss.png", "predictions.gif", "history.csv"):
+        assert (run_dir / name).is_file() and (run_dir / name).stat().st_size > 0, name
+
+
+def test_lines_in_another_crs_over_two_rasters(roadseg_provider, road_rasters, tiny_checkpoint, tmp_path: Path) -> None:
+    """Lines digitised in WGS84 over two UTM rasters, with an AOI; one epoch fine-tunes the model."""
+    from qgis.core import QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsGeometry, QgsProject
+
+    from roadseg_plugin.core.checkpoint import load_model
+
+    wkt = []
+    rasters = []
+    for i in range(2):
+        origin = (X0 + 1000 * i, Y0)
+        path, mask = road_rasters(f"area{i}.tif", size=160, seed=20 + i, origin=origin)
+        rasters.append(path)
+        wkt += mask_to_lines_wkt(mask, origin)
+    to_wgs84 = QgsCoordinateTransform(QgsCoordinateReferenceSystem("EPSG:32619"),
+                                      QgsCoordinateReferenceSystem("EPSG:4326"), QgsProject.instance())
+    wgs84 = []
+    for w in wkt:
+        geom = QgsGeometry.fromWkt(w)
+        geom.transform(to_wgs84)
+        wgs84.append(geom.asWkt(9))
+    lines = lines_layer(wgs84, crs="EPSG:4326")
+    aoi = lines_layer([f"POLYGON(({X0} {Y0}, {X0 + 1160} {Y0}, {X0 + 1160} {Y0 - 120}, {X0} {Y0 - 120}, {X0} {Y0}))"],
+                      kind="Polygon", name="aoi")
+    result = run(base_params(tmp_path, rasters, lines, tiny_checkpoint, AOI=aoi, BUFFER=3.5, VAL_FRACTION=0.3))
+    check_outputs(result, tmp_path, load_model(tiny_checkpoint)[1])
+
+
+@pytest.mark.parametrize("case, message", [
+    ("empty", "has no lines"),
+    ("outside", "falls on the raster"),
+    ("aoi_outside", "does not overlap"),
+])
+def test_bad_labels_are_clear_errors(roadseg_provider, road_rasters, tiny_checkpoint, tmp_path: Path,
+                                     case: str, message: str) -> None:
+    from qgis.core import QgsProcessingException
+
+    path, mask = road_rasters("area.tif", size=128)
+    wkt = mask_to_lines_wkt(mask)
+    extra = {}
+    if case == "empty":
+        lines = lines_layer([])
+    elif case == "outside":
+        lines = lines_layer([f"LINESTRING({X0 + 5000} {Y0}, {X0 + 5100} {Y0 - 100})"])
+    else:
+        lines = lines_layer(wkt)
+        extra["AOI"] = lines_layer([f"POLYGON(({X0 - 900} {Y0}, {X0 - 800} {Y0}, {X0 - 800} {Y0 - 100}, "
+                                    f"{X0 - 900} {Y0}))"], kind="Polygon")
+    with pytest.raises(QgsProcessingException, match=message):
+        run(base_params(tmp_path, [path], lines, tiny_checkpoint, **extra))
+    assert not (tmp_path / "out" / "tuned.pt").exists()
+
+
+@needs_shared_data
+def test_real_tile_one_epoch(roadseg_provider, mass_tile, tiny_checkpoint, tmp_path: Path) -> None:
+    """Lines 'digitised' over a real Massachusetts crop (its mask's centre lines) train one epoch."""
+    from roadseg_plugin.core.checkpoint import load_model
+    from roadseg_plugin.core.vectorise import vectorise_mask
+
+    image, mask_path = mass_tile
+    with rasterio.open(mask_path) as src:
+        centre_lines = vectorise_mask(src.read(1) > 127, src.transform, "EPSG:26919", min_length=10)
+    assert len(centre_lines) > 0, "the crop has roads"
+    lines = lines_layer([g.wkt for g in centre_lines.geometry], crs="EPSG:26919")
+    assert lines.featureCount() == len(centre_lines)
+    result = run(base_params(tmp_path, [image], lines, tiny_checkpoint, TILE=128))
+    check_outputs(result, tmp_path, load_model(tiny_checkpoint)[1])
+    assert MASS_ORIGIN  # the crop sits at this corner in EPSG:26919
+    history = (Path(result["OUTPUT_FOLDER"]) / "history.csv").read_text().splitlines()
+    assert len(history) == 2 and np.isfinite(float(history[1].split(",")[1]))

@@ -1,0 +1,81 @@
+"""roadseg:vectorisemask through processing.run on real mask rasters."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+
+from tests.conftest import draw_roads
+from tests.plugin.test_processing_segment_roads import FIELDS, on_roads
+
+TRANSFORM = Affine(1, 0, 330000, 0, -1, 4690000)
+
+
+def write_mask(path: Path, values: np.ndarray, crs: str = "EPSG:32619") -> Path:
+    with rasterio.open(path, "w", driver="GTiff", width=values.shape[1], height=values.shape[0], count=1,
+                       dtype=values.dtype, crs=crs, transform=TRANSFORM) as dst:
+        dst.write(values[None])
+    return path
+
+
+@pytest.fixture
+def road_mask() -> np.ndarray:
+    return draw_roads(200, np.random.default_rng(4), n=3, width=7)
+
+
+def run(params: dict):
+    import processing
+
+    return processing.run("roadseg:vectorisemask", params)
+
+
+@pytest.mark.parametrize("scale, dtype", [(255, "uint8"), (1, "uint8"), (0.9, "float32")])
+def test_mask_kinds_give_lines_on_the_roads(roadseg_provider, road_mask, tmp_path: Path, scale, dtype) -> None:
+    path = write_mask(tmp_path / "mask.tif", (road_mask * scale).astype(dtype))
+    out = tmp_path / "roads.gpkg"
+    run({"INPUT": str(path), "OUTPUT": str(out)})
+    lines = gpd.read_file(out)
+    assert list(lines.columns[:4]) == FIELDS and len(lines) >= 2
+    assert lines.crs.to_epsg() == 32619
+    assert on_roads(lines, road_mask, TRANSFORM, tolerance_px=2) > 0.95
+    assert lines["width_m"].between(4, 10).all()  # 7 px roads at 1 m
+
+
+def test_clean_up_parameters_and_shapefile(roadseg_provider, road_mask, tmp_path: Path) -> None:
+    path = write_mask(tmp_path / "mask.tif", (road_mask * 255).astype("uint8"))
+    shp = tmp_path / "roads.shp"
+    run({"INPUT": str(path), "MIN_LENGTH": 10, "SPUR_LENGTH": 5, "GAP": 5, "TOLERANCE": 0.5, "THRESHOLD": 0.5,
+         "OUTPUT": str(shp)})
+    assert shp.with_suffix(".prj").is_file()
+    lines = gpd.read_file(shp)
+    assert list(lines.columns[:4]) == FIELDS and len(lines) >= 2
+    # a minimum length longer than the raster drops everything
+    run({"INPUT": str(path), "MIN_LENGTH": 10_000, "OUTPUT": str(tmp_path / "none.gpkg")})
+    assert len(gpd.read_file(tmp_path / "none.gpkg")) == 0
+
+
+def test_smoothing(roadseg_provider, road_mask, tmp_path: Path) -> None:
+    path = write_mask(tmp_path / "mask.tif", (road_mask * 255).astype("uint8"))
+    run({"INPUT": str(path), "SMOOTH": True, "OUTPUT": str(tmp_path / "smooth.gpkg")})
+    lines = gpd.read_file(tmp_path / "smooth.gpkg")
+    assert len(lines) >= 2 and on_roads(lines, road_mask, TRANSFORM, tolerance_px=2) > 0.95
+
+
+def test_non_file_mask_layer(roadseg_provider, road_mask, tmp_path: Path) -> None:
+    from osgeo import gdal
+    from qgis.core import QgsRasterLayer
+
+    path = write_mask(tmp_path / "mask.tif", (road_mask * 255).astype("uint8"))
+    gdal.Translate("/vsimem/roadseg_mask.tif", str(path))
+    try:
+        layer = QgsRasterLayer("/vsimem/roadseg_mask.tif", "in memory", "gdal")
+        assert layer.isValid()
+        run({"INPUT": layer, "OUTPUT": str(tmp_path / "roads.gpkg")})
+    finally:
+        gdal.Unlink("/vsimem/roadseg_mask.tif")
+    lines = gpd.read_file(tmp_path / "roads.gpkg")
+    assert lines.crs.to_epsg() == 32619 and on_roads(lines, road_mask, TRANSFORM, tolerance_px=2) > 0.95
