@@ -32,12 +32,12 @@ from rasterio.windows import Window
 
 from .checkpoint import ModelMeta
 from .errors import Cancelled, OutputError
-from .predictor import InputNormaliser, load_backend
-from .readers import RasterReader, band_stretch, choose_bands, open_raster
-from .tiling import RollingBlend, TileGrid
+from .predictor import BatchRunner, InputNormaliser, load_backend
+from .readers import RasterReader, band_stretch, choose_bands, open_raster, read_rows
+from .tiling import RollingBlend, TileGrid, cut_tile
 
 OUTPUT_BLOCK = 256
-DEFAULT_BATCH = {"cpu": 4, "cuda": 16}
+DEFAULT_BATCH = {"cpu": 2, "cuda": 16}  # CPU: no faster beyond 2 tiles, ~150 MB more per tile
 
 
 @dataclass
@@ -80,47 +80,27 @@ def make_normaliser(reader: RasterReader, meta: ModelMeta, bands: list[int]) -> 
     return InputNormaliser(meta, reader.dtype, limits), [note]
 
 
-def read_strip(reader: RasterReader, grid: TileGrid, row_origin: int,
-               bands: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """The (C, tile, padded width) raw values and valid mask under one tile row.
-
-    Rows and columns beyond the raster are reflected, exactly as `predict_array` pads.
-    All-white uint8 pixels and non-finite values are invalid.
-    """
-    first = row_origin - grid.margin
-    y0, y1 = grid.raster_rows(row_origin)
-    data, valid = reader.read(Window(0, y0, grid.width, y1 - y0), bands)
-    if data.dtype == np.uint8:
-        valid &= ~(data == 255).all(axis=0)
-    elif data.dtype.kind == "f":
-        valid &= np.isfinite(data).all(axis=0)
-    pad = ((y0 - first, first + grid.tile - y1), (grid.margin, grid.pad_w))
-    mode = "reflect" if min(data.shape[1:]) > 1 else "edge"
-    return np.pad(data, ((0, 0), *pad), mode=mode), np.pad(valid, pad, mode=mode)
-
-
 def iter_tile_batches(reader: RasterReader, grid: TileGrid, bands: list[int], normalise: InputNormaliser,
                       batch_size: int) -> Iterator[TileBatch]:
     """Batches of normalised tiles in row-major order, reading one strip per tile row."""
-    pending: list[tuple[np.ndarray, np.ndarray, tuple[int, int], int | None]] = []
+    origins = [(r, c) for r in grid.row_origins for c in grid.col_origins]
+    row_done = {r: grid.raster_rows(nxt)[0] for r, nxt in zip(grid.row_origins, grid.row_origins[1:])}
+    row_done[grid.row_origins[-1]] = grid.height
+    last_col, strip_row, data, valid = grid.col_origins[-1], None, None, None
     t = grid.tile
-    for k, r in enumerate(grid.row_origins):
-        data, valid = read_strip(reader, grid, r, bands)
-        last_col = grid.col_origins[-1]
-        done = grid.raster_rows(grid.row_origins[k + 1])[0] if k + 1 < len(grid.row_origins) else grid.height
-        for c in grid.col_origins:
-            v = valid[:, c:c + t]
-            pending.append((normalise(data[:, :, c:c + t], v), v, (r, c), done if c == last_col else None))
-            if len(pending) == batch_size:
-                yield _stack(pending)
-                pending = []
-    if pending:
-        yield _stack(pending)
-
-
-def _stack(items: list) -> TileBatch:
-    return TileBatch(np.stack([i[0] for i in items]), np.stack([i[1] for i in items]),
-                     [i[2] for i in items], [i[3] for i in items])
+    for i in range(0, len(origins), batch_size):
+        chunk = origins[i:i + batch_size]
+        batch = TileBatch(np.empty((len(chunk), len(bands), t, t), np.float32),
+                          np.empty((len(chunk), t, t), bool), chunk,
+                          [row_done[r] if c == last_col else None for r, c in chunk])
+        for j, (r, c) in enumerate(chunk):
+            if r != strip_row:
+                data = valid = None  # free the previous strip before reading the next
+                data, valid = read_rows(reader, *grid.raster_rows(r), bands)
+                strip_row = r
+            raw, batch.valid[j] = cut_tile(data, valid, grid, r, c)
+            normalise(raw, batch.valid[j], out=batch.tiles[j])
+        yield batch
 
 
 class Prefetcher:
@@ -128,7 +108,7 @@ class Prefetcher:
 
     _END = object()
 
-    def __init__(self, items: Iterator, depth: int = 2) -> None:
+    def __init__(self, items: Iterator, depth: int = 1) -> None:
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(items,), name="roadseg-reader", daemon=True)
@@ -172,12 +152,10 @@ class RasterSink:
     Args:
         path: file to create (the engine passes a temporary name).
         reader: gives the size, CRS and transform of the grid.
-        encode: (rows, width) probabilities -> uint8 values.
         tags: dataset metadata to store.
     """
 
-    def __init__(self, path: Path, reader: RasterReader, encode: Callable[[np.ndarray], np.ndarray],
-                 tags: dict[str, str]) -> None:
+    def __init__(self, path: Path, reader: RasterReader, tags: dict[str, str]) -> None:
         georeferenced = reader.crs is not None or reader.transform != affine.Affine.identity()
         profile = dict(driver="GTiff", width=reader.width, height=reader.height, count=1, dtype="uint8",
                        crs=reader.crs, transform=reader.transform if georeferenced else None, tiled=True,
@@ -189,7 +167,7 @@ class RasterSink:
                               "choose a writable folder with free space") from None
         self.dataset.update_tags(**tags)
         self.dataset.set_band_description(1, tags.get("ROADSEG_VALUES", ""))
-        self.path, self.encode, self.error = path, encode, None
+        self.path, self.error = path, None
         self._queue: queue.Queue = queue.Queue(maxsize=2)
         self._thread = threading.Thread(target=self._run, name="roadseg-writer", daemon=True)
         self._thread.start()
@@ -198,18 +176,19 @@ class RasterSink:
         while (item := self._queue.get()) is not None:
             if self.error is not None:
                 continue  # drain after a failure; the engine reports it
-            row, prob, valid = item
-            window = Window(0, row, prob.shape[1], prob.shape[0])
+            row, values, valid = item
+            window = Window(0, row, values.shape[1], values.shape[0])
             try:
-                self.dataset.write(self.encode(prob), 1, window=window)
+                self.dataset.write(values, 1, window=window)
                 self.dataset.write_mask(valid.astype(np.uint8) * np.uint8(255), window=window)
             except BaseException as exc:
                 self.error = exc
 
-    def write(self, row: int, prob: np.ndarray, valid: np.ndarray) -> None:
-        """Queue rows starting at raster row `row` (blocks while the writer is two behind)."""
+    def write(self, row: int, values: np.ndarray, valid: np.ndarray) -> None:
+        """Queue (rows, width) uint8 values and valid mask starting at raster row `row`
+        (blocks while the writer is two bands behind)."""
         self._raise_error()
-        self._queue.put((row, prob, valid))
+        self._queue.put((row, values, valid))
 
     def _raise_error(self) -> None:
         if self.error is not None:
@@ -227,38 +206,25 @@ class RasterSink:
         self._raise_error()
 
 
-class BatchRunner:
-    """Calls the backend in chunks; on CUDA out-of-memory, halves the chunk size and retries."""
-
-    def __init__(self, predict: Callable[[np.ndarray], np.ndarray], batch_size: int) -> None:
-        self.predict, self.limit, self.notes = predict, batch_size, []
-
-    def __call__(self, tiles: np.ndarray) -> np.ndarray:
-        out, i = [], 0
-        while i < len(tiles):
-            try:
-                out.append(self.predict(tiles[i:i + self.limit]))
-                i += len(out[-1])
-            except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is a RuntimeError
-                if "out of memory" not in str(exc).lower() or self.limit == 1:
-                    raise
-                self._free_cuda_cache()
-                self.limit //= 2
-                self.notes.append(f"GPU out of memory: batch size reduced to {self.limit}")
-        return np.concatenate(out)
-
-    @staticmethod
-    def _free_cuda_cache() -> None:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-
-
 def _encoder(binary: bool, threshold: float) -> Callable[[np.ndarray], np.ndarray]:
     if binary:
         return lambda prob: (prob >= threshold).astype(np.uint8)
-    return lambda prob: np.rint(prob * np.float32(255)).astype(np.uint8)
+
+    def probability(prob: np.ndarray) -> np.ndarray:
+        prob *= np.float32(255)  # in place: the band of rows is the engine's largest array
+        return np.rint(prob, out=prob).astype(np.uint8)
+
+    return probability
+
+
+def gdal_cache_mb(reader: RasterReader) -> int:
+    """A GDAL block cache that holds two 512-row bands of input blocks and the output's.
+
+    GDAL's default (5 % of RAM) would keep filling with decoded blocks as the raster is
+    read, so memory would grow with the raster; this bound only grows with its width.
+    """
+    per_row = reader.width * (reader.count * np.dtype(reader.dtype).itemsize + 2)
+    return 16 + -(-2 * 512 * per_row // 2**20)
 
 
 def _temporary_output(dst: Path) -> Path:
@@ -273,8 +239,8 @@ def _temporary_output(dst: Path) -> Path:
     return Path(tmp)
 
 
-def _run_pipeline(reader: RasterReader, grid: TileGrid, bands: list[int],
-                  normaliser: InputNormaliser, runner: BatchRunner, sink: RasterSink,
+def _run_pipeline(reader: RasterReader, grid: TileGrid, bands: list[int], normaliser: InputNormaliser,
+                  runner: BatchRunner, sink: RasterSink, encode: Callable[[np.ndarray], np.ndarray],
                   on_progress: Callable[[float], None] | None, is_cancelled: Callable[[], bool] | None) -> None:
     blend = RollingBlend(grid, OUTPUT_BLOCK)
     batches = Prefetcher(iter_tile_batches(reader, grid, bands, normaliser, runner.limit))
@@ -287,7 +253,7 @@ def _run_pipeline(reader: RasterReader, grid: TileGrid, bands: list[int],
             for prob, valid, (r, c), finished in zip(probs, batch.valid, batch.origins, batch.finished):
                 blend.add(prob, valid, r, c)
                 if finished is not None and (rows := blend.pop(finished)) is not None:
-                    sink.write(*rows)
+                    sink.write(rows[0], encode(rows[1]), rows[2])
             done += len(batch.origins)
             if on_progress is not None:
                 on_progress(0.99 * done / grid.n_tiles)
@@ -312,7 +278,7 @@ def segment_raster(src: str | os.PathLike | RasterReader, dst: str | os.PathLike
         backend: "auto" (torch on CUDA, ONNX Runtime on CPU), "torch" or "onnxruntime".
         tile: tile size (default: the model's); a multiple of 2**depth.
         overlap: pixels shared by neighbouring tiles (default: the model's).
-        batch_size: tiles per forward pass (default 4 on CPU, 16 on CUDA).
+        batch_size: tiles per forward pass (default 2 on CPU, 16 on CUDA).
         bands: 1-based bands to feed the model (default: the first non-alpha bands).
         threshold: road threshold for `binary` (default: the model's).
         binary: write 0/1 instead of probability x 255.
@@ -349,11 +315,13 @@ def segment_raster(src: str | os.PathLike | RasterReader, dst: str | os.PathLike
         try:
             tags = {"ROADSEG_VALUES": "binary road mask (1 road, 0 background)" if binary
                     else "road probability x 255", "ROADSEG_THRESHOLD": f"{threshold:g}"}
-            sink = RasterSink(tmp, reader, _encoder(binary, threshold), tags)
-            try:
-                _run_pipeline(reader, grid, chosen, normaliser, runner, sink, on_progress, is_cancelled)
-            finally:
-                sink.close()
+            with rasterio.Env(GDAL_CACHEMAX=gdal_cache_mb(reader)):
+                sink = RasterSink(tmp, reader, tags)
+                try:
+                    _run_pipeline(reader, grid, chosen, normaliser, runner, sink, _encoder(binary, threshold),
+                                  on_progress, is_cancelled)
+                finally:
+                    sink.close()
             os.replace(tmp, dst)
         finally:
             tmp.unlink(missing_ok=True)

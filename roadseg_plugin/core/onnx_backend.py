@@ -177,6 +177,7 @@ class OnnxPredictor:
         options.intra_op_num_threads = threads or physical_cores()
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.enable_mem_pattern = False  # measured: faster here and half the memory
         # No busy-waiting: the engine's reader and writer threads need the cores between runs.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]

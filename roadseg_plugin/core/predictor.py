@@ -107,17 +107,18 @@ class InputNormaliser:
             levels = np.arange(256, dtype=np.float32)[None, :, None]
             self.lut = normalise(np.repeat(levels, meta.in_channels, axis=0), meta)[:, :, 0]
 
-    def __call__(self, raw: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        """(C, h, w) raw values and (h, w) valid mask -> (C, h, w) float32."""
-        if self.lut is not None:
+    def __call__(self, raw: np.ndarray, valid: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """(C, h, w) raw values and (h, w) valid mask -> (C, h, w) float32 (into `out` if given)."""
+        if out is None:
             out = np.empty(raw.shape, dtype=np.float32)
+        if self.lut is not None:
             for c in range(raw.shape[0]):
                 np.take(self.lut[c], raw[c], out=out[c])
         else:
             lo = self.stretch[:, 0, None, None]
             span = self.stretch[:, 1, None, None] - lo
             scaled = np.clip((raw.astype(np.float32) - lo) * (np.float32(255) / span), 0, 255)
-            out = normalise(np.nan_to_num(scaled), self.meta)
+            out[:] = normalise(np.nan_to_num(scaled), self.meta)
         if not valid.all():
             out[:, ~valid] = 0.0
         return out
@@ -171,3 +172,25 @@ def load_backend(model: str | os.PathLike | None = None, device: str = "auto", b
     net, meta = load_model(path)
     predictor = TorchPredictor(net, torch_device, tta=tta)
     return Backend(predictor, meta, "torch", str(torch_device))
+
+
+class BatchRunner:
+    """Calls the backend in chunks; on CUDA out-of-memory, halves the chunk size and retries."""
+
+    def __init__(self, predict: Callable[[np.ndarray], np.ndarray], batch_size: int) -> None:
+        self.predict, self.limit, self.notes = predict, batch_size, []
+
+    def __call__(self, tiles: np.ndarray) -> np.ndarray:
+        out, i = [], 0
+        while i < len(tiles):
+            try:
+                out.append(self.predict(tiles[i:i + self.limit]))
+                i += len(out[-1])
+            except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is a RuntimeError
+                if "out of memory" not in str(exc).lower() or self.limit == 1:
+                    raise
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                self.limit //= 2
+                self.notes.append(f"GPU out of memory: batch size reduced to {self.limit}")
+        return np.concatenate(out)

@@ -257,6 +257,24 @@ def choose_bands(reader: RasterReader, n_model: int, bands: list[int] | None = N
     return image_bands[:n_model]
 
 
+def read_rows(reader: RasterReader, first: int, stop: int, bands: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Raw values (C, rows, width) and valid mask of full raster rows [first, stop).
+
+    Besides the reader's own mask, all-white uint8 pixels (every band 255) and non-finite
+    values are invalid.
+    """
+    data, valid = reader.read(Window(0, first, reader.width, stop - first), bands)
+    if data.dtype == np.uint8:
+        white = data[0] == 255
+        for band in data[1:]:
+            white &= band == 255
+        valid &= ~white
+    elif data.dtype.kind == "f":
+        for band in data:
+            valid &= np.isfinite(band)
+    return data, valid
+
+
 def _sample_windows(reader: RasterReader, bands: list[int], grid: int = 8,
                     size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """A grid of small windows spread over the raster, for readers without overviews."""

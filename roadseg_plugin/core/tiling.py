@@ -177,8 +177,8 @@ class RollingBlend:
         if n <= 0:
             return None
         g = self.grid
-        weight = g.row_weight[self.start:finished, None] * g.col_weight[None, :]
-        prob = self.acc[:n] / np.maximum(weight, 1e-6)
+        prob = self.acc[:n] / g.row_weight[self.start:finished, None]
+        prob /= g.col_weight[None, :]
         valid = self.valid[:n].copy()
         prob[~valid] = 0.0
         first, keep = self.start, self.acc.shape[0] - n
@@ -188,3 +188,21 @@ class RollingBlend:
         self.valid[keep:] = False
         self.start = finished
         return first, prob, valid
+
+
+def cut_tile(data: np.ndarray, valid: np.ndarray, grid: TileGrid, row_origin: int,
+             col_origin: int) -> tuple[np.ndarray, np.ndarray]:
+    """One (C, tile, tile) tile cut from `data`, the full-width raster rows under its tile row.
+
+    Beyond the raster's edges the tile is reflected exactly as `predict_array` pads the whole
+    image (the mirrored pixels always lie inside the tile's own part of the raster).
+    """
+    first, x = row_origin - grid.margin, col_origin - grid.margin
+    y0, y1 = grid.raster_rows(row_origin)
+    x0, x1 = max(x, 0), min(x + grid.tile, grid.width)
+    part, ok = data[:, :, x0:x1], valid[:, x0:x1]
+    pad = ((y0 - first, first + grid.tile - y1), (x0 - x, x + grid.tile - x1))
+    if any(pad[0]) or any(pad[1]):
+        mode = "reflect" if min(ok.shape) > 1 else "edge"
+        part, ok = np.pad(part, ((0, 0), *pad), mode=mode), np.pad(ok, pad, mode=mode)
+    return part, ok

@@ -12,8 +12,9 @@ from rasterio.enums import ColorInterp
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
-from roadseg_plugin.core.engine import BatchRunner, segment_raster
+from roadseg_plugin.core.engine import segment_raster
 from roadseg_plugin.core.errors import Cancelled, OutputError, RasterError
+from roadseg_plugin.core.predictor import BatchRunner
 from roadseg_plugin.core.tiling import RollingBlend, TileGrid, predict_array
 from tests.conftest import draw_roads, road_image
 
