@@ -6,6 +6,7 @@ from typing import Callable
 
 import numpy as np
 
+from roadseg_plugin.core.apls import apls
 from roadseg_plugin.core.checkpoint import ModelMeta, load_model
 from roadseg_plugin.core.metrics import PixelCounts, pixel_counts
 from roadseg_plugin.core.predictor import TorchPredictor, normalise
@@ -13,22 +14,24 @@ from roadseg_plugin.core.tiling import predict_array
 
 from .datasets import Tile, load_tiles
 
-METRIC_KEYS = ("iou", "precision", "recall", "f1", "relaxed_precision", "relaxed_recall", "relaxed_f1")
+METRIC_KEYS = ("iou", "precision", "recall", "f1", "relaxed_precision", "relaxed_recall", "relaxed_f1", "apls")
 
 
 def evaluate_tiles(tiles: list[Tile], predict: Callable[[np.ndarray], np.ndarray], threshold: float,
                    on_tile: Callable[[str, dict], None] | None = None) -> dict:
-    """Micro-averaged metrics over all tiles, plus each tile's own figures."""
+    """Pixel metrics micro-averaged over all tiles, APLS averaged over tiles, and each tile's figures."""
     total, per_tile = PixelCounts(), []
     for tile in tiles:
-        prob = predict(tile.image)
-        counts = pixel_counts(prob >= threshold, tile.mask, tile.valid)
+        pred = predict(tile.image) >= threshold
+        counts = pixel_counts(pred, tile.mask, tile.valid)
         total = total + counts
-        row = {"name": tile.name, **counts.metrics()}
+        row = {"name": tile.name, **counts.metrics(), "apls": apls(tile.mask, pred, tile.valid)}
         per_tile.append(row)
         if on_tile:
             on_tile(tile.name, row)
-    return {**total.metrics(), "threshold": threshold, "tiles": len(tiles), "per_tile": per_tile}
+    mean_apls = float(np.mean([r["apls"] for r in per_tile])) if per_tile else 0.0
+    return {**total.metrics(), "apls": mean_apls, "threshold": threshold, "tiles": len(tiles),
+            "per_tile": per_tile}
 
 
 def evaluate_model(model_path: str | Path | None, data: str | Path, device: str = "auto",
@@ -45,10 +48,12 @@ def evaluate_model(model_path: str | Path | None, data: str | Path, device: str 
 
 
 def format_table(result: dict) -> str:
-    lines = [f"{'tile':<24}" + "".join(f"{k:>18}" for k in METRIC_KEYS)]
+    head = {"relaxed_precision": "rel_prec", "relaxed_recall": "rel_recall", "relaxed_f1": "rel_f1"}
+    lines = [f"{'tile':<20}" + "".join(f"{head.get(k, k):>11}" for k in METRIC_KEYS)]
     for row in result["per_tile"]:
-        lines.append(f"{row['name'][:24]:<24}" + "".join(f"{row[k]:>18.4f}" for k in METRIC_KEYS))
-    lines.append(f"{'ALL (micro)':<24}" + "".join(f"{result[k]:>18.4f}" for k in METRIC_KEYS))
+        lines.append(f"{row['name'][:20]:<20}" + "".join(f"{row[k]:>11.4f}" for k in METRIC_KEYS))
+    lines.append(f"{'ALL':<20}" + "".join(f"{result[k]:>11.4f}" for k in METRIC_KEYS))
+    lines.append("(pixel metrics micro-averaged over valid pixels; APLS averaged over tiles)")
     extra = {k: v for k, v in result.items() if k not in METRIC_KEYS and k != "per_tile"}
     lines.append("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in extra.items()))
     return "\n".join(lines)
