@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import importlib
 import sys
+import threading
 from contextlib import contextmanager
 from importlib.util import find_spec
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 
 from qgis.core import (
     QgsFeature,
@@ -34,6 +35,8 @@ from ..deps import dependency_message, isolate_native_libraries, missing_depende
 
 if TYPE_CHECKING:
     import geopandas as gpd
+
+T = TypeVar("T")
 
 PLUGIN_DIR = Path(__file__).resolve().parent.parent
 BUNDLED_MODEL = PLUGIN_DIR / "models" / "roadseg_default.pt"  # == core.checkpoint.BUNDLED_MODEL, without torch
@@ -60,6 +63,33 @@ def cuda_available() -> bool:
 
 def devices() -> list[str]:
     return ["auto", "cpu", "cuda"] if cuda_available() else ["auto", "cpu"]
+
+
+def in_python_thread(work: Callable[[], T]) -> T:
+    """Run `work` in a thread Python creates and ends, when called on a foreign (QGIS pool) thread.
+
+    The toolbox runs algorithms on QGIS's reused pool threads, and Python gives such a thread a
+    fresh thread state on every call into it; pyproj's per-thread context then crashes QGIS the
+    second time an algorithm runs on the same pool thread (pyproj 3.7, QGIS 3.22). The calling
+    thread just waits, so QGIS objects are never used by two threads at once. On Python's own
+    threads (the main thread: processing.run, qgis_process) `work` runs directly.
+    """
+    if not isinstance(threading.current_thread(), getattr(threading, "_DummyThread", ())):
+        return work()
+    box: dict = {}
+
+    def target() -> None:
+        try:
+            box["result"] = work()
+        except BaseException as exc:  # noqa: BLE001  (re-raised in the calling thread)
+            box["error"] = exc
+
+    worker = threading.Thread(target=target, name="roadseg-processing", daemon=True)
+    worker.start()
+    worker.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
 
 
 def import_training(module: str) -> ModuleType:

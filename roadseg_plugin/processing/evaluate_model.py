@@ -20,8 +20,8 @@ from qgis.core import (
     QgsProcessingUtils,
 )
 
-from .base import (BUNDLED_MODEL, MODEL_FILTER, RoadSegAlgorithm, devices, import_training, layer_path, model_meta,
-                   source_to_frame)
+from .base import (BUNDLED_MODEL, MODEL_FILTER, RoadSegAlgorithm, devices, import_training, in_python_thread,
+                   layer_path, model_meta, source_to_frame)
 
 
 def score(prob_path: str, truth_from_grid: Any, threshold: float) -> dict[str, Any]:
@@ -105,25 +105,29 @@ class EvaluateModelAlgorithm(RoadSegAlgorithm):
         if layer is None:
             raise QgsProcessingException(self.invalidRasterError(parameters, self.RASTER))
         reference = self.parameterAsRasterLayer(parameters, self.REFERENCE_MASK, context)
-        lines = source_to_frame(self.parameterAsSource(parameters, self.LINES, context)) \
-            if parameters.get(self.LINES) else None
-        if reference is None and lines is None:
+        lines_source = self.parameterAsSource(parameters, self.LINES, context) if parameters.get(self.LINES) else None
+        if reference is None and lines_source is None:
             raise QgsProcessingException(self.tr("Give reference road LINES or a REFERENCE_MASK raster"))
         buffer_m = self.parameterAsDouble(parameters, self.BUFFER, context)
         threshold = self.parameterAsDouble(parameters, self.THRESHOLD, context)
         model = self.parameterAsFile(parameters, self.MODEL, context) or None
-        with self.core_errors():
+        device = self.parameterAsEnumString(parameters, self.DEVICE, context)
+
+        def work():  # segment, then compare with the reference on the prediction's grid
             result = segment_raster(
                 raster_source(layer, None, model_meta(model).gsd_m),
-                QgsProcessingUtils.generateTempFilename("roadseg_eval.tif"), model, device=self.parameterAsEnumString(parameters, self.DEVICE, context),
+                QgsProcessingUtils.generateTempFilename("roadseg_eval.tif"), model, device=device,
                 threshold=None if threshold < 0 else threshold, on_progress=self.progress(feedback, 0, 80),
                 is_cancelled=feedback.isCanceled)
             if reference is not None:
                 mask_path = layer_path(reference, "REFERENCE_MASK", "roadseg_reference.tif")
-                figures = score(result.path, lambda *grid: drawn_lines.mask_on_grid(mask_path, *grid), result.threshold)
-            else:
-                figures = score(result.path, lambda *grid: drawn_lines.rasterise_lines(lines, *grid, buffer_m),
-                                result.threshold)
+                return score(result.path, lambda *grid: drawn_lines.mask_on_grid(mask_path, *grid), result.threshold)
+            lines = source_to_frame(lines_source)
+            return score(result.path, lambda *grid: drawn_lines.rasterise_lines(lines, *grid, buffer_m),
+                         result.threshold)
+
+        with self.core_errors():
+            figures = in_python_thread(work)
         figures.update(model=str(model or BUNDLED_MODEL),
                        raster=layer.source(), reference="mask" if reference is not None else "lines")
         path = Path(self.parameterAsFileOutput(parameters, self.OUTPUT_JSON, context))

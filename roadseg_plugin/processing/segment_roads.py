@@ -20,7 +20,8 @@ from qgis.core import (
     QgsWkbTypes,
 )
 
-from .base import BUNDLED_MODEL, MODEL_FILTER, RoadSegAlgorithm, add_lines, devices, line_fields, model_meta
+from .base import (BUNDLED_MODEL, MODEL_FILTER, RoadSegAlgorithm, add_lines, devices, in_python_thread, line_fields,
+                   model_meta)
 
 DEFAULT_MIN_LENGTH_M = 20.0
 
@@ -91,18 +92,23 @@ class SegmentRoadsAlgorithm(RoadSegAlgorithm):
         mask_path = self.parameterAsOutputLayer(parameters, self.MASK_OUTPUT, context)
         prob_path = mask_path or QgsProcessingUtils.generateTempFilename("roadseg_probability.tif")
         model = self.parameterAsFile(parameters, self.MODEL, context) or None
-        with self.core_errors():
+        device = self.parameterAsEnumString(parameters, self.DEVICE, context)
+        tta = self.parameterAsBoolean(parameters, self.TTA, context)
+        min_length = self.parameterAsDouble(parameters, self.MIN_LENGTH, context)
+
+        def work():  # the core: segment, then vectorise
             result = segment_raster(
-                raster_source(layer, extent, model_meta(model).gsd_m), prob_path, model,
-                device=self.parameterAsEnumString(parameters, self.DEVICE, context),
-                threshold=None if threshold < 0 else threshold, tta=self.parameterAsBoolean(parameters, self.TTA, context),
-                on_progress=self.progress(feedback, 0, 90), is_cancelled=feedback.isCanceled)
+                raster_source(layer, extent, model_meta(model).gsd_m), prob_path, model, device=device,
+                threshold=None if threshold < 0 else threshold, tta=tta, on_progress=self.progress(feedback, 0, 90),
+                is_cancelled=feedback.isCanceled)
             feedback.pushInfo(f"Segmented {result.width}x{result.height} px on {result.device} in {result.seconds:.1f} s")
             for warning in result.warnings:
                 feedback.pushWarning(warning)
-            lines = vectorise_raster(result.path, threshold=result.threshold,
-                                     min_length=self.parameterAsDouble(parameters, self.MIN_LENGTH, context),
-                                     on_progress=self.progress(feedback, 90, 98), is_cancelled=feedback.isCanceled)
+            return vectorise_raster(result.path, threshold=result.threshold, min_length=min_length,
+                                    on_progress=self.progress(feedback, 90, 98), is_cancelled=feedback.isCanceled)
+
+        with self.core_errors():
+            lines = in_python_thread(work)
         sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, line_fields(),
                                              QgsWkbTypes.LineString, layer.crs())
         if sink is None:

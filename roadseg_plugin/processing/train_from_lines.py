@@ -20,7 +20,8 @@ from qgis.core import (
     QgsProcessingUtils,
 )
 
-from .base import BUNDLED_MODEL, RoadSegAlgorithm, devices, import_training, layer_path, source_to_frame
+from .base import (BUNDLED_MODEL, RoadSegAlgorithm, devices, import_training, in_python_thread, layer_path,
+                   source_to_frame)
 
 
 class TrainFromLinesAlgorithm(RoadSegAlgorithm):
@@ -93,28 +94,27 @@ class TrainFromLinesAlgorithm(RoadSegAlgorithm):
         layers = self.parameterAsLayerList(parameters, self.RASTER, context)
         if not layers:
             raise QgsProcessingException(self.tr("RASTER: choose at least one image layer"))
-        lines = source_to_frame(self.parameterAsSource(parameters, self.LINES, context))
-        aoi = source_to_frame(self.parameterAsSource(parameters, self.AOI, context)) \
-            if parameters.get(self.AOI) else None
-        init = self.parameterAsFile(parameters, self.INIT_MODEL, context) or None
+        lines_source = self.parameterAsSource(parameters, self.LINES, context)
+        aoi_source = self.parameterAsSource(parameters, self.AOI, context) if parameters.get(self.AOI) else None
+        buffer_m = self.parameterAsDouble(parameters, self.BUFFER, context)
         output_model = Path(self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context))
         folder = Path(self.parameterAsString(parameters, self.OUTPUT_FOLDER, context))
-        work = Path(QgsProcessingUtils.generateTempFilename("roadseg_training"))
-        with self.core_errors():
+        config = self.config(parameters, context, feedback, folder, layers)
+        scratch = Path(QgsProcessingUtils.generateTempFilename("roadseg_training"))
+
+        def work():  # label tiles from the drawn lines, then train on them
             rasters = [layer_path(layer, "RASTER", f"roadseg_image_{i}.tif") for i, layer in enumerate(layers)]
-            data = drawn_lines.make_label_dataset(rasters, lines, work / "data",
-                                                  buffer_m=self.parameterAsDouble(parameters, self.BUFFER, context),
-                                                  aoi=aoi)
-            feedback.pushInfo(f"{len(list((data / 'images').iterdir()))} labelled tiles in {data}")
-            trainer = train.train_model(train.TrainConfig(
-                data=data, out=folder, init=Path(init) if init else None,
-                epochs=self.parameterAsInt(parameters, self.EPOCHS, context),
-                val_fraction=self.parameterAsDouble(parameters, self.VAL_FRACTION, context),
-                tile=self.parameterAsInt(parameters, self.TILE, context),
-                batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context), workers=0,
-                device=self.parameterAsEnumString(parameters, self.DEVICE, context),
-                description=f"drawn lines over {', '.join(layer.name() for layer in layers)}",
-                on_progress=self.progress(feedback, 5, 100), is_cancelled=feedback.isCanceled))
+            aoi = source_to_frame(aoi_source) if aoi_source is not None else None
+            config.data = drawn_lines.make_label_dataset(rasters, source_to_frame(lines_source), scratch / "data",
+                                                         buffer_m=buffer_m, aoi=aoi)
+            feedback.pushInfo(f"{len(list((config.data / 'images').iterdir()))} labelled tiles in {config.data}")
+            return train.train_model(config)
+
+        try:
+            with self.core_errors():
+                trainer = in_python_thread(work)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
         if feedback.isCanceled():
             raise QgsProcessingException(self.tr("Cancelled: no model was written"))
         if not (folder / "best.pt").is_file():
@@ -124,3 +124,18 @@ class TrainFromLinesAlgorithm(RoadSegAlgorithm):
         for row in trainer.history[-1:]:
             feedback.pushInfo(trainer.summary(row))
         return {self.OUTPUT_MODEL: str(output_model), self.OUTPUT_FOLDER: str(folder)}
+
+    def config(self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback,
+               folder: Path, layers: list) -> Any:
+        """The `TrainConfig` (its `data` is filled in once the tiles exist)."""
+        train = import_training("train")
+        init = self.parameterAsFile(parameters, self.INIT_MODEL, context) or None
+        return train.TrainConfig(
+            data=Path(), out=folder, init=Path(init) if init else None,
+            epochs=self.parameterAsInt(parameters, self.EPOCHS, context),
+            val_fraction=self.parameterAsDouble(parameters, self.VAL_FRACTION, context),
+            tile=self.parameterAsInt(parameters, self.TILE, context),
+            batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context), workers=0,  # no subprocesses in QGIS
+            device=self.parameterAsEnumString(parameters, self.DEVICE, context),
+            description=f"drawn lines over {', '.join(layer.name() for layer in layers)}",
+            on_progress=self.progress(feedback, 5, 100), is_cancelled=feedback.isCanceled)

@@ -15,7 +15,7 @@ from qgis.core import (
     QgsWkbTypes,
 )
 
-from .base import RoadSegAlgorithm, add_lines, layer_path, line_fields
+from .base import RoadSegAlgorithm, add_lines, in_python_thread, layer_path, line_fields
 
 # (key, label, default) in metres; the defaults are core.vectorise.VectoriseParams' (a test checks)
 CLEANUP = (
@@ -73,12 +73,16 @@ class VectoriseMaskAlgorithm(RoadSegAlgorithm):
             raise QgsProcessingException(self.invalidRasterError(parameters, self.INPUT))
         cleanup = {key.lower(): self.parameterAsDouble(parameters, key, context) for key, _, _ in CLEANUP}
         cleanup["smooth"] = self.parameterAsBoolean(parameters, self.SMOOTH, context)
-        with self.core_errors():
+        threshold = self.parameterAsDouble(parameters, self.THRESHOLD, context)
+
+        def work():
             path = layer_path(layer, "INPUT", "roadseg_mask.tif")
             feedback.setProgress(10)
-            lines = vectorise_raster(path, threshold=self.parameterAsDouble(parameters, self.THRESHOLD, context),
-                                     on_progress=self.progress(feedback, 10, 80), is_cancelled=feedback.isCanceled,
-                                     **cleanup)
+            return vectorise_raster(path, threshold=threshold, on_progress=self.progress(feedback, 10, 80),
+                                    is_cancelled=feedback.isCanceled, **cleanup)
+
+        with self.core_errors():
+            lines = in_python_thread(work)
         feedback.setProgress(80)
         sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, line_fields(),
                                              QgsWkbTypes.LineString, layer.crs())
