@@ -298,6 +298,8 @@ def segment_raster(src: str | os.PathLike | RasterReader, dst: str | os.PathLike
     dst = Path(dst)
     if isinstance(src, (str, os.PathLike)) and Path(src).resolve() == dst.resolve():
         raise OutputError(dst, "output would overwrite the input raster", "choose another output name")
+    if isinstance(src, (str, os.PathLike)):
+        open_raster(src, bands=bands).close()  # report a bad raster before loading the model
     loaded = load_backend(model, device=device, backend=backend, tta=tta)
     meta = loaded.meta
     tile, overlap = tile or meta.tile, meta.overlap if overlap is None else overlap
