@@ -20,7 +20,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import dijkstra
 from scipy.spatial import cKDTree
 
-from .vectorise import MIN_LENGTH_M, SPUR_LENGTH_M, road_graph
+from .road_graph import MIN_LENGTH_M, SPUR_LENGTH_M, road_graph
 
 NODE_SPACING_PX = 50.0  # SpaceNet injects control points every 50 m; masks here are ~1 m/px
 MAX_SNAP_PX = 4.0  # SpaceNet's max_snap_dist (4 m)

@@ -1,0 +1,488 @@
+"""Road mask -> cleaned skeleton graph in pixel coordinates (sknw), shared by vectorise and apls.
+
+Pipeline: skeletonize the mask block by block (with a halo, so block skeletons equal the
+whole-mask skeleton), turn each block's skeleton into a graph with `sknw.build_sknw`, keep
+the path segments a block owns and stitch the pieces by pixel position into one sparse
+graph. The graph is then cleaned once, globally: chains through degree-2 nodes merged,
+spurs pruned, gaps between aligned line ends bridged, short components dropped.
+
+Clean-up lengths are in metres, converted with `scale` (metres per pixel along rows,
+columns). Each edge keeps sample sums along its skeleton pixels: widths 2 * d - 1 px (d:
+distance to the nearest background pixel, as scipy's EDT) and probabilities, from which
+`vectorise` derives its `width_m` and `mean_prob` attributes.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from functools import lru_cache
+from typing import Callable
+
+import networkx as nx
+import numpy as np
+import sknw
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
+from skimage.morphology import skeletonize
+
+from .errors import Cancelled, RasterError
+
+log = logging.getLogger(__name__)
+
+MIN_LENGTH_M = 20.0  # drop connected pieces of network shorter than this
+SPUR_LENGTH_M = 10.0  # prune dangling side branches shorter than this (skeleton hairs)
+GAP_M = 15.0  # bridge aligned line ends closer than this (skeleton ends retract ~width/2)
+GAP_ANGLE_DEG = 40.0  # an end's direction and the bridge may differ by at most this
+HALO_PX = 64  # block overlap: exact skeletons and widths for roads up to ~90 px wide
+BLOCK_SIZE = 2048  # block side for huge masks and for rasters read from disk
+AUTO_BLOCK_PIXELS = 4096 * 4096  # in-memory masks larger than this are processed in blocks
+
+_MARGIN = 16  # context (px) around each sknw window so nodes near its core are classified right
+_MAX_NODE_PX = 65000  # sknw labels nodes in uint16 (from 10): at most this many node pixels per call
+_MAX_TRACE_PX = 131000  # ... and traces a path into a 131072-pixel buffer
+_MAX_SKEL_PX = 60000  # plain sknw.build_sknw (no node count up front): at most this many pixels
+_MAX_SIDE = 16384  # ... and returns int16 coordinates
+_SPUR_PASSES = 3
+_LOOKBACK_M = 10.0  # how far back along a line its end direction is measured
+
+Reader = Callable[[int, int, int, int], "tuple[np.ndarray, np.ndarray | None]"]
+
+
+def _seg_lengths(pts: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
+    step = np.diff(pts.astype(np.float64), axis=0) * scale
+    return np.hypot(step[:, 0], step[:, 1])
+
+
+# ----------------------------------------------------------------------- blocks -> pieces
+
+@lru_cache(maxsize=4)
+def _offsets(radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r = np.arange(-radius, radius + 1)
+    dr, dc = (g.ravel() for g in np.meshgrid(r, r, indexing="ij"))
+    dist = np.hypot(dr, dc)
+    keep = (dist > 0) & (dist <= radius)
+    order = np.argsort(dist[keep], kind="stable")
+    return dr[keep][order], dc[keep][order], dist[keep][order]
+
+
+def _half_widths(padded: np.ndarray, rr: np.ndarray, cc: np.ndarray, radius: int) -> np.ndarray:
+    """Euclidean distance to the nearest background pixel (as scipy's EDT), capped at `radius`.
+
+    `padded` is the mask padded by `radius` with True (outside is not background); rr, cc
+    index the unpadded mask. Searches offsets in order of distance for the few skeleton
+    pixels only, which is far cheaper than a distance transform of the whole block.
+    """
+    dr, dc, dist = _offsets(radius)
+    step = padded.shape[1]
+    padded = padded.ravel()
+    flat = dr * step + dc
+    base = (rr + radius) * step + cc + radius
+    out = np.full(rr.shape, float(radius))
+    todo = np.arange(rr.size)
+    start, size = 0, 24
+    while todo.size and start < dist.size:
+        sl = slice(start, start + size)
+        bg = ~padded[base[todo, None] + flat[None, sl]]
+        hit = bg.any(axis=1)
+        out[todo[hit]] = dist[sl][bg[hit].argmax(axis=1)]
+        todo = todo[~hit]
+        start, size = start + size, size * 2
+    return out
+
+
+@lru_cache(maxsize=1)
+def _sknw_kernels() -> tuple | None:
+    """sknw's own numba kernels (`mark`, `parse_struc`) compiled with `cache=True`.
+
+    sknw compiles them afresh in every process (~2-5 s, longer than vectorising a 4096^2
+    mask); with the on-disk cache later processes load them in a fraction of a second.
+    Returns None (use plain `sknw.build_sknw`) when numba cannot cache here.
+    """
+    try:
+        import numba
+        from sknw import sknw as impl
+
+        kernels = tuple(numba.njit(cache=True)(f.py_func) for f in (impl.mark, impl.parse_struc))
+        _sknw_paths(np.eye(4, dtype=bool), kernels)  # compile or load now, fail here if at all
+        return kernels
+    except Exception as exc:  # noqa: BLE001 - any numba/cache problem: fall back, still correct
+        log.debug("numba cache unavailable (%s); using sknw.build_sknw", exc)
+        return None
+
+
+def _sknw_paths(ske: np.ndarray, kernels: tuple | None) -> list[np.ndarray] | None:
+    """Edge pixel paths of `sknw.build_sknw(ske, multi=True, iso=False, ring=True, full=True)`.
+
+    Each path runs from its start node's centre through the edge pixels to its end node's
+    centre. Returns None when the window is too big for sknw's fixed buffers (uint16 node
+    labels, 131072-pixel trace buffer): split it and try again.
+    """
+    if kernels is None:
+        if np.count_nonzero(ske) > _MAX_SKEL_PX:
+            return None
+        graph = sknw.build_sknw(ske, multi=True, iso=False, ring=True, full=True)
+        return [d["pts"] for _, _, d in graph.edges(data=True)]
+    from sknw import sknw as impl
+
+    mark, parse = kernels
+    buf = np.pad(ske, 1).astype(np.uint16)
+    nbs = impl.neighbors(buf.shape)
+    acc = np.cumprod((1,) + buf.shape[::-1][:-1])[::-1]
+    mark(buf, nbs)  # 1: edge pixel, 2: node pixel
+    if np.count_nonzero(buf) > _MAX_TRACE_PX or np.count_nonzero(buf == 2) > _MAX_NODE_PX:
+        return None
+    nodes, edges = parse(buf, nbs, acc, False, True)
+    if not edges:
+        return []
+    sizes = np.array([len(n) for n in nodes])
+    centres = np.round(np.add.reduceat(np.concatenate(nodes).astype(np.float64), np.cumsum(sizes) - sizes)
+                       / sizes[:, None]).astype(np.int16)  # as sknw's build_graph(full=True)
+    paths = []
+    for first, last, pts in edges:
+        pts[[0, -1]] = centres[[first, last]]
+        paths.append(pts)
+    return paths
+
+
+class _Pieces:
+    """Polyline pieces in global pixel coordinates plus per-piece sample sums."""
+
+    def __init__(self, prob_scale: float = 1.0) -> None:
+        self.prob_scale = prob_scale  # 1/255 for uint8 probabilities
+        self.pts: list[np.ndarray] = []
+        self.stats: list[np.ndarray] = []  # per window: (k, 3) = samples, sum width px, sum prob
+
+    def add(self, paths: list[np.ndarray], at: tuple[int, int], origin: tuple[int, int],
+            core: tuple[int, int, int, int], padded: np.ndarray, prob: np.ndarray | None, radius: int) -> None:
+        """Keep the parts of sknw `paths` (window at `at` in the block) that `core` owns.
+
+        `padded` (the block mask padded by `radius`) and `prob` cover the whole block, whose
+        global top-left is `origin`. A segment between consecutive path vertices belongs to
+        the core holding the pixel at its rounded midpoint, so every segment has exactly one
+        owner, and a path leaving the core is cut at a vertex where the neighbouring core's
+        piece also ends.
+        """
+        if not paths:
+            return
+        local = np.concatenate(paths).astype(np.int64) + at  # block-local
+        eid = np.repeat(np.arange(len(paths)), [len(p) for p in paths])
+        verts = local + origin
+        mid = (verts[:-1] + verts[1:] + 1) // 2
+        r0, r1, c0, c1 = core
+        own = ((eid[:-1] == eid[1:]) & (mid[:, 0] >= r0) & (mid[:, 0] < r1)
+               & (mid[:, 1] >= c0) & (mid[:, 1] < c1))
+        if not own.any():
+            return
+        edges = np.diff(np.concatenate(([0], own.view(np.int8), [0])))
+        starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+        self.pts.extend(verts[s:e + 1] for s, e in zip(starts, stops))
+        first = np.flatnonzero(own)  # each owned segment samples its first vertex
+        rr, cc = local[first, 0], local[first, 1]
+        width = np.maximum(2.0 * _half_widths(padded, rr, cc, radius) - 1.0, 1.0)
+        p = np.zeros(first.size) if prob is None else prob[rr, cc] * self.prob_scale
+        cuts = np.concatenate(([0], np.cumsum(stops - starts)[:-1]))
+        self.stats.append(np.column_stack([stops - starts, np.add.reduceat(width, cuts),
+                                           np.add.reduceat(p, cuts)]))
+
+
+def _add_core(pieces: _Pieces, sk: np.ndarray, core: tuple[int, int, int, int], origin: tuple[int, int],
+              padded: np.ndarray, prob: np.ndarray | None, radius: int) -> None:
+    """Graph `core` (local to the block skeleton `sk`) with a margin; split it if sknw can't."""
+    r0, r1, c0, c1 = core
+    w0, w1 = max(r0 - _MARGIN, 0), min(r1 + _MARGIN, sk.shape[0])
+    v0, v1 = max(c0 - _MARGIN, 0), min(c1 + _MARGIN, sk.shape[1])
+    paths = None  # sknw returns int16 coordinates: keep windows well below 32768 px
+    if max(w1 - w0, v1 - v0) <= _MAX_SIDE:
+        paths = _sknw_paths(sk[w0:w1, v0:v1], _sknw_kernels())  # windows up to 96 px always fit
+    if paths is not None:
+        global_core = (origin[0] + r0, origin[0] + r1, origin[1] + c0, origin[1] + c1)
+        pieces.add(paths, (w0, v0), origin, global_core, padded, prob, radius)
+        return
+    rm, cm = (r0 + r1) // 2, (c0 + c1) // 2
+    for sub in ((r0, rm, c0, cm), (r0, rm, cm, c1), (rm, r1, c0, cm), (rm, r1, cm, c1)):
+        if sub[0] < sub[1] and sub[2] < sub[3]:
+            _add_core(pieces, sk, sub, origin, padded, prob, radius)
+
+
+def _collect_pieces(read: Reader, shape: tuple[int, int], block: int, halo: int, prob_scale: float,
+                    on_progress: Callable[[float], None] | None,
+                    is_cancelled: Callable[[], bool] | None) -> _Pieces:
+    """Skeletonize block by block (core + halo) and gather the pieces each core owns."""
+    h, w = shape
+    radius = max(halo - _MARGIN, 1)
+    pieces = _Pieces(prob_scale)
+    cores = [(r, min(r + block, h), c, min(c + block, w))
+             for r in range(0, h, block) for c in range(0, w, block)]
+    for i, (r0, r1, c0, c1) in enumerate(cores):
+        if is_cancelled is not None and is_cancelled():
+            raise Cancelled("vectorising cancelled")
+        wr0, wr1 = max(r0 - halo, 0), min(r1 + halo, h)
+        wc0, wc1 = max(c0 - halo, 0), min(c1 + halo, w)
+        mask, prob = read(wr0, wr1, wc0, wc1)
+        if mask.any():
+            padded = np.pad(mask, radius, constant_values=True)
+            _add_core(pieces, skeletonize(mask), (r0 - wr0, r1 - wr0, c0 - wc0, c1 - wc0), (wr0, wc0),
+                      padded, prob, radius)
+        if on_progress is not None:
+            on_progress((i + 1) / len(cores))
+    return pieces
+
+
+# --------------------------------------------------------------------------- the graph
+
+def _pieces_graph(pieces: _Pieces, width: int, scale: tuple[float, float]) -> nx.MultiGraph:
+    """Stitch pieces into one graph whose nodes are pixel positions shared by piece ends."""
+    graph = nx.MultiGraph()
+    n = len(pieces.pts)
+    if not n:
+        return graph
+    stats = np.concatenate(pieces.stats)
+    ends = np.array([(p[0, 0], p[0, 1], p[-1, 0], p[-1, 1]) for p in pieces.pts], dtype=np.int64)
+    keys = np.concatenate([ends[:, 0] * width + ends[:, 1], ends[:, 2] * width + ends[:, 3]])
+    uniq, inv = np.unique(keys, return_inverse=True)
+    counts = np.array([len(p) for p in pieces.pts])
+    allpts = np.concatenate(pieces.pts)
+    seg = _seg_lengths(allpts, scale)
+    inner = np.ones(seg.size, bool)
+    inner[np.cumsum(counts)[:-1] - 1] = False  # the step from one piece to the next
+    lengths = np.bincount(np.repeat(np.arange(n), counts)[:-1][inner], seg[inner], minlength=n)
+    graph.add_nodes_from((i, {"rc": (int(k // width), int(k % width))}) for i, k in enumerate(uniq))
+    graph.add_edges_from(
+        (int(inv[i]), int(inv[n + i]),
+         {"pts": pieces.pts[i], "start": int(inv[i]), "len": float(lengths[i]),
+          "n": float(stats[i, 0]), "sw": float(stats[i, 1]), "sp": float(stats[i, 2])})
+        for i in range(n))
+    return graph
+
+
+def _oriented(data: dict, node: int) -> np.ndarray:
+    """An edge's vertices starting at `node`."""
+    return data["pts"] if data["start"] == node else data["pts"][::-1]
+
+
+def _join(a: int, da: dict, node: int, db: dict) -> dict:
+    pts = np.concatenate([_oriented(da, node)[::-1], _oriented(db, node)[1:]])
+    return {"pts": pts, "start": a, **{k: da[k] + db[k] for k in ("len", "n", "sw", "sp")}}
+
+
+def _merge_chains(graph: nx.MultiGraph) -> None:
+    """Join the two edges at every degree-2 node, so a road between junctions is one edge."""
+    for node in [n for n, k in graph.degree() if k == 2]:
+        inc = list(graph.edges(node, data=True))
+        if len(inc) != 2:
+            continue  # a loop closed on itself
+        (_, a, da), (_, b, db) = inc
+        graph.remove_node(node)
+        graph.add_edge(a, b, **_join(a, da, node, db))
+
+
+def _prune_spurs(graph: nx.MultiGraph, spur_m: float) -> None:
+    """Remove dangling branches shorter than `spur_m`, a few passes, re-merging chains.
+
+    At a junction left with fewer than two other edges, the longest spurs are kept so a
+    road end with hairs stays as long as the road (its longest branch continues it).
+    """
+    for _ in range(_SPUR_PASSES):
+        deg = dict(graph.degree())
+        spurs: dict[int, list[tuple[float, int, int, int]]] = {}
+        for u, v, k, d in graph.edges(keys=True, data=True):
+            if u != v and d["len"] < spur_m and min(deg[u], deg[v]) == 1 < max(deg[u], deg[v]):
+                hub = v if deg[u] == 1 else u
+                spurs.setdefault(hub, []).append((d["len"], u, v, k))
+        drop = []
+        for hub, cands in spurs.items():
+            keep = max(0, 2 - (deg[hub] - len(cands)))
+            drop += [c[1:] for c in sorted(cands)[:len(cands) - keep]]
+        if not drop:
+            break
+        graph.remove_edges_from(drop)
+        graph.remove_nodes_from([n for n, k in list(graph.degree()) if k == 0])
+        _merge_chains(graph)
+
+
+def _end_direction(graph: nx.MultiGraph, node: int, scale: np.ndarray) -> np.ndarray:
+    """Unit vector (metric row/col) pointing out of the line at a degree-1 `node`."""
+    (_, _, d), = graph.edges(node, data=True)
+    pts = _oriented(d, node)[: int(_LOOKBACK_M / scale.min()) * 2 + 2].astype(np.float64) * scale
+    cum = np.concatenate(([0.0], np.cumsum(np.hypot(*np.diff(pts, axis=0).T))))
+    back = pts[min(int(np.searchsorted(cum, _LOOKBACK_M)), len(pts) - 1)]
+    vec = pts[0] - back
+    norm = np.hypot(*vec)
+    return vec / norm if norm > 0 else vec
+
+
+def _bridge_gaps(graph: nx.MultiGraph, gap_m: float, scale: tuple[float, float]) -> None:
+    """Join line ends closer than `gap_m` when both ends point along the bridge.
+
+    Ends pair greedily, nearest first. An end left unpaired may then join the nearest vertex
+    of another line ahead of it (a side road stopping short of the road it meets).
+    """
+    ends = [n for n, k in graph.degree() if k == 1]
+    if gap_m <= 0 or not ends:
+        return
+    sc = np.asarray(scale, dtype=np.float64)
+    pos = np.array([graph.nodes[n]["rc"] for n in ends], dtype=np.float64) * sc
+    dirs = np.array([_end_direction(graph, n, sc) for n in ends])
+    cos_max = math.cos(math.radians(GAP_ANGLE_DEG))
+    used = np.zeros(len(ends), bool)
+    pairs = cKDTree(pos).query_pairs(gap_m, output_type="ndarray")
+    if len(pairs):
+        vec = pos[pairs[:, 1]] - pos[pairs[:, 0]]
+        dist = np.hypot(vec[:, 0], vec[:, 1])
+        unit = vec / np.maximum(dist, 1e-9)[:, None]
+        ok = ((np.einsum("ij,ij->i", dirs[pairs[:, 0]], unit) >= cos_max)
+              & (np.einsum("ij,ij->i", dirs[pairs[:, 1]], -unit) >= cos_max))
+        for (i, j), dd in sorted(zip(pairs[ok].tolist(), dist[ok]), key=lambda t: t[1]):
+            if not (used[i] or used[j]):
+                used[i] = used[j] = True
+                a, b = ends[i], ends[j]
+                graph.add_edge(a, b, pts=np.array([graph.nodes[a]["rc"], graph.nodes[b]["rc"]]),
+                               start=a, len=float(dd), n=0.0, sw=0.0, sp=0.0)
+    _bridge_to_lines(graph, [e for e, u in zip(ends, used) if not u],
+                     pos[~used], dirs[~used], gap_m, sc, cos_max)
+
+
+def _bridge_to_lines(graph: nx.MultiGraph, ends: list[int], pos: np.ndarray, dirs: np.ndarray,
+                     gap_m: float, sc: np.ndarray, cos_max: float) -> None:
+    if not ends:
+        return
+    edges = list(graph.edges(keys=True, data=True))
+    sizes = np.array([len(d["pts"]) for *_, d in edges])
+    offsets = np.concatenate(([0], np.cumsum(sizes)))
+    verts = np.concatenate([d["pts"] for *_, d in edges]).astype(np.float64) * sc
+    owner = np.repeat(np.arange(len(edges)), sizes)
+    index = np.arange(len(verts)) - offsets[owner]
+    # near a dangling end of another line, joining it is end-to-end, already judged above
+    step = np.hypot(*np.diff(verts, axis=0).T)
+    step[offsets[1:-1] - 1] = 0.0  # no step from one edge to the next
+    cum = np.concatenate(([0.0], np.cumsum(step)))
+    from_start, to_stop = cum - cum[offsets[owner]], cum[offsets[owner + 1] - 1] - cum
+    deg = dict(graph.degree())
+    loose = np.array([(deg[d["start"]] == 1, deg[v if d["start"] == u else u] == 1) for u, v, _, d in edges])
+    free = ~((loose[owner, 0] & (from_start < gap_m)) | (loose[owner, 1] & (to_stop < gap_m)))
+    end_set = set(ends)
+    own_edge = {n: i for i, (u, v, _, _) in enumerate(edges) for n in (u, v) if n in end_set}
+    cell = np.floor(pos / gap_m).astype(np.int64)  # index only vertices in cells next to an end
+    around = (cell[:, None, :] + np.stack(np.meshgrid([-1, 0, 1], [-1, 0, 1]), -1).reshape(1, 9, 2)).reshape(-1, 2)
+    key = np.floor(verts / gap_m).astype(np.int64) @ np.array([1 << 32, 1])
+    cand = np.flatnonzero(free & np.isin(key, around @ np.array([1 << 32, 1])))
+    if not cand.size:
+        return
+    tree = cKDTree(verts[cand])
+    targets: dict[int, list[tuple[int, int, float]]] = {}  # edge -> (vertex index, end, dist)
+    for e, p, dvec, near in zip(ends, pos, dirs, tree.query_ball_point(pos, gap_m)):
+        near = cand[np.asarray(near, dtype=np.int64)]
+        near = near[owner[near] != own_edge[e]]
+        if not near.size:
+            continue
+        vec = verts[near] - p
+        dist = np.hypot(vec[:, 0], vec[:, 1])
+        good = (dist > 0) & (vec @ dvec >= cos_max * dist)
+        if good.any():
+            best = near[good][np.argmin(dist[good])]
+            targets.setdefault(int(owner[best]), []).append((int(index[best]), e, float(dist[good].min())))
+    next_id = max(graph.nodes) + 1
+    for ei, hits in targets.items():
+        u, v, k, d = edges[ei]
+        pts, start = d["pts"], d["start"]
+        stop = v if start == u else u
+        cuts = sorted({i for i, _, _ in hits if 0 < i < len(pts) - 1})
+        at = {0: start, len(pts) - 1: stop}
+        for i in cuts:
+            at[i] = next_id
+            graph.add_node(next_id, rc=tuple(int(x) for x in pts[i]))
+            next_id += 1
+        if cuts:
+            graph.remove_edge(u, v, k)
+            bounds = [0, *cuts, len(pts) - 1]
+            for a, b in zip(bounds[:-1], bounds[1:]):
+                part = pts[a:b + 1]
+                frac = (b - a) / (len(pts) - 1)
+                graph.add_edge(at[a], at[b], pts=part, start=at[a],
+                               len=float(_seg_lengths(part, tuple(sc)).sum()),
+                               **{f: d[f] * frac for f in ("n", "sw", "sp")})
+        for i, e, dist in hits:
+            target = at[i] if i in at else None
+            if target is not None and target != e:
+                graph.add_edge(e, target, pts=np.array([graph.nodes[e]["rc"], graph.nodes[target]["rc"]]),
+                               start=e, len=dist, n=0.0, sw=0.0, sp=0.0)
+
+
+def _drop_short(graph: nx.MultiGraph, min_m: float) -> None:
+    """Remove connected components whose total length is below `min_m` (and lone nodes)."""
+    nodes = list(graph.nodes)
+    if not nodes:
+        return
+    ids = {n: i for i, n in enumerate(nodes)}
+    ends = np.array([(ids[u], ids[v]) for u, v in graph.edges()], dtype=np.int64).reshape(-1, 2)
+    lengths = np.array([d for *_, d in graph.edges(data="len")], dtype=np.float64)
+    adj = coo_matrix((np.ones(len(ends)), (ends[:, 0], ends[:, 1])), shape=(len(nodes), len(nodes)))
+    count, label = connected_components(adj, directed=False)
+    short = np.bincount(label[ends[:, 0]], lengths, minlength=count) < min_m
+    graph.remove_nodes_from([n for n, c in zip(nodes, label) if short[c]])
+
+
+def _check(min_length: float, spur_length: float, gap: float, tolerance: float,
+           block_size: int | None, halo: int) -> None:
+    for name, value in (("min_length", min_length), ("spur_length", spur_length), ("gap", gap),
+                        ("tolerance", tolerance)):
+        if not value >= 0:
+            raise ValueError(f"{name} must be >= 0 metres, got {value}")
+    if block_size is not None and block_size < 64:
+        raise ValueError(f"block_size must be at least 64 pixels, got {block_size}")
+    if halo < 2 * _MARGIN:
+        raise ValueError(f"halo must be at least {2 * _MARGIN} pixels, got {halo}")
+
+
+def _graph(read: Reader, shape: tuple[int, int], scale: tuple[float, float], prob_scale: float, *,
+           min_length: float, spur_length: float, gap: float, block_size: int | None, halo: int,
+           on_progress: Callable[[float], None] | None = None,
+           is_cancelled: Callable[[], bool] | None = None) -> nx.MultiGraph:
+    h, w = shape
+    block = block_size or (max(h, w, 1) if h * w <= AUTO_BLOCK_PIXELS else BLOCK_SIZE)
+    pieces = _collect_pieces(read, shape, block, halo, prob_scale, on_progress, is_cancelled)
+    graph = _pieces_graph(pieces, w, scale)
+    _merge_chains(graph)
+    _prune_spurs(graph, spur_length)
+    _bridge_gaps(graph, gap, scale)
+    _merge_chains(graph)
+    _drop_short(graph, min_length)
+    return graph
+
+
+def _array_reader(mask: np.ndarray, prob: np.ndarray | None) -> tuple[Reader, float]:
+    if prob is not None:
+        prob = np.asarray(prob)
+        if prob.shape != mask.shape:
+            raise RasterError("prob", f"probability shape {prob.shape} differs from mask shape {mask.shape}",
+                              "pass the probability array the mask was thresholded from")
+
+    def read(r0: int, r1: int, c0: int, c1: int) -> tuple[np.ndarray, np.ndarray | None]:
+        return mask[r0:r1, c0:c1], None if prob is None else prob[r0:r1, c0:c1]
+
+    return read, (1 / 255 if prob is not None and prob.dtype == np.uint8 else 1.0)
+
+
+def _as_mask(mask: np.ndarray) -> np.ndarray:
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise RasterError("mask", f"expected a 2-D road mask, got shape {mask.shape}",
+                          "pass a single band (H, W) array")
+    return mask if mask.dtype == bool else mask != 0
+
+
+def road_graph(mask: np.ndarray, prob: np.ndarray | None = None, *, scale: tuple[float, float] = (1.0, 1.0),
+               min_length: float = MIN_LENGTH_M, spur_length: float = SPUR_LENGTH_M, gap: float = GAP_M,
+               block_size: int | None = None, halo: int = HALO_PX) -> nx.MultiGraph:
+    """The cleaned road graph of a boolean mask, in pixel coordinates.
+
+    Nodes carry `rc` (row, col); each edge carries `pts` ((k, 2) int row/col vertices from
+    the node `start`), `len` (metres, with `scale` = metres per pixel along rows, columns),
+    and sample sums `n`, `sw` (width px), `sp` (probability) along its pixel path.
+    """
+    mask = _as_mask(mask)
+    _check(min_length, spur_length, gap, 0.0, block_size, halo)
+    read, prob_scale = _array_reader(mask, prob)
+    return _graph(read, mask.shape, scale, prob_scale, min_length=min_length, spur_length=spur_length,
+                  gap=gap, block_size=block_size, halo=halo)
