@@ -1,0 +1,1 @@
+"""Benchmarks of the inference engine: `python -m bench` (or `make bench`)."""
