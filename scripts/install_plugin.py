@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Install the RoadSeg plugin zip into a QGIS profile and enable it.")
     parser.add_argument("--profile", type=Path, required=True,
                         help="QGIS profile folder, e.g. ~/.local/share/QGIS/QGIS3/profiles/default")
-    parser.add_argument("--zip", type=Path, default=None, help="plugin zip (default: dist/roadseg_plugin-<version>.zip)")
+    parser.add_argument("--zip", type=Path, default=None,
+                        help="plugin zip (default: dist/roadseg_plugin-<version>.zip)")
     args = parser.parse_args(argv)
     zip_path = args.zip or ROOT / "dist" / f"{PLUGIN}-{read_version()}.zip"
     profile = args.profile.expanduser()

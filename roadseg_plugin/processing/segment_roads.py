@@ -101,7 +101,8 @@ class SegmentRoadsAlgorithm(RoadSegAlgorithm):
                 raster_source(layer, extent, model_meta(model).gsd_m), prob_path, model, device=device,
                 threshold=None if threshold < 0 else threshold, tta=tta, on_progress=self.progress(feedback, 0, 90),
                 is_cancelled=feedback.isCanceled)
-            feedback.pushInfo(f"Segmented {result.width}x{result.height} px on {result.device} in {result.seconds:.1f} s")
+            feedback.pushInfo(f"Segmented {result.width}x{result.height} px with {result.backend} on {result.device} "
+                              f"in {result.seconds:.1f} s")
             for warning in result.warnings:
                 feedback.pushWarning(warning)
             return vectorise_raster(result.path, threshold=result.threshold, min_length=min_length,

@@ -68,7 +68,8 @@ class TrainFromLinesAlgorithm(RoadSegAlgorithm):
             self.AOI, self.tr("Area of interest (fully labelled polygons)"), [QgsProcessing.TypeVectorPolygon],
             optional=True))
         self.addParameter(QgsProcessingParameterFile(
-            self.INIT_MODEL, self.tr("Start model (.pt); empty to train from scratch"), fileFilter="RoadSeg checkpoint (*.pt)",
+            self.INIT_MODEL, self.tr("Start model (.pt); empty to train from scratch"),
+            fileFilter="RoadSeg checkpoint (*.pt)",
             defaultValue=str(BUNDLED_MODEL), optional=True))
         self.addParameter(QgsProcessingParameterNumber(self.EPOCHS, self.tr("Epochs"),
                                                        QgsProcessingParameterNumber.Integer, 20, minValue=1))

@@ -52,7 +52,7 @@ def test_devices_and_default_model(roadseg_provider) -> None:
     from roadseg_plugin.processing.base import BUNDLED_MODEL as PLUGIN_BUNDLED
 
     assert PLUGIN_BUNDLED == BUNDLED_MODEL  # the torch-free copy of the path agrees
-    alg = QgsApplication.processingRegistry().algorithmById("roadseg:segmentroads")
+    alg = QgsApplication.processingRegistry().algorithmById("roadseg:segmentroads").create()  # torch now imported
     device = alg.parameterDefinition("DEVICE")
     expected = ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     assert device.options() == expected
