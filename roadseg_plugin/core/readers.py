@@ -247,7 +247,8 @@ def choose_bands(reader: RasterReader, n_model: int, bands: list[int] | None = N
                               f"pass band numbers between 1 and {reader.count}")
         if len(bands) != n_model:
             raise RasterError(reader.name, f"{len(bands)} band(s) chosen but the model takes {n_model}",
-                              f"pass exactly {n_model} band numbers, e.g. --bands {','.join(map(str, range(1, n_model + 1)))}")
+                              f"pass exactly {n_model} band numbers, e.g. --bands "
+                              + ",".join(map(str, range(1, n_model + 1))))
         return list(bands)
     alpha = set(getattr(reader, "alpha_bands", ()))
     image_bands = [b for b in range(1, reader.count + 1) if b not in alpha]

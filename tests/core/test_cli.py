@@ -82,7 +82,8 @@ CASES = ["missing raster", "corrupt raster", "one band", "band out of range", "c
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_bad_input_exits_2_with_one_line_and_no_output(tmp_path, image, contrast_checkpoint, capsys, case):  # noqa: F811
+def test_bad_input_exits_2_with_one_line_and_no_output(tmp_path, image, contrast_checkpoint,  # noqa: F811
+                                                       capsys, case):
     words, expected = bad_inputs(tmp_path, image, contrast_checkpoint)[case]
     out, mask = tmp_path / "roads.gpkg", tmp_path / "mask.tif"
     if "--mask-out" not in words:
@@ -103,7 +104,8 @@ def test_module_entry_point_reports_errors_without_traceback(tmp_path):
     run = subprocess.run([sys.executable, "-m", "roadseg_plugin", "segment", str(tmp_path / "missing.tif"),
                           "--out", str(tmp_path / "roads.gpkg")], cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 2 and run.stdout == ""
-    assert run.stderr.strip().splitlines() == [f"error: {tmp_path / 'missing.tif'}: raster file not found; check the path"]
+    missing = tmp_path / "missing.tif"
+    assert run.stderr.strip().splitlines() == [f"error: {missing}: raster file not found; check the path"]
 
 
 def test_probability_threshold_is_read_from_the_mask_tags(tmp_path, image, contrast_checkpoint):  # noqa: F811

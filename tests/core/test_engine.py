@@ -177,7 +177,8 @@ def test_other_gsd_and_geographic_rasters_are_written_on_the_model_grid(tmp_path
     result = segment_raster(wgs84, tmp_path / "wgs84_out.tif", tiny_checkpoint, backend="torch")
     _, _, profile = read_out(result.path)
     assert profile["crs"] == CRS.from_epsg(4326) and result.gsd_m == pytest.approx(1.0, rel=0.02)
-    assert profile["width"] == pytest.approx(50 * 1.574, abs=1) and profile["height"] == pytest.approx(40 * 2.222, abs=1)
+    assert profile["width"] == pytest.approx(50 * 1.574, abs=1)
+    assert profile["height"] == pytest.approx(40 * 2.222, abs=1)
 
 
 def test_binary_mask_uses_the_threshold(tmp_path, contrast_checkpoint):
