@@ -48,8 +48,8 @@ def test_mask_kinds_give_lines_on_the_roads(roadseg_provider, road_mask, tmp_pat
 def test_clean_up_parameters_and_shapefile(roadseg_provider, road_mask, tmp_path: Path) -> None:
     path = write_mask(tmp_path / "mask.tif", (road_mask * 255).astype("uint8"))
     shp = tmp_path / "roads.shp"
-    run({"INPUT": str(path), "MIN_LENGTH": 10, "SPUR_LENGTH": 5, "GAP": 5, "TOLERANCE": 0.5, "THRESHOLD": 0.5,
-         "OUTPUT": str(shp)})
+    run({"INPUT": str(path), "MIN_LENGTH": 10, "SPUR_LENGTH": 5, "GAP": 5, "TOLERANCE": 0.5, "SMOOTH": True,
+         "THRESHOLD": 0.5, "OUTPUT": str(shp)})
     assert shp.with_suffix(".prj").is_file()
     lines = gpd.read_file(shp)
     assert list(lines.columns[:4]) == FIELDS and len(lines) >= 2
