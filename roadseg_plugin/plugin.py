@@ -62,7 +62,14 @@ class RoadSegPlugin:
         self.check_dependencies()
 
     def unload(self) -> None:
-        """Undo `initGui`: menu entry, toolbar, action and provider."""
+        """Undo `initGui`: menu entry, toolbar, action and provider; cancel tasks still running."""
+        for task in self.tasks:
+            if task.outcome is None:
+                try:
+                    task.cancel()
+                except RuntimeError:  # the task manager already deleted it
+                    pass
+        self.tasks = []
         if self.action is not None:
             self.iface.removePluginRasterMenu(MENU, self.action)
             if self.toolbar is not None:
@@ -94,9 +101,18 @@ class RoadSegPlugin:
         self.iface.messageBar().pushMessage(PLUGIN_NAME, message, Qgis.Warning, 0)
         return False
 
+    def check_geos(self) -> bool:
+        """True when shapely works inside this QGIS; otherwise push one message with the fix."""
+        problem = geos_problem()
+        if problem is None:
+            return True
+        log(problem, Qgis.Critical)
+        self.iface.messageBar().pushMessage(PLUGIN_NAME, problem, Qgis.Critical, 0)
+        return False
+
     def run(self) -> None:
         """Open the Segment roads dialog; on OK start a background task."""
-        if not self.check_dependencies():
+        if not self.check_dependencies() or not self.check_geos():
             return
         from .dialog import SegmentDialog
 
@@ -118,3 +134,32 @@ class RoadSegPlugin:
         self.tasks = [t for t in self.tasks if t.outcome is None] + [task]
         QgsApplication.taskManager().addTask(task)
         return task
+
+
+def geos_problem() -> str | None:
+    """Why shapely cannot work in this QGIS, or None when it does.
+
+    In the QGIS desktop the GEOS library QGIS links is loaded first and its C++ symbols win over
+    those of the GEOS bundled in a PyPI shapely wheel. When the two GEOS versions differ, shapely
+    then fails (e.g. "WKB output dimension must be 2 or 3" when road lines are written; see
+    shapely/shapely#1186). A tiny round trip tells whether this QGIS is affected.
+    """
+    try:
+        import shapely
+    except ImportError:
+        return None  # reported by the dependency check
+    try:
+        line = shapely.LineString([(0.0, 0.0), (1.0, 1.0)])
+        if shapely.from_wkb(shapely.to_wkb(line)).length != line.length:
+            raise ValueError("WKB round trip changed the geometry")
+        return None
+    except Exception as exc:  # noqa: BLE001 - any failure here means geometry work will fail
+        bundled = ".".join(str(v) for v in getattr(shapely, "geos_version", ())[:2]) or "?"
+        ours = f"{Qgis.geosVersionMajor()}.{Qgis.geosVersionMinor()}"
+        from .deps import python_executable
+
+        return (f"shapely {getattr(shapely, '__version__', '?')} does not work inside QGIS ({exc}): it bundles "
+                f"GEOS {bundled} while QGIS uses GEOS {ours}. Install a shapely built for QGIS's GEOS, then "
+                f"restart QGIS: {python_executable()} -m pip install --force-reinstall --no-binary shapely "
+                f"'shapely>=2.0' (needs the GEOS development files, e.g. libgeos-dev), or a shapely wheel "
+                f"that bundles GEOS {ours} (shapely 2.0.1 bundles GEOS 3.11).")

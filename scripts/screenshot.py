@@ -14,6 +14,14 @@ What it does, all in a temporary folder (nothing is copied into the repository):
 
 QGIS runs its own Python (/usr/bin/python3), so this interpreter's site-packages (torch, rasterio,
 ...) are put on its PYTHONPATH.
+
+GEOS: inside the QGIS desktop the system GEOS is loaded first and its C++ symbols win over the
+GEOS bundled in a PyPI shapely wheel; when their versions differ, shapely fails (e.g. "WKB output
+dimension must be 2 or 3" when the road lines are written; shapely/shapely#1186). The script
+checks this first. Fix: a shapely whose wheel bundles the same GEOS minor version as QGIS, kept
+outside the venv, e.g. for GEOS 3.11 (Debian 12):
+    .venv/bin/pip install --no-deps --target /tmp/roadseg_qgis_shapely "shapely==2.0.1"
+    .venv/bin/python scripts/screenshot.py --pythonpath /tmp/roadseg_qgis_shapely
 """
 from __future__ import annotations
 
@@ -32,7 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "massachusetts-roads" / "train" / "images"
 DEFAULT_MODEL = ROOT / "roadseg_plugin" / "models" / "roadseg_default.pt"
 DEFAULT_OUT = ROOT / "docs" / "screenshot_segment_roads.png"
-DEFAULT_TILE = "10078735_15.png"
+DEFAULT_TILE = "19678630_15.png"  # suburban streets; its top-left 100 px hold no-data
+DEFAULT_CROP = (100, 100, 800)  # row, column, size in pixels: all imagery, many roads
 ORIGIN_26986 = (230000.0, 905000.0)  # a plausible upper-left corner in EPSG:26986 (metres)
 SCREEN = (1600, 1000)
 
@@ -43,8 +52,9 @@ import traceback
 from pathlib import Path
 
 import qgis.utils
-from qgis.core import QgsApplication, QgsProject, QgsRectangle
+from qgis.core import Qgis, QgsApplication, QgsProject, QgsRectangle
 from qgis.PyQt.QtCore import QTimer
+from qgis.PyQt.QtWidgets import QDockWidget
 
 CFG = json.loads(r"""__CONFIG__""")
 STATE = {"stage": "started"}
@@ -98,6 +108,10 @@ def start():
         raise RuntimeError(f"could not load {CFG['raster']}")
     QgsProject.instance().setCrs(layer.crs())
     iface.setActiveLayer(layer)
+    STATE["raster_id"] = layer.id()
+    for dock in window.findChildren(QDockWidget):  # more room for the map; keep the Layers panel
+        if dock.objectName() == "Browser":
+            dock.hide()
     iface.mapCanvas().setExtent(layer.extent())
     STATE["raster_crs"] = layer.crs().authid()
 
@@ -139,9 +153,13 @@ def after_task():
     STATE["layers"] = {l.name(): l.crs().authid() for l in QgsProject.instance().mapLayers().values()}
     if not outcome.ok:
         raise RuntimeError(f"task {outcome.status.value}: {outcome.message}")
-    canvas = qgis.utils.iface.mapCanvas()
-    if CFG["zoom"]:
-        canvas.setExtent(QgsRectangle(*CFG["zoom"]))
+    iface = qgis.utils.iface
+    canvas = iface.mapCanvas()
+    raster = QgsProject.instance().mapLayer(STATE["raster_id"])
+    canvas.setExtent(QgsRectangle(*CFG["zoom"]) if CFG["zoom"] else raster.extent())
+    # QGIS's own "Task complete" notice sits on top of the plugin's summary: show only the summary.
+    iface.messageBar().clearWidgets()
+    iface.messageBar().pushMessage("RoadSeg", outcome.message, Qgis.Success, 0)
     canvas.refreshAllLayers()
     QTimer.singleShot(1500, grab)
 
@@ -164,16 +182,16 @@ QTimer.singleShot(CFG["start_delay_ms"], start)
 '''
 
 
-def write_georeferenced_tile(png: Path, dst: Path, size: int | None) -> Path:
-    """A GeoTIFF copy of `png` (optionally its top-left size x size crop) at 1 m in EPSG:26986."""
+def write_georeferenced_tile(png: Path, dst: Path, crop: tuple[int, int, int] | None) -> Path:
+    """A GeoTIFF copy of `png` (or of its (row, col, size) crop) at 1 m in EPSG:26986."""
     import rasterio
     from affine import Affine
     from rasterio.windows import Window
 
     with rasterio.open(png) as src:
-        w = min(size or src.width, src.width)
-        h = min(size or src.height, src.height)
-        data = src.read(window=Window(0, 0, w, h))
+        row, col, size = crop or (0, 0, max(src.width, src.height))
+        w, h = min(size, src.width - col), min(size, src.height - row)
+        data = src.read(window=Window(col, row, w, h))
     x0, y0 = ORIGIN_26986
     with rasterio.open(dst, "w", driver="GTiff", width=w, height=h, count=data.shape[0],
                        dtype=data.dtype, crs="EPSG:26986", transform=Affine(1.0, 0, x0, 0, -1.0, y0),
@@ -209,9 +227,33 @@ def install_plugin(profile: Path, work: Path) -> None:
         fh.write("\n[PythonPlugins]\nroadseg_plugin=true\n")
 
 
-def qgis_environment() -> dict[str, str]:
+# A shapely wheel known to bundle the GEOS of a distribution QGIS (checked: 2.0.1 -> GEOS 3.11.1).
+SHAPELY_FOR_GEOS = {(3, 11): "shapely==2.0.1"}
+
+
+def geos_problem(env: dict[str, str]) -> str | None:
+    """None when the shapely QGIS will import bundles the same GEOS minor version as QGIS."""
+    code = ("import shapely; from qgis.core import Qgis; "
+            "print(shapely.geos_version[0], shapely.geos_version[1], Qgis.geosVersionMajor(), "
+            "Qgis.geosVersionMinor(), shapely.__file__)")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        return f"cannot check shapely against QGIS's GEOS: {done.stderr.strip()[-500:]}"
+    s_major, s_minor, q_major, q_minor, where = done.stdout.split()
+    if (s_major, s_minor) == (q_major, q_minor):
+        return None
+    requirement = SHAPELY_FOR_GEOS.get((int(q_major), int(q_minor)), "--no-binary shapely shapely>=2.0")
+    return (f"shapely at {where} bundles GEOS {s_major}.{s_minor} but QGIS uses GEOS {q_major}.{q_minor}; inside "
+            f"the QGIS desktop shapely would then fail. Install a matching shapely outside the venv "
+            f"(--no-binary builds it against the system GEOS and needs libgeos-dev) and pass it:\n"
+            f"    {sys.executable} -m pip install --no-deps --target /tmp/roadseg_qgis_shapely '{requirement}'\n"
+            f"    {sys.executable} scripts/screenshot.py --pythonpath /tmp/roadseg_qgis_shapely")
+
+
+def qgis_environment(extra: list[Path]) -> dict[str, str]:
     env = dict(os.environ)
-    paths = [p for p in site.getsitepackages() if Path(p).is_dir()]  # torch, rasterio, ... of this venv
+    paths = [str(p.resolve()) for p in extra]  # first: e.g. a shapely matching QGIS's GEOS
+    paths += [p for p in site.getsitepackages() if Path(p).is_dir()]  # torch, rasterio, ... of this venv
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(paths)
@@ -225,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="RoadSeg checkpoint (.pt)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="PNG to write")
     parser.add_argument("--image", type=Path, default=DATA / DEFAULT_TILE, help="Massachusetts tile (PNG)")
-    parser.add_argument("--size", type=int, default=1500, help="crop the tile to size x size pixels")
+    parser.add_argument("--crop", type=int, nargs=3, metavar=("ROW", "COL", "SIZE"), default=DEFAULT_CROP,
+                        help="use this square of the tile (default %(default)s; 0 0 1500 for all of it)")
     parser.add_argument("--zoom", type=float, nargs=4, metavar=("XMIN", "YMIN", "XMAX", "YMAX"),
                         help="map extent (EPSG:26986) for the screenshot; default: the whole tile")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -233,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probability", action="store_true", help="also add the probability raster")
     parser.add_argument("--timeout", type=int, default=900, help="seconds before QGIS is stopped")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder and print it")
+    parser.add_argument("--pythonpath", type=Path, action="append", default=[],
+                        help="folder put first on QGIS's PYTHONPATH (a shapely matching QGIS's GEOS)")
     args = parser.parse_args(argv)
 
     if not args.model.is_file():
@@ -243,9 +288,14 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("xvfb-run") is None or shutil.which("qgis") is None:
         parser.error("needs `qgis` and `xvfb-run` on PATH")
 
+    env = qgis_environment(args.pythonpath)
+    problem = geos_problem(env)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     work = Path(tempfile.mkdtemp(prefix="roadseg_screenshot_"))
     try:
-        raster = write_georeferenced_tile(args.image, work / f"{args.image.stem}_epsg26986.tif", args.size)
+        raster = write_georeferenced_tile(args.image, work / f"{args.image.stem}_epsg26986.tif", tuple(args.crop))
         profiles = work / "profiles"
         install_plugin(profiles / "profiles" / "default", work)
         status = work / "status.json"
@@ -261,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd = ["xvfb-run", "-a", "-s", f"-screen 0 {SCREEN[0]}x{SCREEN[1]}x24", "qgis",
                "--profiles-path", str(profiles), "--nologo", "--noversioncheck", "--code", str(startup)]
         print("running:", " ".join(cmd), flush=True)
-        proc = subprocess.Popen(cmd, env=qgis_environment(), cwd=work, start_new_session=True,
+        proc = subprocess.Popen(cmd, env=env, cwd=work, start_new_session=True,
                                 stdout=(work / "qgis.log").open("w"), stderr=subprocess.STDOUT)
         try:
             proc.wait(timeout=args.timeout)

@@ -103,3 +103,67 @@ def test_plugin_module_does_not_import_torch_or_rasterio():
             "print(heavy); sys.exit(1 if heavy else 0)")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_action_opens_the_dialog_and_runs_the_task(plugin, qgis_iface, road_model, tmp_path):
+    """The whole user path: click Segment roads, press Run, wait, get a road layer."""
+    import time
+
+    from qgis.core import QgsProject, QgsRasterLayer
+    from qgis.PyQt.QtCore import QTimer
+    from qgis.PyQt.QtWidgets import QApplication
+
+    from roadseg_plugin.dialog import SegmentDialog
+    from tests.plugin.conftest import write_road_geotiff
+
+    raster = QgsRasterLayer(str(write_road_geotiff(tmp_path / "area.tif", size=96, seed=4)[0]), "aerial")
+    QgsProject.instance().addMapLayer(raster)
+    qgis_iface.setActiveLayer(raster)
+    seen: list[str] = []
+
+    def press_run() -> None:
+        dialog = QApplication.activeModalWidget()
+        if not isinstance(dialog, SegmentDialog):
+            seen.append(f"no Segment roads dialog but {dialog!r}")
+            if dialog is not None:
+                dialog.reject()
+            return
+        seen.append(dialog.layer_combo.currentLayer().name())
+        dialog.model_widget.setFilePath(str(road_model))
+        dialog.device_combo.setCurrentText("cpu")
+        dialog.buttons.button(dialog.buttons.Ok).click()
+
+    QTimer.singleShot(200, press_run)
+    plugin.action.trigger()  # blocks in the modal dialog until press_run clicks Run
+    assert seen == ["aerial"]
+    task = plugin.tasks[-1]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (task.outcome is None or (
+            task.outcome.ok and not QgsProject.instance().mapLayersByName("Roads (aerial)"))):
+        QgsApplication.processEvents()
+        time.sleep(0.01)
+    assert task.outcome is not None and task.outcome.ok, task.outcome and task.outcome.message
+    lines = QgsProject.instance().mapLayersByName("Roads (aerial)")[0]
+    assert lines.crs().authid() == "EPSG:32619" and lines.featureCount() > 0
+
+
+def test_shapely_works_in_this_qgis():
+    from roadseg_plugin.plugin import geos_problem
+
+    assert geos_problem() is None
+
+
+def test_broken_shapely_stops_the_action_with_one_clear_message(plugin, qgis_iface, monkeypatch):
+    """In the QGIS desktop a PyPI shapely whose GEOS differs from QGIS's fails (shapely#1186)."""
+    import shapely
+
+    def broken(*args, **kwargs):
+        raise shapely.errors.GEOSException("IllegalArgumentException: WKB output dimension must be 2 or 3")
+
+    monkeypatch.setattr(shapely, "to_wkb", broken)
+    bar = qgis_iface.messageBar()
+    bar.clear_messages()
+    plugin.action.trigger()  # would block in the dialog if the check let it through
+    errors = bar.get_messages(Qgis.Critical)
+    assert len(errors) == 1
+    assert "--no-binary shapely" in errors[0] and "WKB output dimension" in errors[0]
