@@ -180,5 +180,28 @@ def isolate_native_libraries(packages: tuple[str, ...] = NATIVE_PACKAGES) -> lis
     return done
 
 
+def native_library_problem() -> str:
+    """Why shapely cannot do geometry work in this process (after `isolate_native_libraries`), or "".
+
+    A WKB round trip of one line: it fails when shapely was imported before the isolation (by
+    another plugin, say) and its bundled GEOS clashes with QGIS's.
+    """
+    try:
+        import shapely
+    except ImportError:
+        return ""  # reported by dependency_message()
+    try:
+        line = shapely.LineString([(0.0, 0.0), (1.0, 1.0)])
+        if shapely.from_wkb(shapely.to_wkb(line)).length != line.length:
+            raise ValueError("a WKB round trip changed the geometry")
+        return ""
+    except Exception as exc:  # noqa: BLE001  (any failure here means all geometry work fails)
+        return (f"shapely {shapely.__version__} does not work inside this QGIS ({exc}): its bundled GEOS clashes "
+                "with QGIS's because shapely was imported before RoadSeg could isolate it (by another plugin?). "
+                "Restart QGIS and run RoadSeg first, or install a shapely built for QGIS's GEOS: "
+                f"{_quote(python_executable())} -m pip install --force-reinstall --no-binary shapely 'shapely>=2.0'")
+
+
 __all__ = ["NATIVE_PACKAGES", "OPTIONAL", "REQUIRED", "dependency_message", "install_command",
-           "isolate_native_libraries", "missing_dependencies", "missing_optional", "python_executable"]
+           "isolate_native_libraries", "missing_dependencies", "missing_optional", "native_library_problem",
+           "python_executable"]

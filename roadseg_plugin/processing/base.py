@@ -31,7 +31,7 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QCoreApplication, QVariant
 from qgis.PyQt.QtGui import QIcon
 
-from ..deps import dependency_message, isolate_native_libraries, missing_dependencies
+from ..deps import dependency_message, isolate_native_libraries, missing_dependencies, native_library_problem
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -131,6 +131,9 @@ class RoadSegAlgorithm(QgsProcessingAlgorithm):
         if message:
             raise QgsProcessingException(message)
         isolate_native_libraries()
+        message = native_library_problem()
+        if message:
+            raise QgsProcessingException(message)
 
     @staticmethod
     @contextmanager
