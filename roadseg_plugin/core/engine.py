@@ -168,7 +168,7 @@ class RasterSink:
         self.dataset.update_tags(**tags)
         self.dataset.set_band_description(1, tags.get("ROADSEG_VALUES", ""))
         self.path, self.error = path, None
-        self._queue: queue.Queue = queue.Queue(maxsize=2)
+        self._queue: queue.Queue = queue.Queue(maxsize=1)
         self._thread = threading.Thread(target=self._run, name="roadseg-writer", daemon=True)
         self._thread.start()
 
@@ -186,7 +186,7 @@ class RasterSink:
 
     def write(self, row: int, values: np.ndarray, valid: np.ndarray) -> None:
         """Queue (rows, width) uint8 values and valid mask starting at raster row `row`
-        (blocks while the writer is two bands behind)."""
+        (blocks while the writer is a band behind)."""
         self._raise_error()
         self._queue.put((row, values, valid))
 
@@ -218,13 +218,14 @@ def _encoder(binary: bool, threshold: float) -> Callable[[np.ndarray], np.ndarra
 
 
 def gdal_cache_mb(reader: RasterReader) -> int:
-    """A GDAL block cache that holds two 512-row bands of input blocks and the output's.
+    """A GDAL block cache for one 512-row band of input blocks (shared by consecutive strips)
+    plus the output's block row.
 
     GDAL's default (5 % of RAM) would keep filling with decoded blocks as the raster is
     read, so memory would grow with the raster; this bound only grows with its width.
     """
-    per_row = reader.width * (reader.count * np.dtype(reader.dtype).itemsize + 2)
-    return 16 + -(-2 * 512 * per_row // 2**20)
+    input_row = reader.count * np.dtype(reader.dtype).itemsize * 1.25
+    return 16 + int(reader.width * (512 * input_row + OUTPUT_BLOCK * 2) / 2**20)
 
 
 def _temporary_output(dst: Path) -> Path:
@@ -252,8 +253,8 @@ def _run_pipeline(reader: RasterReader, grid: TileGrid, bands: list[int], normal
             probs = runner(batch.tiles)
             for prob, valid, (r, c), finished in zip(probs, batch.valid, batch.origins, batch.finished):
                 blend.add(prob, valid, r, c)
-                if finished is not None and (rows := blend.pop(finished)) is not None:
-                    sink.write(rows[0], encode(rows[1]), rows[2])
+                if finished is not None and (rows := blend.pop(finished, encode)) is not None:
+                    sink.write(*rows)
             done += len(batch.origins)
             if on_progress is not None:
                 on_progress(0.99 * done / grid.n_tiles)

@@ -180,6 +180,8 @@ class RasterioReader:
         """(C, h, w) raw values and (h, w) valid mask; outside the raster: zeros, invalid."""
         row, col = int(window.row_off), int(window.col_off)
         h, w = int(window.height), int(window.width)
+        if row >= 0 and col >= 0 and row + h <= self.height and col + w <= self.width:
+            return self._read(bands, Window(col, row, w, h))
         data = np.zeros((len(bands), h, w), dtype=self.dtype)
         valid = np.zeros((h, w), dtype=bool)
         r0, r1 = max(row, 0), min(row + h, self.height)

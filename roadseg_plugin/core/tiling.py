@@ -164,11 +164,17 @@ class RollingBlend:
         self.acc[b0:b0 + h, x0:x1] += prob[ty:ty + h, tx:tx + w] * self.window[ty:ty + h, tx:tx + w]
         self.valid[b0:b0 + h, x0:x1] = valid[ty:ty + h, tx:tx + w]
 
-    def pop(self, finished: int) -> tuple[int, np.ndarray, np.ndarray] | None:
+    def pop(self, finished: int, encode: Callable[[np.ndarray], np.ndarray] | None = None,
+            ) -> tuple[int, np.ndarray, np.ndarray] | None:
         """Hand out rows [start, finished) rounded down to whole blocks (all at the raster end).
 
+        Args:
+            finished: rows above this one will receive no more tiles.
+            encode: turns the (n, width) float32 probabilities into what is returned; it may
+                work in place (they are a view of the band, about to be recycled).
+
         Returns:
-            (first row, (n, width) blended probabilities with invalid pixels at 0, (n, width)
+            (first row, encoded (n, width) probabilities with invalid pixels at 0, (n, width)
             valid mask), or None when no whole block is finished yet.
         """
         if finished < self.grid.height:
@@ -177,17 +183,26 @@ class RollingBlend:
         if n <= 0:
             return None
         g = self.grid
-        prob = self.acc[:n] / g.row_weight[self.start:finished, None]
+        prob = self.acc[:n]
+        prob /= g.row_weight[self.start:finished, None]
         prob /= g.col_weight[None, :]
         valid = self.valid[:n].copy()
         prob[~valid] = 0.0
-        first, keep = self.start, self.acc.shape[0] - n
-        self.acc[:keep] = self.acc[n:]  # numpy copes with the overlap
-        self.valid[:keep] = self.valid[n:]
-        self.acc[keep:] = 0.0
-        self.valid[keep:] = False
+        values = encode(prob) if encode is not None else prob.copy()
+        first = self.start
+        self._shift(n)
         self.start = finished
-        return first, prob, valid
+        return first, values, valid
+
+    def _shift(self, n: int) -> None:
+        """Move the band up by n rows, in non-overlapping chunks (no temporary copy)."""
+        rows = self.acc.shape[0]
+        for top in range(0, rows - n, n):
+            stop = min(top + n, rows - n)
+            self.acc[top:stop] = self.acc[top + n:stop + n]
+            self.valid[top:stop] = self.valid[top + n:stop + n]
+        self.acc[rows - n:] = 0.0
+        self.valid[rows - n:] = False
 
 
 def cut_tile(data: np.ndarray, valid: np.ndarray, grid: TileGrid, row_origin: int,
