@@ -159,7 +159,8 @@ class RasterSink:
         georeferenced = reader.crs is not None or reader.transform != affine.Affine.identity()
         profile = dict(driver="GTiff", width=reader.width, height=reader.height, count=1, dtype="uint8",
                        crs=reader.crs, transform=reader.transform if georeferenced else None, tiled=True,
-                       blockxsize=OUTPUT_BLOCK, blockysize=OUTPUT_BLOCK, compress="deflate", bigtiff="if_safer")
+                       blockxsize=OUTPUT_BLOCK, blockysize=OUTPUT_BLOCK, compress="deflate", predictor=2,
+                       bigtiff="if_safer")
         try:
             self.dataset = rasterio.open(path, "w", **profile)
         except RasterioError as exc:

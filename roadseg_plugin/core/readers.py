@@ -213,11 +213,12 @@ class RasterioReader:
 
 
 def _open_dataset(path: str | os.PathLike) -> rasterio.DatasetReader:
-    if not str(path).startswith("/vsi") and not Path(path).is_file():
-        raise RasterError(path, "raster file not found", "check the path")
+    """Open any GDAL dataset name (files, /vsi paths, GPKG:file:table, ...)."""
     try:
         src = rasterio.open(path)
     except RasterioError as exc:
+        if not Path(path).exists():
+            raise RasterError(path, "raster file not found", "check the path") from None
         first = str(exc).splitlines()[0][:100]
         raise RasterError(path, f"not a raster GDAL can read ({first})",
                           "pass a GeoTIFF, VRT, JPEG or PNG file") from None

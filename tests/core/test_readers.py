@@ -154,3 +154,23 @@ def test_stretch_limits_are_percentiles_of_valid_pixels(tmp_path):
     with open_raster(write_tif(tmp_path / "u16.tif", ramp, nodata=0)) as reader:
         limits = band_stretch(reader, [1, 2, 3])
     np.testing.assert_allclose(limits, [[1002, 1097]] * 3, atol=1.0)
+
+
+def test_vrt_and_world_file_jpeg_are_read(tmp_path):
+    data = np.random.default_rng(0).integers(0, 250, (3, 40, 50), dtype=np.uint8)
+    write_tif(tmp_path / "a.tif", data)
+    bands = "".join(f'<VRTRasterBand dataType="Byte" band="{b}"><SimpleSource><SourceFilename relativeToVRT="1">'
+                    f"a.tif</SourceFilename><SourceBand>{b}</SourceBand></SimpleSource></VRTRasterBand>"
+                    for b in (1, 2, 3))
+    (tmp_path / "a.vrt").write_text(f'<VRTDataset rasterXSize="50" rasterYSize="40"><SRS>EPSG:32631</SRS>'
+                                    f"<GeoTransform>500000, 1, 0, 6000000, 0, -1</GeoTransform>{bands}</VRTDataset>")
+    with open_raster(tmp_path / "a.vrt", gsd_m=1.0) as reader:
+        values, valid = reader.read(Window(0, 0, 50, 40), [1, 2, 3])
+        assert reader.crs == CRS.from_epsg(32631) and not reader.warnings
+    np.testing.assert_array_equal(values, data)
+    with rasterio.open(tmp_path / "photo.jpg", "w", driver="JPEG", width=50, height=40, count=3, dtype="uint8",
+                       transform=from_origin(10, 20, 0.5, 0.5), WORLDFILE="YES") as dst:
+        dst.write(data)
+    with open_raster(tmp_path / "photo.jpg", gsd_m=1.0) as reader:
+        assert reader.transform == from_origin(10, 20, 0.5, 0.5) and reader.width == 50
+        assert any("no coordinate reference system" in w for w in reader.warnings)
