@@ -42,7 +42,18 @@ DEFAULT_BATCH = {"cpu": 2, "cuda": 16}  # CPU: no faster beyond 2 tiles, ~150 MB
 
 @dataclass
 class SegmentResult:
-    """What `segment_raster` wrote and how."""
+    """What `segment_raster` wrote and how.
+
+    Attributes:
+        path: the GeoTIFF written.
+        width, height, crs, transform: its grid (the model's GSD when the input was resampled).
+        gsd_m: metres per pixel of that grid; None when unknown (no CRS).
+        backend, device: "torch" or "onnxruntime", and where it ran.
+        threshold: the road threshold (the model's unless one was given).
+        tile, overlap: the tiling used.
+        seconds: wall time of the whole call.
+        warnings: things the user should know (resampling, value stretch, no georeferencing).
+    """
 
     path: Path
     width: int
@@ -334,7 +345,7 @@ def segment_raster(src: str | os.PathLike | RasterReader, dst: str | os.PathLike
         return SegmentResult(dst, reader.width, reader.height, reader.crs, reader.transform,
                              getattr(reader, "gsd_m", None), loaded.name, loaded.device, threshold, tile, overlap,
                              time.perf_counter() - start,
-                             list(getattr(reader, "warnings", [])) + notes + runner.notes)
+                             list(getattr(reader, "warnings", [])) + notes + loaded.notes + runner.notes)
     finally:
         if reader is not src:
             reader.close()

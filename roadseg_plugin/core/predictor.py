@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .checkpoint import ModelMeta
-from .errors import CheckpointError
+from .errors import CheckpointError, OutputError
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -126,12 +126,14 @@ class InputNormaliser:
 
 @dataclass
 class Backend:
-    """A ready-to-run model: the batch function, its metadata and where it runs."""
+    """A ready-to-run model: the batch function, its metadata, where it runs, and notes
+    for the user (e.g. why the preferred backend was not used)."""
 
     predict: Callable[[np.ndarray], np.ndarray]
     meta: ModelMeta
     name: str
     device: str
+    notes: list[str] = field(default_factory=list)
 
 
 def onnxruntime_available() -> bool:
@@ -142,12 +144,21 @@ def onnxruntime_available() -> bool:
     return True
 
 
+def _onnx_backend(path: Path, device: torch.device, tta: bool) -> Backend:
+    from .onnx_backend import OnnxPredictor, export_onnx, read_onnx_meta
+
+    onnx_path = path if path.suffix.lower() == ".onnx" else export_onnx(path)
+    predictor = OnnxPredictor(onnx_path, device=device.type, tta=tta)
+    return Backend(predictor, read_onnx_meta(onnx_path), "onnxruntime", predictor.device)
+
+
 def load_backend(model: str | os.PathLike | None = None, device: str = "auto", backend: str = "auto",
                  tta: bool = False) -> Backend:
     """Load a checkpoint (or exported .onnx file) onto the best backend for `device`.
 
     `backend="auto"` means torch on CUDA, ONNX Runtime on CPU when installed (the checkpoint
-    is exported once and cached, see `onnx_backend.export_onnx`), else torch.
+    is exported once and cached, see `onnx_backend.export_onnx`), else torch; torch is also
+    the fallback when the export cannot be made or cached.
 
     Raises:
         CheckpointError: the model file is missing, damaged or unsuitable for the backend.
@@ -159,19 +170,20 @@ def load_backend(model: str | os.PathLike | None = None, device: str = "auto", b
         raise ValueError(f"unknown backend {backend!r}; use auto, torch or onnxruntime")
     path = Path(model) if model is not None else BUNDLED_MODEL
     torch_device = resolve_device(device)
-    if path.suffix.lower() == ".onnx" or backend == "onnxruntime" or (
-            backend == "auto" and torch_device.type == "cpu" and onnxruntime_available()):
-        from .onnx_backend import OnnxPredictor, export_onnx, read_onnx_meta
-
-        if path.suffix.lower() == ".onnx" and backend == "torch":
-            raise CheckpointError(path, "an ONNX model runs only on the onnxruntime backend",
-                                  "pass --backend onnxruntime or the .pt checkpoint")
-        onnx_path = path if path.suffix.lower() == ".onnx" else export_onnx(path)
-        predictor = OnnxPredictor(onnx_path, device=torch_device.type, tta=tta)
-        return Backend(predictor, read_onnx_meta(onnx_path), "onnxruntime", predictor.device)
+    is_onnx = path.suffix.lower() == ".onnx"
+    if is_onnx and backend == "torch":
+        raise CheckpointError(path, "an ONNX model runs only on the onnxruntime backend",
+                              "pass --backend onnxruntime or the .pt checkpoint")
+    notes = []
+    if is_onnx or backend == "onnxruntime":
+        return _onnx_backend(path, torch_device, tta)
+    if backend == "auto" and torch_device.type == "cpu" and onnxruntime_available():
+        try:
+            return _onnx_backend(path, torch_device, tta)
+        except (OutputError, ImportError, RuntimeError) as exc:  # export impossible here: torch still works
+            notes.append(f"ONNX Runtime not used ({str(exc).splitlines()[0][:120]}); running with torch")
     net, meta = load_model(path)
-    predictor = TorchPredictor(net, torch_device, tta=tta)
-    return Backend(predictor, meta, "torch", str(torch_device))
+    return Backend(TorchPredictor(net, torch_device, tta=tta), meta, "torch", str(torch_device), notes)
 
 
 class BatchRunner:
