@@ -39,14 +39,23 @@ class RoadSegPlugin:
 
     # ---------------------------------------------------------------- lifecycle
     def initProcessing(self) -> None:  # noqa: N802 (QGIS API name)
-        """Register the Processing provider; its algorithms report missing dependencies themselves."""
+        """Register the Processing provider; its algorithms report missing dependencies themselves.
+
+        QGIS calls this itself for qgis_process (hasProcessingProvider=yes); `initGui` calls it
+        too, so a second call does nothing.
+        """
+        if self.provider is not None:
+            return
         try:
             from .processing.provider import RoadSegProvider
         except ImportError as exc:  # the provider itself must not need torch; say so if it does
             log(f"Processing provider not available: {exc}", Qgis.Warning)
             return
-        self.provider = RoadSegProvider()
-        QgsApplication.processingRegistry().addProvider(self.provider)
+        provider = RoadSegProvider()
+        if QgsApplication.processingRegistry().addProvider(provider):
+            self.provider = provider
+        else:  # an id clash: leave the registered one alone (removeProvider works by id)
+            log(f"a Processing provider with id '{provider.id()}' is already registered", Qgis.Warning)
 
     def initGui(self) -> None:  # noqa: N802 (QGIS API name)
         """Add the action to the Raster menu and the RoadSeg toolbar, register Processing."""

@@ -100,7 +100,6 @@ class RoadSegTask(QgsTask):
         super().__init__(f"Segment roads: {layer.name()}", QgsTask.CanCancel)
         self.iface = iface
         self.layer_name = layer.name()
-        self.layer_crs = layer.crs().authid() or layer.crs().toWkt()
         self.outcome: TaskOutcome | None = None
         self.added_layers: list[QgsMapLayer] = []
         self._temp_root = QgsProcessingUtils.tempFolder()

@@ -12,7 +12,6 @@ from qgis.core import (  # noqa: E402
     QgsCoordinateReferenceSystem,
     QgsFeature,
     QgsGeometry,
-    QgsPointXY,
     QgsRasterLayer,
     QgsRectangle,
     QgsVectorLayer,
