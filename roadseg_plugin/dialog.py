@@ -177,6 +177,13 @@ class SegmentDialog(QDialog):
             self.model_info.setText("Choose a RoadSeg model (.pt)")
             ok_button.setEnabled(False)
             return
+        if not Path(path).is_file():
+            bundled = Path(path) == bundled_model_path()
+            what = "The bundled model is not installed" if bundled else "No model file"
+            self.model_info.setText(f"<span style='color:#b00020'>{what} at {path}; "
+                                    "choose a RoadSeg model (.pt).</span>")
+            ok_button.setEnabled(False)
+            return
         try:
             self.meta = read_model_meta(path)
         except RoadSegError as exc:

@@ -174,3 +174,11 @@ def test_accept_closes_with_valid_values(dialog, tiny_checkpoint):
     dialog.model_widget.setFilePath(str(tiny_checkpoint))
     dialog.accept()
     assert dialog.result() == dialog.Accepted
+
+
+def test_missing_model_file_says_so(dialog, tmp_path):
+    from qgis.PyQt.QtWidgets import QDialogButtonBox
+
+    dialog.model_widget.setFilePath(str(tmp_path / "nowhere.pt"))
+    assert not dialog.buttons.button(QDialogButtonBox.Ok).isEnabled()
+    assert "No model file" in dialog.model_info.text() and "nowhere.pt" in dialog.model_info.text()
