@@ -255,3 +255,12 @@ def test_out_of_memory_halves_the_batch_and_carries_on():
 def test_rolling_band_does_not_grow_with_the_raster_height():
     short, tall = RollingBlend(TileGrid(1000, 300, 512, 32)), RollingBlend(TileGrid(50000, 300, 512, 32))
     assert short.acc.shape == tall.acc.shape == (512 + 256, 300)
+
+
+def test_default_model_is_the_bundled_one(tmp_path):
+    from roadseg_plugin.core.checkpoint import BUNDLED_MODEL
+
+    if not BUNDLED_MODEL.is_file():
+        pytest.skip(f"bundled model not present at {BUNDLED_MODEL}")
+    result = segment_raster(write_tif(tmp_path / "in.tif", scene(96, 80)), tmp_path / "out.tif", backend="torch")
+    assert result.tile > 0 and read_out(result.path)[0].shape == (96, 80)
