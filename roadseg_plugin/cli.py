@@ -149,12 +149,16 @@ def _stored_threshold(mask: Path) -> float | None:
             value = src.tags().get("ROADSEG_THRESHOLD")
     except rasterio.errors.RasterioError:
         return None  # the vectoriser reports unreadable files
-    return float(value) if value else None
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
 
 
 def cmd_vectorise(args: argparse.Namespace) -> int:
     _check_vector_output(args.out, args.format)
-    threshold = args.threshold if args.threshold is not None else _stored_threshold(args.mask) or 0.5
+    threshold = args.threshold if args.threshold is not None else _stored_threshold(args.mask)
+    threshold = 0.5 if threshold is None else threshold
     lines, km = _write_vectors(args.mask, args.out, args.format, threshold, _vectorise_params(args))
     print(f"wrote {lines} road lines ({km:.2f} km) to {args.out}")
     return 0
