@@ -47,6 +47,7 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=Path, help="write the figures to this JSON file")
     p.add_argument("--device", default="auto")
     p.add_argument("--threshold", type=float, help="decision threshold (default: the model's)")
+    p.add_argument("--backend", default="auto", help="auto, torch or onnxruntime")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -73,7 +74,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_model, format_table
 
-    result = evaluate_model(args.model, args.data, args.device, args.threshold,
+    result = evaluate_model(args.model, args.data, args.device, args.threshold, backend=args.backend,
                             on_tile=lambda name, row: print(f"  {name}: iou={row['iou']:.4f}", file=sys.stderr))
     print(format_table(result))
     if args.json:

@@ -7,9 +7,9 @@ from typing import Callable
 import numpy as np
 
 from roadseg_plugin.core.apls import apls
-from roadseg_plugin.core.checkpoint import ModelMeta, load_model
+from roadseg_plugin.core.checkpoint import ModelMeta
 from roadseg_plugin.core.metrics import PixelCounts, pixel_counts
-from roadseg_plugin.core.predictor import TorchPredictor, normalise
+from roadseg_plugin.core.predictor import load_backend, normalise
 from roadseg_plugin.core.tiling import predict_array
 
 from .datasets import Tile, load_tiles
@@ -35,13 +35,15 @@ def evaluate_tiles(tiles: list[Tile], predict: Callable[[np.ndarray], np.ndarray
 
 
 def evaluate_model(model_path: str | Path | None, data: str | Path, device: str = "auto",
-                   threshold: float | None = None, batch_size: int = 8,
+                   threshold: float | None = None, batch_size: int = 4, backend: str = "auto",
                    on_tile: Callable[[str, dict], None] | None = None) -> dict:
-    model, meta = load_model(model_path)
-    predictor = TorchPredictor(model, device)
+    """Metrics of a checkpoint (None: the bundled model) on a dataset folder, predicted with the
+    engine's backend (ONNX Runtime on CPU when installed) and the same tiled blending."""
+    runner = load_backend(model_path, device, backend)
+    meta = runner.meta
 
     def predict(image: np.ndarray) -> np.ndarray:
-        return predict_array(normalise(image, meta), predictor, meta.tile, meta.overlap, batch_size)
+        return predict_array(normalise(image, meta), runner.predict, meta.tile, meta.overlap, batch_size)
 
     tiles = load_tiles(data, bands=meta.in_channels)
     return evaluate_tiles(tiles, predict, meta.threshold if threshold is None else threshold, on_tile)

@@ -74,7 +74,7 @@ def test_cli_train_and_evaluate(road_dataset, tmp_path, capsys):
                  "--json", str(tmp_path / "e.json"), "--device", "cpu"]) == 0
     result = json.loads((tmp_path / "e.json").read_text())
     assert result["tiles"] == 4 and len(result["per_tile"]) == 4
-    assert "relaxed_f1" in capsys.readouterr().out
+    assert "rel_f1" in capsys.readouterr().out and set(result["per_tile"][0]) >= {"name", "relaxed_f1", "apls"}
 
 
 def test_cli_bad_data_exits_2_with_one_line(tmp_path, capsys):
