@@ -187,7 +187,14 @@ def vectorise_mask(mask: np.ndarray, transform=None, crs=None, prob: np.ndarray 
 
 
 def _raster_is_binary(src, band: int) -> bool:
-    """uint8 rasters whose values are all 0/1 are masks; others hold probability * 255."""
+    """uint8 rasters whose values are all 0/1 are masks; others hold probability * 255.
+
+    The engine's own outputs say which they are (tag ROADSEG_VALUES): trust that first, since a
+    probability map of a road-free area can also hold only 0s and 1s.
+    """
+    values = src.tags().get("ROADSEG_VALUES", "")
+    if values:
+        return values.startswith("binary")
     for _, window in src.block_windows(band):
         if src.read(band, window=window).max(initial=0) > 1:
             return False

@@ -316,3 +316,23 @@ def test_vectorise_raster_errors_name_the_file(tmp_path):
     path = write_tif(tmp_path / "one.tif", horizontal().astype(np.uint8))
     with pytest.raises(RasterError, match="band 2"):
         vectorise_raster(path, band=2)
+
+
+def test_faint_probability_map_from_the_engine_is_not_read_as_a_mask(tmp_path):
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from roadseg_plugin.core.vectorise import vectorise_raster
+
+    prob = np.zeros((128, 128), np.uint8)
+    prob[60:67, :] = 1  # probability 1/255 along a line: no road at threshold 0.5
+    profile = dict(driver="GTiff", width=128, height=128, count=1, dtype="uint8", crs="EPSG:32619",
+                   transform=from_origin(300000, 4600000, 1, 1))
+    path = tmp_path / "prob.tif"
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(prob[None])
+        dst.update_tags(ROADSEG_VALUES="road probability x 255")
+    assert len(vectorise_raster(path)) == 0
+    with rasterio.open(path, "r+") as dst:
+        dst.update_tags(ROADSEG_VALUES="binary road mask (1 road, 0 background)")
+    assert len(vectorise_raster(path)) == 1
