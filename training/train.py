@@ -39,6 +39,7 @@ class TrainConfig:
     init: Path | None = None
     resume: bool = False
     seed: int = 0
+    split_seed: int = 0  # separate from `seed`, so a continued run keeps the same validation tiles
     max_minutes: float | None = None
     augment: bool = True
     scale_jitter: float = 0.25
@@ -80,7 +81,7 @@ def train_model(cfg: TrainConfig) -> Trainer:
     if cfg.val is not None:
         train_tiles, val_tiles = tiles, load_tiles(cfg.val, skip_bad=cfg.skip_bad)
     else:
-        train_tiles, val_tiles = split_tiles(tiles, cfg.val_fraction, cfg.seed)
+        train_tiles, val_tiles = split_tiles(tiles, cfg.val_fraction, cfg.split_seed)
     if not train_tiles or not val_tiles:
         raise DatasetError(cfg.data, f"{len(tiles)} tile(s) cannot be split into train and validation",
                            "add tiles or pass --val DIR")
