@@ -1,4 +1,4 @@
-"""`python -m roadseg_plugin segment|vectorise|export-onnx`: thin commands over the core.
+"""`python -m roadseg_plugin segment|vectorise|export-onnx|quantize`: thin commands over the core.
 
 Each command parses its options, calls one or two library functions and prints a short
 summary. Bad input (a RoadSegError or an invalid option value) exits with status 2 and one
@@ -54,7 +54,9 @@ def _segment_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", type=Path, help="checkpoint .pt or exported .onnx (default: the bundled model)")
     p.add_argument("--mask-out", type=Path, help="also keep the road probability GeoTIFF here")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"])
+    p.add_argument("--backend", default="auto",
+                   help="auto, torch, onnxruntime or onnxruntime-int8 (auto: torch on CUDA; on CPU the int8 "
+                        "model when one was made from this checkpoint, else fp32 ONNX Runtime)")
     p.add_argument("--batch-size", type=int, help="tiles per forward pass (default 2 on CPU, 16 on CUDA)")
     p.add_argument("--tile", type=int, help="tile size in pixels (default: the model's)")
     p.add_argument("--overlap", type=int, help="tile overlap in pixels (default: the model's)")
@@ -77,6 +79,18 @@ def _export_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", type=Path, help="RoadSeg checkpoint (.pt)")
     p.add_argument("out", type=Path, help="ONNX file to write")
     p.set_defaults(func=cmd_export_onnx)
+
+
+def _quantize_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("quantize", help="make the int8 model of a checkpoint (about 1.8x faster on CPU)",
+                       description="Calibrate on crops of real imagery and write <stem>.<sha12>.int8.onnx "
+                                   "beside the checkpoint, where segment finds and uses it on CPU.")
+    p.add_argument("model", type=Path, nargs="?", help="RoadSeg checkpoint (.pt; default: the bundled model)")
+    p.add_argument("--calibration", type=Path, required=True,
+                   help="folder of imagery like what you will segment (a training folder's images/ works)")
+    p.add_argument("--crops", type=int, default=32, help="calibration crops of the model's tile size (32)")
+    p.add_argument("--out", type=Path, help="write here instead (then pass it as --model)")
+    p.set_defaults(func=cmd_quantize)
 
 
 def _check_vector_output(out: Path, fmt: str | None) -> None:
@@ -171,6 +185,13 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from .core.quantize import quantize_model
+
+    print(f"wrote {quantize_model(args.model, args.calibration, args.out, args.crops)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m roadseg_plugin",
                                      description="Road network extraction from aerial imagery.")
@@ -178,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     _segment_parser(sub)
     _vectorise_parser(sub)
     _export_parser(sub)
+    _quantize_parser(sub)
     return parser
 
 

@@ -111,9 +111,16 @@ class RoadSegPlugin:
         return False
 
     def check_geos(self) -> bool:
-        """True when shapely works inside this QGIS; otherwise push one message with the fix."""
-        problem = geos_problem()
-        if problem is None:
+        """True when shapely works inside this QGIS; otherwise push one message with the fix.
+
+        The wheels' own GEOS/GDAL/PROJ are isolated from QGIS's first (shapely#1186), exactly as
+        the Processing algorithms do, so both entry points behave the same.
+        """
+        from . import deps
+
+        deps.isolate_native_libraries()
+        problem = deps.native_library_problem()
+        if not problem:
             return True
         log(problem, Qgis.Critical)
         self.iface.messageBar().pushMessage(PLUGIN_NAME, problem, Qgis.Critical, 0)
@@ -144,31 +151,3 @@ class RoadSegPlugin:
         QgsApplication.taskManager().addTask(task)
         return task
 
-
-def geos_problem() -> str | None:
-    """Why shapely cannot work in this QGIS, or None when it does.
-
-    In the QGIS desktop the GEOS library QGIS links is loaded first and its C++ symbols win over
-    those of the GEOS bundled in a PyPI shapely wheel. When the two GEOS versions differ, shapely
-    then fails (e.g. "WKB output dimension must be 2 or 3" when road lines are written; see
-    shapely/shapely#1186). A tiny round trip tells whether this QGIS is affected.
-    """
-    try:
-        import shapely
-    except ImportError:
-        return None  # reported by the dependency check
-    try:
-        line = shapely.LineString([(0.0, 0.0), (1.0, 1.0)])
-        if shapely.from_wkb(shapely.to_wkb(line)).length != line.length:
-            raise ValueError("WKB round trip changed the geometry")
-        return None
-    except Exception as exc:  # noqa: BLE001 - any failure here means geometry work will fail
-        bundled = ".".join(str(v) for v in getattr(shapely, "geos_version", ())[:2]) or "?"
-        ours = f"{Qgis.geosVersionMajor()}.{Qgis.geosVersionMinor()}"
-        from .deps import python_executable
-
-        return (f"shapely {getattr(shapely, '__version__', '?')} does not work inside QGIS ({exc}): it bundles "
-                f"GEOS {bundled} while QGIS uses GEOS {ours}. Install a shapely built for QGIS's GEOS, then "
-                f"restart QGIS: {python_executable()} -m pip install --force-reinstall --no-binary shapely "
-                f"'shapely>=2.0' (needs the GEOS development files, e.g. libgeos-dev), or a shapely wheel "
-                f"that bundles GEOS {ours} (shapely 2.0.1 bundles GEOS 3.11).")

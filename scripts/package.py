@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PLUGIN = "roadseg_plugin"
 EXCLUDE_DIRS = {"__pycache__", "tests", "test", ".pytest_cache", ".mypy_cache", ".ruff_cache", ".git"}
 EXCLUDE_FILES = ("*.pyc", "*.pyo", "*.onnx", "*.tmp", ".*", "*~", "*.orig")
+KEEP_FILES = ("*.int8.onnx",)  # the shipped int8 model; plain .onnx files are per-machine caches
 
 
 def read_version(metadata: Path = ROOT / "metadata.txt") -> str:
@@ -46,7 +47,8 @@ def package_files(root: Path = ROOT) -> list[tuple[Path, str]]:
         for dirpath, dirnames, filenames in os.walk(folder):
             dirnames[:] = sorted(d for d in dirnames if d not in EXCLUDE_DIRS and not d.startswith("."))
             for name in sorted(filenames):
-                if any(fnmatch.fnmatch(name, pattern) for pattern in EXCLUDE_FILES):
+                keep = any(fnmatch.fnmatch(name, pattern) for pattern in KEEP_FILES)
+                if not keep and any(fnmatch.fnmatch(name, pattern) for pattern in EXCLUDE_FILES):
                     continue
                 path = Path(dirpath) / name
                 found.append((path, f"{prefix}/{path.relative_to(folder).as_posix()}"))

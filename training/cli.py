@@ -48,7 +48,7 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=Path, help="write the figures to this JSON file")
     p.add_argument("--device", default="auto")
     p.add_argument("--threshold", type=float, help="decision threshold (default: the model's)")
-    p.add_argument("--backend", default="auto", help="auto, torch or onnxruntime")
+    p.add_argument("--backend", default="auto", help="auto, torch, onnxruntime or onnxruntime-int8")
 
 
 def cmd_train(args: argparse.Namespace) -> int:

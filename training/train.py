@@ -60,6 +60,8 @@ class TrainConfig:
 def _model_and_meta(cfg: TrainConfig, train_tiles: list[Tile]) -> tuple[torch.nn.Module, ModelMeta]:
     if cfg.init is not None:  # fine-tune: keep the architecture and normalisation of the start model
         model, meta = load_model(cfg.init)
+        fresh = ModelMeta()  # this run's torch version and date, not the start model's
+        meta.torch_version, meta.created = fresh.torch_version, fresh.created
         meta.extra = {**meta.extra, "init": str(cfg.init)}
         return model, meta
     arch_config = {"in_channels": train_tiles[0].image.shape[0], "base_channels": cfg.base_channels,

@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import pickle
-import tempfile
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .atomic import temporary_sibling
 from .errors import CheckpointError
 from .unet import build_model
 
@@ -78,14 +78,12 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: ModelMeta,
         "meta": meta.to_dict(),
         **state,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = temporary_sibling(path)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
+        torch.save(payload, tmp)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import queue
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ import rasterio
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
+from .atomic import temporary_sibling
 from .checkpoint import ModelMeta
 from .errors import Cancelled, OutputError
 from .predictor import BatchRunner, InputNormaliser, load_backend
@@ -244,12 +244,9 @@ def _temporary_output(dst: Path) -> Path:
     if dst.is_dir():
         raise OutputError(dst, "is a folder", "give a file name such as roads.tif")
     try:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part.tif", dir=dst.parent)
-        os.close(fd)
+        return temporary_sibling(dst, ".part.tif")
     except OSError as exc:
         raise OutputError(dst, f"cannot write here ({exc.strerror})", "choose a writable folder") from None
-    return Path(tmp)
 
 
 def _run_pipeline(reader: RasterReader, grid: TileGrid, bands: list[int], normaliser: InputNormaliser,

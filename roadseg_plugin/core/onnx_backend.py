@@ -9,12 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import temporary_sibling
 from .checkpoint import BUNDLED_MODEL, ModelMeta
 from .errors import CheckpointError, OutputError
 from .predictor import physical_cores
@@ -88,16 +88,14 @@ def export_onnx(checkpoint: str | os.PathLike | None = None, out: str | os.PathL
 def _export_to(net: object, meta: ModelMeta, digest: str, out: Path) -> Path:
     """Write the ONNX file through a temporary name in the same folder (never half a file)."""
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-        os.close(fd)
+        tmp = temporary_sibling(out)
     except OSError as exc:
         raise OutputError(out, f"cannot write here ({exc.strerror})", "choose a writable folder") from None
     try:
-        _write_onnx(net, meta, digest, Path(tmp))
+        _write_onnx(net, meta, digest, tmp)
         os.replace(tmp, out)
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
     return out
 
 

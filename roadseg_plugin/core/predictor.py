@@ -144,30 +144,46 @@ def onnxruntime_available() -> bool:
     return True
 
 
-def _onnx_backend(path: Path, device: torch.device, tta: bool) -> Backend:
-    from .onnx_backend import OnnxPredictor, export_onnx, read_onnx_meta
+BACKENDS = ("auto", "torch", "onnxruntime", "onnxruntime-int8")
 
-    onnx_path = path if path.suffix.lower() == ".onnx" else export_onnx(path)
+
+def _onnx_backend(path: Path, device: torch.device, tta: bool, int8: bool = False) -> Backend:
+    from .onnx_backend import OnnxPredictor, export_onnx, read_onnx_meta
+    from .quantize import find_int8, is_int8
+
+    if path.suffix.lower() == ".onnx":
+        onnx_path = path
+    elif int8:
+        onnx_path = find_int8(path)
+        if onnx_path is None:
+            raise CheckpointError(path, "has no int8 model made from it",
+                                  "run `python -m roadseg_plugin quantize MODEL --calibration IMAGES_DIR`, "
+                                  "or use --backend onnxruntime")
+    else:
+        onnx_path = export_onnx(path)
     predictor = OnnxPredictor(onnx_path, device=device.type, tta=tta)
-    return Backend(predictor, read_onnx_meta(onnx_path), "onnxruntime", predictor.device)
+    name = "onnxruntime-int8" if is_int8(onnx_path) else "onnxruntime"
+    return Backend(predictor, read_onnx_meta(onnx_path), name, predictor.device)
 
 
 def load_backend(model: str | os.PathLike | None = None, device: str = "auto", backend: str = "auto",
                  tta: bool = False) -> Backend:
     """Load a checkpoint (or exported .onnx file) onto the best backend for `device`.
 
-    `backend="auto"` means torch on CUDA, ONNX Runtime on CPU when installed (the checkpoint
-    is exported once and cached, see `onnx_backend.export_onnx`), else torch; torch is also
-    the fallback when the export cannot be made or cached.
+    `backend="auto"` means torch on CUDA; on CPU, ONNX Runtime when installed: the int8 model
+    made from this exact checkpoint when there is one (`quantize.find_int8`, shipped for the
+    bundled model), else the fp32 export (made once and cached, see `onnx_backend.export_onnx`);
+    torch is the fallback when ONNX Runtime is missing or the export cannot be made.
 
     Raises:
         CheckpointError: the model file is missing, damaged or unsuitable for the backend.
         ValueError: unknown backend or device, or CUDA asked for without a GPU.
     """
     from .checkpoint import BUNDLED_MODEL, load_model
+    from .quantize import find_int8
 
-    if backend not in ("auto", "torch", "onnxruntime"):
-        raise ValueError(f"unknown backend {backend!r}; use auto, torch or onnxruntime")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; use {', '.join(BACKENDS)}")
     path = Path(model) if model is not None else BUNDLED_MODEL
     torch_device = resolve_device(device)
     is_onnx = path.suffix.lower() == ".onnx"
@@ -175,11 +191,11 @@ def load_backend(model: str | os.PathLike | None = None, device: str = "auto", b
         raise CheckpointError(path, "an ONNX model runs only on the onnxruntime backend",
                               "pass --backend onnxruntime or the .pt checkpoint")
     notes = []
-    if is_onnx or backend == "onnxruntime":
-        return _onnx_backend(path, torch_device, tta)
+    if is_onnx or backend.startswith("onnxruntime"):
+        return _onnx_backend(path, torch_device, tta, int8=backend == "onnxruntime-int8")
     if backend == "auto" and torch_device.type == "cpu" and onnxruntime_available():
         try:
-            return _onnx_backend(path, torch_device, tta)
+            return _onnx_backend(path, torch_device, tta, int8=find_int8(path) is not None)
         except (OutputError, ImportError, RuntimeError) as exc:  # export impossible here: torch still works
             notes.append(f"ONNX Runtime not used ({str(exc).splitlines()[0][:120]}); running with torch")
     net, meta = load_model(path)

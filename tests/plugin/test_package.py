@@ -60,7 +60,8 @@ def test_zip_content(plugin_zip: Path) -> None:
     for name in names:
         parts = name.split("/")
         assert "__pycache__" not in parts and "tests" not in parts, name
-        assert not name.endswith((".pyc", ".onnx", ".tmp")), name
+        assert not name.endswith((".pyc", ".tmp")), name
+        assert not name.endswith(".onnx") or name.endswith(".int8.onnx"), name
     if BUNDLED_MODEL.is_file():
         assert f"roadseg_plugin/models/{BUNDLED_MODEL.name}" in names
 
@@ -76,7 +77,8 @@ def test_model_and_card_are_packed_and_junk_left_out(tmp_path: Path) -> None:
     models.mkdir(exist_ok=True)
     (models / "roadseg_default.pt").write_bytes(b"weights")
     (models / "MODEL_CARD.md").write_text("# card")
-    (models / "roadseg_default.onnx").write_bytes(b"cache")
+    (models / "roadseg_default.0123456789ab.onnx").write_bytes(b"cache")
+    (models / "roadseg_default.0123456789ab.int8.onnx").write_bytes(b"int8 model")
     (root / "roadseg_plugin" / "tests").mkdir()
     (root / "roadseg_plugin" / "tests" / "test_x.py").write_text("")
     (root / "roadseg_plugin" / "__pycache__").mkdir(exist_ok=True)
@@ -85,7 +87,8 @@ def test_model_and_card_are_packed_and_junk_left_out(tmp_path: Path) -> None:
     out = package.build(tmp_path / "dist", root=root)
     names = zipfile.ZipFile(out).namelist()
     assert "roadseg_plugin/models/roadseg_default.pt" in names and "roadseg_plugin/models/MODEL_CARD.md" in names
-    assert not [n for n in names if n.endswith((".onnx", ".pyc")) or "/tests/" in n]
+    assert "roadseg_plugin/models/roadseg_default.0123456789ab.int8.onnx" in names
+    assert not [n for n in names if n.endswith((".pyc", "9ab.onnx")) or "/tests/" in n]
 
 
 def test_no_model_is_refused_unless_allowed(tmp_path: Path) -> None:

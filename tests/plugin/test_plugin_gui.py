@@ -148,9 +148,9 @@ def test_action_opens_the_dialog_and_runs_the_task(plugin, qgis_iface, road_mode
 
 
 def test_shapely_works_in_this_qgis():
-    from roadseg_plugin.plugin import geos_problem
+    from roadseg_plugin.deps import native_library_problem
 
-    assert geos_problem() is None
+    assert native_library_problem() == ""
 
 
 def test_broken_shapely_stops_the_action_with_one_clear_message(plugin, qgis_iface, monkeypatch):

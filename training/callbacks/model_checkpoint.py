@@ -3,19 +3,18 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from roadseg_plugin.core.atomic import temporary_sibling
 from roadseg_plugin.core.checkpoint import save_checkpoint
 
 from .base import Callback, Monitor
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2)
+    tmp = temporary_sibling(path)
+    tmp.write_text(json.dumps(data, indent=2))
     os.replace(tmp, path)
 
 
