@@ -104,3 +104,16 @@ def test_extra_training_state_round_trips(tmp_path, tiny_checkpoint):
 def test_meta_defaults_are_consistent():
     meta = ModelMeta()
     assert meta.in_channels == len(meta.mean) == len(meta.std)
+
+
+def test_saved_checkpoints_get_ordinary_file_permissions(tmp_path):
+    import os
+
+    from roadseg_plugin.core.checkpoint import ModelMeta, save_checkpoint
+    from roadseg_plugin.core.unet import build_model
+
+    old = os.umask(0o022)
+    os.umask(old)
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, build_model("unet", in_channels=3, base_channels=4, depth=2), ModelMeta(tile=64))
+    assert path.stat().st_mode & 0o777 == 0o666 & ~old  # not mkstemp's owner-only 0600
