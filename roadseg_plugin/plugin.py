@@ -128,7 +128,7 @@ class RoadSegPlugin:
 
     def run(self) -> None:
         """Open the Segment roads dialog; on OK start a background task."""
-        if not self.check_dependencies() or not self.check_geos():
+        if not self.check_dependencies() or not self.check_geos():  # before the user fills the dialog
             return
         from .dialog import SegmentDialog
 
@@ -139,6 +139,8 @@ class RoadSegPlugin:
 
     def start(self, params: Any) -> RoadSegTask | None:
         """Start segmenting in the QGIS task manager; returns the task (None if it could not start)."""
+        if not self.check_geos():  # here, so every caller (dialog, scripts, console) gets the check
+            return None
         from .core.errors import RoadSegError
         from .task import RoadSegTask
 

@@ -15,13 +15,10 @@ What it does, all in a temporary folder (nothing is copied into the repository):
 QGIS runs its own Python (/usr/bin/python3), so this interpreter's site-packages (torch, rasterio,
 ...) are put on its PYTHONPATH.
 
-GEOS: inside the QGIS desktop the system GEOS is loaded first and its C++ symbols win over the
-GEOS bundled in a PyPI shapely wheel; when their versions differ, shapely fails (e.g. "WKB output
-dimension must be 2 or 3" when the road lines are written; shapely/shapely#1186). The script
-checks this first. Fix: a shapely whose wheel bundles the same GEOS minor version as QGIS, kept
-outside the venv, e.g. for GEOS 3.11 (Debian 12):
-    .venv/bin/pip install --no-deps --target /tmp/roadseg_qgis_shapely "shapely==2.0.1"
-    .venv/bin/python scripts/screenshot.py --pythonpath /tmp/roadseg_qgis_shapely
+GEOS: inside the QGIS desktop the system GEOS is loaded first; the plugin loads the wheels'
+compiled modules with RTLD_DEEPBIND so that shapely keeps its own GEOS (deps.isolate_native_libraries;
+shapely/shapely#1186), and its Segment roads task refuses to start with a message when that did
+not work. --pythonpath puts folders first on QGIS's PYTHONPATH (e.g. a shapely built for QGIS's GEOS).
 """
 from __future__ import annotations
 
@@ -227,29 +224,6 @@ def install_plugin(profile: Path, work: Path) -> None:
         fh.write("\n[PythonPlugins]\nroadseg_plugin=true\n")
 
 
-# A shapely wheel known to bundle the GEOS of a distribution QGIS (checked: 2.0.1 -> GEOS 3.11.1).
-SHAPELY_FOR_GEOS = {(3, 11): "shapely==2.0.1"}
-
-
-def geos_problem(env: dict[str, str]) -> str | None:
-    """None when the shapely QGIS will import bundles the same GEOS minor version as QGIS."""
-    code = ("import shapely; from qgis.core import Qgis; "
-            "print(shapely.geos_version[0], shapely.geos_version[1], Qgis.geosVersionMajor(), "
-            "Qgis.geosVersionMinor(), shapely.__file__)")
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        return f"cannot check shapely against QGIS's GEOS: {done.stderr.strip()[-500:]}"
-    s_major, s_minor, q_major, q_minor, where = done.stdout.split()
-    if (s_major, s_minor) == (q_major, q_minor):
-        return None
-    requirement = SHAPELY_FOR_GEOS.get((int(q_major), int(q_minor)), "--no-binary shapely shapely>=2.0")
-    return (f"shapely at {where} bundles GEOS {s_major}.{s_minor} but QGIS uses GEOS {q_major}.{q_minor}; inside "
-            f"the QGIS desktop shapely would then fail. Install a matching shapely outside the venv "
-            f"(--no-binary builds it against the system GEOS and needs libgeos-dev) and pass it:\n"
-            f"    {sys.executable} -m pip install --no-deps --target /tmp/roadseg_qgis_shapely '{requirement}'\n"
-            f"    {sys.executable} scripts/screenshot.py --pythonpath /tmp/roadseg_qgis_shapely")
-
-
 def qgis_environment(extra: list[Path]) -> dict[str, str]:
     env = dict(os.environ)
     paths = [str(p.resolve()) for p in extra]  # first: e.g. a shapely matching QGIS's GEOS
@@ -277,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=int, default=900, help="seconds before QGIS is stopped")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder and print it")
     parser.add_argument("--pythonpath", type=Path, action="append", default=[],
-                        help="folder put first on QGIS's PYTHONPATH (a shapely matching QGIS's GEOS)")
+                        help="folder put first on QGIS's PYTHONPATH")
     args = parser.parse_args(argv)
 
     if not args.model.is_file():
@@ -289,10 +263,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("needs `qgis` and `xvfb-run` on PATH")
 
     env = qgis_environment(args.pythonpath)
-    problem = geos_problem(env)
-    if problem:
-        print(problem, file=sys.stderr)
-        return 2
     work = Path(tempfile.mkdtemp(prefix="roadseg_screenshot_"))
     try:
         raster = write_georeferenced_tile(args.image, work / f"{args.image.stem}_epsg26986.tif", tuple(args.crop))

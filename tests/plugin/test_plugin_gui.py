@@ -14,6 +14,7 @@ from qgis.PyQt.QtWidgets import QToolBar  # noqa: E402
 
 import roadseg_plugin  # noqa: E402
 from roadseg_plugin import deps  # noqa: E402
+from roadseg_plugin.params import SegmentParams  # noqa: E402
 from roadseg_plugin.plugin import ACTION_TEXT, MENU, RoadSegPlugin  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -167,3 +168,6 @@ def test_broken_shapely_stops_the_action_with_one_clear_message(plugin, qgis_ifa
     errors = bar.get_messages(Qgis.Critical)
     assert len(errors) == 1
     assert "--no-binary shapely" in errors[0] and "WKB output dimension" in errors[0]
+    bar.clear_messages()
+    assert plugin.start(SegmentParams(layer_id="any")) is None  # scripts calling start() directly
+    assert len(bar.get_messages(Qgis.Critical)) == 1
