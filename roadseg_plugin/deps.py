@@ -38,7 +38,7 @@ REQUIRED: dict[str, str] = {
     "tqdm": "tqdm>=4.66",
 }
 # Faster CPU inference when present; RoadSeg works without it.
-OPTIONAL: dict[str, str] = {"onnxruntime": "onnxruntime>=1.17"}
+OPTIONAL: dict[str, str] = {"onnxruntime": "onnxruntime>=1.17", "onnx": "onnx>=1.16"}  # onnx reads the model metadata
 
 
 def _installed(module: str) -> bool:
