@@ -1,6 +1,6 @@
 """Road mask -> cleaned skeleton graph in pixel coordinates (sknw), shared by vectorise and apls.
 
-Pipeline: skeletonize the mask block by block (with a halo, so block skeletons equal the
+Pipeline (`skeleton_pieces`, then here): skeletonize the mask block by block (with a halo, so block skeletons equal the
 whole-mask skeleton), turn each block's skeleton into a graph with `sknw.build_sknw`, keep
 the path segments a block owns and stitch the pieces by pixel position into one sparse
 graph. The graph is then cleaned once, globally: chains through degree-2 nodes merged,
@@ -13,23 +13,17 @@ distance to the nearest background pixel, as scipy's EDT) and probabilities, fro
 """
 from __future__ import annotations
 
-import logging
 import math
-from functools import lru_cache
 from typing import Callable
 
 import networkx as nx
 import numpy as np
-import sknw
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
-from scipy import ndimage
 from scipy.spatial import cKDTree
-from skimage.morphology import skeletonize
 
-from .errors import Cancelled, RasterError
-
-log = logging.getLogger(__name__)
+from .errors import RasterError
+from .skeleton_pieces import MARGIN_PX, Pieces, Reader, collect_pieces
 
 MIN_LENGTH_M = 20.0  # drop connected pieces of network shorter than this
 SPUR_LENGTH_M = 10.0  # prune dangling side branches shorter than this (skeleton hairs)
@@ -39,207 +33,17 @@ HALO_PX = 64  # block overlap: exact skeletons and widths for roads up to ~90 px
 BLOCK_SIZE = 1024  # block side for huge masks and rasters read from disk (measured: 1.5x faster than 2048)
 AUTO_BLOCK_PIXELS = 4096 * 4096  # in-memory masks larger than this are processed in blocks
 
-_MARGIN = 16  # context (px) around each sknw window so nodes near its core are classified right
-_MAX_NODE_PX = 65000  # sknw labels nodes in uint16 (from 10): at most this many node pixels per call
-_MAX_TRACE_PX = 131000  # ... and traces a path into a 131072-pixel buffer
-_MAX_SKEL_PX = 60000  # plain sknw.build_sknw (no node count up front): at most this many pixels
-_MAX_SIDE = 16384  # ... and returns int16 coordinates
 _SPUR_PASSES = 3
 _LOOKBACK_M = 10.0  # how far back along a line its end direction is measured
 
-Reader = Callable[[int, int, int, int], "tuple[np.ndarray, np.ndarray | None]"]
 
 def _seg_lengths(pts: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
     step = np.diff(pts.astype(np.float64), axis=0) * scale
     return np.hypot(step[:, 0], step[:, 1])
 
-# ----------------------------------------------------------------------- blocks -> pieces
-
-@lru_cache(maxsize=4)
-def _offsets(radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    r = np.arange(-radius, radius + 1)
-    dr, dc = (g.ravel() for g in np.meshgrid(r, r, indexing="ij"))
-    dist = np.hypot(dr, dc)
-    keep = (dist > 0) & (dist <= radius)
-    order = np.argsort(dist[keep], kind="stable")
-    return dr[keep][order], dc[keep][order], dist[keep][order]
-
-def _half_widths(padded: np.ndarray, rr: np.ndarray, cc: np.ndarray, radius: int) -> np.ndarray:
-    """Euclidean distance to the nearest background pixel (as scipy's EDT), capped at `radius`.
-
-    `padded` is the mask padded by `radius` with True (outside is not background); rr, cc
-    index the unpadded mask. Searches offsets in order of distance for the few skeleton
-    pixels only, which is far cheaper than a distance transform of the whole block.
-    """
-    dr, dc, dist = _offsets(radius)
-    step = padded.shape[1]
-    padded = padded.ravel()
-    flat = dr * step + dc
-    base = (rr + radius) * step + cc + radius
-    out = np.full(rr.shape, float(radius))
-    todo = np.arange(rr.size)
-    start, size = 0, 24
-    while todo.size and start < dist.size:
-        sl = slice(start, start + size)
-        bg = ~padded[base[todo, None] + flat[None, sl]]
-        hit = bg.any(axis=1)
-        out[todo[hit]] = dist[sl][bg[hit].argmax(axis=1)]
-        todo = todo[~hit]
-        start, size = start + size, size * 2
-    return out
-
-@lru_cache(maxsize=1)
-def _sknw_kernels() -> tuple | None:
-    """sknw's own numba kernels (`mark`, `parse_struc`) compiled with `cache=True`.
-
-    sknw compiles them afresh in every process (~2-5 s, longer than vectorising a 4096^2
-    mask); with the on-disk cache later processes load them in a fraction of a second.
-    Returns None (use plain `sknw.build_sknw`) when numba cannot cache here.
-    """
-    try:
-        import numba
-        from sknw import sknw as impl
-
-        kernels = tuple(numba.njit(cache=True)(f.py_func) for f in (impl.mark, impl.parse_struc))
-        _sknw_paths(np.eye(4, dtype=bool), kernels)  # compile or load now, fail here if at all
-        return kernels
-    except Exception as exc:  # noqa: BLE001 - any numba/cache problem: fall back, still correct
-        log.debug("numba cache unavailable (%s); using sknw.build_sknw", exc)
-        return None
-
-def _sknw_paths(ske: np.ndarray, kernels: tuple | None) -> list[np.ndarray] | None:
-    """Edge pixel paths of `sknw.build_sknw(ske, multi=True, iso=False, ring=True, full=True)`.
-
-    Each path runs from its start node's centre through the edge pixels to its end node's
-    centre. Returns None when the window is too big for sknw's fixed buffers (uint16 node
-    labels, 131072-pixel trace buffer): split it and try again.
-    """
-    if kernels is None:
-        if np.count_nonzero(ske) > _MAX_SKEL_PX:
-            return None
-        graph = sknw.build_sknw(ske, multi=True, iso=False, ring=True, full=True)
-        return [d["pts"] for _, _, d in graph.edges(data=True)]
-    from sknw import sknw as impl
-
-    mark, parse = kernels
-    buf = np.pad(ske, 1).astype(np.uint16)
-    nbs = impl.neighbors(buf.shape)
-    acc = np.cumprod((1,) + buf.shape[::-1][:-1])[::-1]
-    mark(buf, nbs)  # 1: edge pixel, 2: node pixel
-    if np.count_nonzero(buf) > _MAX_TRACE_PX or np.count_nonzero(buf == 2) > _MAX_NODE_PX:
-        return None
-    nodes, edges = parse(buf, nbs, acc, False, True)
-    if not edges:
-        return []
-    sizes = np.array([len(n) for n in nodes])
-    centres = np.round(np.add.reduceat(np.concatenate(nodes).astype(np.float64), np.cumsum(sizes) - sizes)
-                       / sizes[:, None]).astype(np.int16)  # as sknw's build_graph(full=True)
-    paths = []
-    for first, last, pts in edges:
-        pts[[0, -1]] = centres[[first, last]]
-        paths.append(pts)
-    return paths
-
-class _Pieces:
-    """Polyline pieces in global pixel coordinates plus per-piece sample sums."""
-
-    def __init__(self, prob_scale: float = 1.0) -> None:
-        self.prob_scale = prob_scale  # 1/255 for uint8 probabilities
-        self.pts: list[np.ndarray] = []
-        self.stats: list[np.ndarray] = []  # per window: (k, 3) = samples, sum width px, sum prob
-
-    def add(self, paths: list[np.ndarray], at: tuple[int, int], origin: tuple[int, int],
-            core: tuple[int, int, int, int], padded: np.ndarray, prob: np.ndarray | None, radius: int) -> None:
-        """Keep the parts of sknw `paths` (window at `at` in the block) that `core` owns.
-
-        `padded` (the block mask padded by `radius`) and `prob` cover the whole block, whose
-        global top-left is `origin`. A segment between consecutive path vertices belongs to
-        the core holding the pixel at its rounded midpoint, so every segment has exactly one
-        owner, and a path leaving the core is cut at a vertex where the neighbouring core's
-        piece also ends.
-        """
-        if not paths:
-            return
-        local = np.concatenate(paths).astype(np.int64) + at  # block-local
-        eid = np.repeat(np.arange(len(paths)), [len(p) for p in paths])
-        verts = local + origin
-        mid = (verts[:-1] + verts[1:] + 1) // 2
-        r0, r1, c0, c1 = core
-        own = ((eid[:-1] == eid[1:]) & (mid[:, 0] >= r0) & (mid[:, 0] < r1)
-               & (mid[:, 1] >= c0) & (mid[:, 1] < c1))
-        if not own.any():
-            return
-        edges = np.diff(np.concatenate(([0], own.view(np.int8), [0])))
-        starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-        self.pts.extend(verts[s:e + 1] for s, e in zip(starts, stops))
-        first = np.flatnonzero(own)  # each owned segment samples its first vertex
-        rr, cc = local[first, 0], local[first, 1]
-        width = np.maximum(2.0 * _half_widths(padded, rr, cc, radius) - 1.0, 1.0)
-        p = np.zeros(first.size) if prob is None else prob[rr, cc] * self.prob_scale
-        cuts = np.concatenate(([0], np.cumsum(stops - starts)[:-1]))
-        self.stats.append(np.column_stack([stops - starts, np.add.reduceat(width, cuts),
-                                           np.add.reduceat(p, cuts)]))
-
-def _add_core(pieces: _Pieces, sk: np.ndarray, core: tuple[int, int, int, int], origin: tuple[int, int],
-              padded: np.ndarray, prob: np.ndarray | None, radius: int) -> None:
-    """Graph `core` (local to the block skeleton `sk`) with a margin; split it if sknw can't."""
-    r0, r1, c0, c1 = core
-    w0, w1 = max(r0 - _MARGIN, 0), min(r1 + _MARGIN, sk.shape[0])
-    v0, v1 = max(c0 - _MARGIN, 0), min(c1 + _MARGIN, sk.shape[1])
-    paths = None  # sknw returns int16 coordinates: keep windows well below 32768 px
-    if max(w1 - w0, v1 - v0) <= _MAX_SIDE:
-        paths = _sknw_paths(sk[w0:w1, v0:v1], _sknw_kernels())  # windows up to 96 px always fit
-    if paths is not None:
-        global_core = (origin[0] + r0, origin[0] + r1, origin[1] + c0, origin[1] + c1)
-        pieces.add(paths, (w0, v0), origin, global_core, padded, prob, radius)
-        return
-    rm, cm = (r0 + r1) // 2, (c0 + c1) // 2
-    for sub in ((r0, rm, c0, cm), (r0, rm, cm, c1), (rm, r1, c0, cm), (rm, r1, cm, c1)):
-        if sub[0] < sub[1] and sub[2] < sub[3]:
-            _add_core(pieces, sk, sub, origin, padded, prob, radius)
-
-def skeletonize_components(mask: np.ndarray) -> np.ndarray:
-    """`skeletonize(mask)`, one 8-connected component at a time inside its bounding box.
-
-    Zhang-Suen thinning scans the whole array on every pass, though roads cover a few per cent
-    of it; components never touch, so thinning each alone in its box gives the same skeleton
-    for a fraction of the scanning (2.5x faster on the benchmark's mask).
-    """
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3), bool))
-    if count <= 1:
-        return skeletonize(mask)
-    out = np.zeros(mask.shape, bool)
-    for label, box in enumerate(ndimage.find_objects(labels), start=1):
-        out[box] |= skeletonize(labels[box] == label)
-    return out
-
-
-def _collect_pieces(read: Reader, shape: tuple[int, int], block: int, halo: int, prob_scale: float,
-                    on_progress: Callable[[float], None] | None,
-                    is_cancelled: Callable[[], bool] | None) -> _Pieces:
-    """Skeletonize block by block (core + halo) and gather the pieces each core owns."""
-    h, w = shape
-    radius = max(halo - _MARGIN, 1)
-    pieces = _Pieces(prob_scale)
-    cores = [(r, min(r + block, h), c, min(c + block, w))
-             for r in range(0, h, block) for c in range(0, w, block)]
-    for i, (r0, r1, c0, c1) in enumerate(cores):
-        if is_cancelled is not None and is_cancelled():
-            raise Cancelled("vectorising cancelled")
-        wr0, wr1 = max(r0 - halo, 0), min(r1 + halo, h)
-        wc0, wc1 = max(c0 - halo, 0), min(c1 + halo, w)
-        mask, prob = read(wr0, wr1, wc0, wc1)
-        if mask.any():
-            padded = np.pad(mask, radius, constant_values=True)
-            _add_core(pieces, skeletonize_components(mask), (r0 - wr0, r1 - wr0, c0 - wc0, c1 - wc0), (wr0, wc0),
-                      padded, prob, radius)
-        if on_progress is not None:
-            on_progress((i + 1) / len(cores))
-    return pieces
-
 # --------------------------------------------------------------------------- the graph
 
-def _pieces_graph(pieces: _Pieces, width: int, scale: tuple[float, float]) -> nx.MultiGraph:
+def _pieces_graph(pieces: Pieces, width: int, scale: tuple[float, float]) -> nx.MultiGraph:
     """Stitch pieces into one graph whose nodes are pixel positions shared by piece ends."""
     graph = nx.MultiGraph()
     n = len(pieces.pts)
@@ -430,8 +234,8 @@ def _check(min_length: float, spur_length: float, gap: float, tolerance: float,
             raise ValueError(f"{name} must be >= 0 metres, got {value}")
     if block_size is not None and block_size < 64:
         raise ValueError(f"block_size must be at least 64 pixels, got {block_size}")
-    if halo < 2 * _MARGIN:
-        raise ValueError(f"halo must be at least {2 * _MARGIN} pixels, got {halo}")
+    if halo < 2 * MARGIN_PX:
+        raise ValueError(f"halo must be at least {2 * MARGIN_PX} pixels, got {halo}")
 
 def _graph(read: Reader, shape: tuple[int, int], scale: tuple[float, float], prob_scale: float, *,
            min_length: float, spur_length: float, gap: float, block_size: int | None, halo: int,
@@ -439,7 +243,7 @@ def _graph(read: Reader, shape: tuple[int, int], scale: tuple[float, float], pro
            is_cancelled: Callable[[], bool] | None = None) -> nx.MultiGraph:
     h, w = shape
     block = block_size or (max(h, w, 1) if h * w <= AUTO_BLOCK_PIXELS else BLOCK_SIZE)
-    pieces = _collect_pieces(read, shape, block, halo, prob_scale, on_progress, is_cancelled)
+    pieces = collect_pieces(read, shape, block, halo, prob_scale, on_progress, is_cancelled)
     graph = _pieces_graph(pieces, w, scale)
     _merge_chains(graph)
     _prune_spurs(graph, spur_length)
