@@ -41,4 +41,5 @@ def test_evaluate_bundled_model_on_real_tiles(tmp_path):
     assert main(["evaluate", "--data", str(data), "--json", str(out), "--device", "cpu"]) == 0
     result = json.loads(out.read_text())
     assert KEYS <= set(result) and result["tiles"] == 2
-    assert result["relaxed_f1"] > 0.5 and result["iou"] > 0.25  # a trained model, not noise
+    # measured with the shipped model: relaxed F1 0.84, IoU 0.56, APLS 0.62; well below means a regression
+    assert result["relaxed_f1"] > 0.75 and result["iou"] > 0.45 and result["apls"] > 0.4
