@@ -39,9 +39,10 @@ def user_cache_dir() -> Path:
     return Path(base) / "roadseg"
 
 
-def cached_onnx_path(checkpoint: Path, digest: str) -> Path:
-    """`<stem>.<sha12>.onnx` beside the checkpoint, or in the user cache when that is read-only."""
-    name = f"{checkpoint.stem}.{digest[:12]}.onnx"
+def cached_onnx_path(checkpoint: Path, digest: str, suffix: str = ".onnx") -> Path:
+    """`<stem>.<sha12><suffix>` beside the checkpoint, or in the user cache when that folder is
+    read-only and holds none."""
+    name = f"{checkpoint.stem}.{digest[:12]}{suffix}"
     beside = checkpoint.parent / name
     if beside.is_file() or os.access(checkpoint.parent, os.W_OK):
         return beside
@@ -185,6 +186,7 @@ class OnnxPredictor:
             providers.insert(0, "CUDAExecutionProvider")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
+            self.metadata = self.session.get_modelmeta().custom_metadata_map
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise CheckpointError(path, f"ONNX Runtime cannot load it ({str(exc).splitlines()[0][:80]})",
                                   "export it again with `python -m roadseg_plugin export-onnx`") from None

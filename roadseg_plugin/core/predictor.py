@@ -147,23 +147,27 @@ def onnxruntime_available() -> bool:
 BACKENDS = ("auto", "torch", "onnxruntime", "onnxruntime-int8")
 
 
-def _onnx_backend(path: Path, device: torch.device, tta: bool, int8: bool = False) -> Backend:
+def _onnx_backend(path: Path, device: torch.device, tta: bool, onnx_path: Path | None = None) -> Backend:
+    """ONNX Runtime on `onnx_path`; by default `path` itself (.onnx) or its fp32 export."""
     from .onnx_backend import OnnxPredictor, export_onnx, read_onnx_meta
-    from .quantize import find_int8, is_int8
+    from .quantize import PRECISION_KEY
 
-    if path.suffix.lower() == ".onnx":
-        onnx_path = path
-    elif int8:
-        onnx_path = find_int8(path)
-        if onnx_path is None:
-            raise CheckpointError(path, "has no int8 model made from it",
-                                  "run `python -m roadseg_plugin quantize MODEL --calibration IMAGES_DIR`, "
-                                  "or use --backend onnxruntime")
-    else:
-        onnx_path = export_onnx(path)
+    if onnx_path is None:
+        onnx_path = path if path.suffix.lower() == ".onnx" else export_onnx(path)
     predictor = OnnxPredictor(onnx_path, device=device.type, tta=tta)
-    name = "onnxruntime-int8" if is_int8(onnx_path) else "onnxruntime"
+    name = "onnxruntime-int8" if PRECISION_KEY in predictor.metadata else "onnxruntime"
     return Backend(predictor, read_onnx_meta(onnx_path), name, predictor.device)
+
+
+def _int8_model(path: Path) -> Path:
+    from .quantize import find_int8
+
+    found = find_int8(path)
+    if found is None:
+        raise CheckpointError(path, "has no int8 model made from it",
+                              "run `python -m roadseg_plugin quantize MODEL --calibration IMAGES_DIR`, "
+                              "or use --backend onnxruntime")
+    return found
 
 
 def load_backend(model: str | os.PathLike | None = None, device: str = "auto", backend: str = "auto",
@@ -191,11 +195,13 @@ def load_backend(model: str | os.PathLike | None = None, device: str = "auto", b
         raise CheckpointError(path, "an ONNX model runs only on the onnxruntime backend",
                               "pass --backend onnxruntime or the .pt checkpoint")
     notes = []
-    if is_onnx or backend.startswith("onnxruntime"):
-        return _onnx_backend(path, torch_device, tta, int8=backend == "onnxruntime-int8")
+    if is_onnx or backend == "onnxruntime":
+        return _onnx_backend(path, torch_device, tta)
+    if backend == "onnxruntime-int8":
+        return _onnx_backend(path, torch_device, tta, _int8_model(path))
     if backend == "auto" and torch_device.type == "cpu" and onnxruntime_available():
         try:
-            return _onnx_backend(path, torch_device, tta, int8=find_int8(path) is not None)
+            return _onnx_backend(path, torch_device, tta, find_int8(path))
         except (OutputError, ImportError, RuntimeError) as exc:  # export impossible here: torch still works
             notes.append(f"ONNX Runtime not used ({str(exc).splitlines()[0][:120]}); running with torch")
     net, meta = load_model(path)

@@ -22,7 +22,7 @@ import numpy as np
 from .atomic import temporary_sibling
 from .checkpoint import BUNDLED_MODEL, ModelMeta, load_model
 from .errors import OutputError, RasterError
-from .onnx_backend import DIGEST_KEY, META_KEY, checkpoint_digest, export_onnx, user_cache_dir
+from .onnx_backend import DIGEST_KEY, META_KEY, cached_onnx_path, checkpoint_digest, export_onnx
 from .predictor import normalise
 
 PRECISION_KEY = "roadseg_precision"
@@ -33,11 +33,7 @@ def int8_path(checkpoint: str | os.PathLike, digest: str | None = None) -> Path:
     """Where the int8 model of `checkpoint` lives: `<stem>.<sha12>.int8.onnx` beside it (or in
     the user cache when the checkpoint's folder is read-only and holds none)."""
     checkpoint = Path(checkpoint)
-    name = f"{checkpoint.stem}.{(digest or checkpoint_digest(checkpoint))[:12]}.int8.onnx"
-    beside = checkpoint.parent / name
-    if beside.is_file() or os.access(checkpoint.parent, os.W_OK):
-        return beside
-    return user_cache_dir() / name
+    return cached_onnx_path(checkpoint, digest or checkpoint_digest(checkpoint), ".int8.onnx")
 
 
 def find_int8(checkpoint: str | os.PathLike | None = None) -> Path | None:
@@ -152,15 +148,3 @@ def quantize_model(checkpoint: str | os.PathLike | None, calibration: str | os.P
     finally:
         tmp.unlink(missing_ok=True)
     return target
-
-
-def is_int8(onnx_path: str | os.PathLike) -> bool:
-    """Whether an ONNX file was written by `quantize_model`."""
-    import onnx
-
-    try:
-        props = {p.key for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
-    except Exception:  # noqa: BLE001 - not ONNX: the loader reports it properly later
-        return False
-    return PRECISION_KEY in props
-
