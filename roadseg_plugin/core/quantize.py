@@ -1,9 +1,11 @@
 """int8 ONNX models: static quantisation of an exported checkpoint, calibrated on real imagery.
 
 On the 2-core CPUs we target, ONNX Runtime runs the int8 graph of the bundled U-Net about
-1.8x faster than fp32 with no measurable loss on the validation tiles (see the model card).
+1.5x faster than fp32 with no measurable loss on the validation tiles (see the model card).
 The first and last convolutions stay in float: the stem sees raw normalised colours and the
-head decides the road threshold, and quantising either cost accuracy in our measurements.
+head decides the road threshold; quantising them too cost 0.05 APLS in our measurements.
+Calibration runs on tiles read by the engine itself; 64 of them gave the fp32 model's APLS
+on the validation tiles where 32 lost 0.03.
 
 The file is `<stem>.<sha12>.int8.onnx` beside the checkpoint, so an int8 model is only ever
 used with the exact checkpoint it was made from (`find_int8`); retraining or replacing the
@@ -20,10 +22,9 @@ from typing import Iterator
 import numpy as np
 
 from .atomic import temporary_sibling
-from .checkpoint import BUNDLED_MODEL, ModelMeta, load_model
+from .checkpoint import BUNDLED_MODEL, ModelMeta
 from .errors import OutputError, RasterError
-from .onnx_backend import DIGEST_KEY, META_KEY, cached_onnx_path, checkpoint_digest, export_onnx
-from .predictor import normalise
+from .onnx_backend import DIGEST_KEY, META_KEY, cached_onnx_path, checkpoint_digest, export_onnx, read_onnx_meta
 
 PRECISION_KEY = "roadseg_precision"
 RASTER_SUFFIXES = {".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", ".vrt", ".img"}
@@ -60,25 +61,43 @@ def calibration_images(folder: str | os.PathLike) -> list[Path]:
     return images
 
 
-def calibration_crops(images: list[Path], meta: ModelMeta, crops: int = 32, seed: int = 0) -> Iterator[np.ndarray]:
-    """Normalised (1, C, tile, tile) crops at random places, skipping mostly no-data ones."""
-    import rasterio
-    from rasterio.windows import Window
+def calibration_tiles(images: list[Path], meta: ModelMeta, crops: int = 64, seed: int = 0) -> list[np.ndarray]:
+    """`crops` model inputs (1, C, tile, tile) from random places in random images, read,
+    resampled and normalised by the engine's own reader (`iter_tile_batches`), so the int8 ranges
+    are calibrated on exactly what `segment_raster` feeds the model; mostly no-data tiles skipped."""
+    from .engine import iter_tile_batches, make_normaliser
+    from .readers import choose_bands, open_raster
+    from .tiling import TileGrid
 
     rng = np.random.default_rng(seed)
-    made = tries = 0
-    while made < crops and tries < crops * 10:
-        path = images[tries % len(images)]
-        tries += 1
-        with rasterio.open(path) as src:
-            if src.count < meta.in_channels or min(src.height, src.width) < meta.tile:
+    per_image = -(-crops // len(images))
+    chosen: list[np.ndarray] = []
+    for index in rng.permutation(len(images)):
+        with open_raster(images[index], gsd_m=meta.gsd_m) as reader:
+            if min(reader.height, reader.width) < meta.tile:
                 continue
-            row, col = (int(rng.integers(0, n - meta.tile + 1)) for n in (src.height, src.width))
-            raw = src.read(meta.bands, window=Window(col, row, meta.tile, meta.tile))
-        if (raw >= 255).all(axis=0).mean() > 0.5:  # white no-data
-            continue
-        made += 1
-        yield normalise(raw, meta)[None]
+            bands = choose_bands(reader, meta.in_channels)
+            normaliser, _ = make_normaliser(reader, meta, bands)
+            grid = TileGrid(reader.height, reader.width, meta.tile, meta.overlap)
+            wanted = set(rng.permutation(grid.n_tiles)[:2 * per_image].tolist())
+            kept = _keep_tiles(iter_tile_batches(reader, grid, bands, normaliser, 4), wanted, per_image)
+        chosen += kept
+        if len(chosen) >= crops:
+            break
+    return chosen[:crops]
+
+
+def _keep_tiles(batches: Iterator, wanted: set[int], limit: int) -> list[np.ndarray]:
+    """Copies of the wanted tiles (by row-major index) that are mostly valid, at most `limit`."""
+    kept, index = [], 0
+    for batch in batches:
+        for tile, valid in zip(batch.tiles, batch.valid):
+            if index in wanted and valid.mean() > 0.5:
+                kept.append(tile[None].copy())
+            index += 1
+        if len(kept) >= limit:
+            break
+    return kept[:limit]
 
 
 def _quantize(fp32: Path, crops: Iterator[np.ndarray], out: Path) -> None:
@@ -116,7 +135,7 @@ def _copy_metadata(source: Path, target: Path, crops: int) -> None:
 
 
 def quantize_model(checkpoint: str | os.PathLike | None, calibration: str | os.PathLike,
-                   out: str | os.PathLike | None = None, crops: int = 32, seed: int = 0) -> Path:
+                   out: str | os.PathLike | None = None, crops: int = 64, seed: int = 0) -> Path:
     """Write the int8 ONNX model of `checkpoint`, calibrated on crops of the rasters in `calibration`.
 
     Args:
@@ -129,16 +148,16 @@ def quantize_model(checkpoint: str | os.PathLike | None, calibration: str | os.P
         CheckpointError, RasterError, OutputError: bad model, no usable imagery, unwritable output.
     """
     checkpoint = Path(checkpoint) if checkpoint is not None else BUNDLED_MODEL
-    _, meta = load_model(checkpoint)
     images = calibration_images(calibration)
     fp32 = export_onnx(checkpoint)
+    meta = read_onnx_meta(fp32)
     target = Path(out) if out is not None else int8_path(checkpoint)
     try:
         tmp = temporary_sibling(target)
     except OSError as exc:
         raise OutputError(target, f"cannot write here ({exc.strerror})", "choose a writable folder") from None
     try:
-        made = list(calibration_crops(images, meta, crops, seed))
+        made = calibration_tiles(images, meta, crops, seed)
         if not made:
             raise RasterError(Path(calibration), f"has no image of at least {meta.tile}x{meta.tile} px with "
                               f"{meta.in_channels} bands and mostly valid pixels", "add larger or fuller images")
