@@ -26,6 +26,17 @@ class RasterError(RoadSegError, ValueError):
     """An input raster cannot be read or has unsupported bands."""
 
 
+class ParamError(RoadSegError, ValueError):
+    """An option has a value RoadSeg refuses; raised before any work starts.
+
+    The message names the option and the value: `threshold 1.5: must lie strictly between 0 and 1; ...`.
+    """
+
+    def __init__(self, name: str, value: object, problem: str, fix: str = "") -> None:
+        self.name, self.value = name, value
+        super().__init__(f"{name} {value}", problem, fix)
+
+
 class OutputError(RoadSegError, OSError):
     """An output file cannot be written."""
 
