@@ -24,8 +24,9 @@ from qgis.core import (
     QgsRasterDataProvider,
     QgsRasterLayer,
     QgsRectangle,
-    QgsUnitTypes,
 )
+
+from .core.gsd import mean_gsd_m, metres_to_crs_units  # math only: safe without the dependencies
 
 if TYPE_CHECKING:
     import numpy as np
@@ -92,20 +93,6 @@ def raster_source(layer: QgsRasterLayer, extent: QgsRectangle | None = None,
     return ProviderReader(layer, extent, gsd_m)
 
 
-def metres_to_layer_units(crs: QgsCoordinateReferenceSystem, metres: float, latitude: float) -> tuple[float, float]:
-    """(x, y) size in the CRS's units of a `metres` step; degrees are taken at `latitude`."""
-    if crs.isGeographic():
-        phi = math.radians(max(-89.0, min(89.0, latitude)))
-        per_deg_lat = 111132.92 - 559.82 * math.cos(2 * phi) + 1.175 * math.cos(4 * phi)
-        per_deg_lon = 111412.84 * math.cos(phi) - 93.5 * math.cos(3 * phi)
-        return metres / per_deg_lon, metres / per_deg_lat
-    units = crs.mapUnits()
-    factor = 1.0
-    if units not in (QgsUnitTypes.DistanceMeters, QgsUnitTypes.DistanceUnknownUnit):
-        factor = QgsUnitTypes.fromUnitToUnitFactor(QgsUnitTypes.DistanceMeters, units)
-    return metres * factor, metres * factor
-
-
 class ProviderReader:
     """Reads a raster layer's data provider on a regular grid (the RasterReader protocol).
 
@@ -148,9 +135,8 @@ class ProviderReader:
         self.transform = Affine(res_x, 0.0, area.xMinimum(), 0.0, -res_y, area.yMaximum())
         self.warnings: list[str] = []
         self.gsd_m: float | None = None  # metres per pixel of the grid (optional RasterReader attribute)
-        if qcrs.isValid():
-            step_x, step_y = metres_to_layer_units(qcrs, 1.0, area.center().y())
-            self.gsd_m = (res_x / step_x + res_y / step_y) / 2
+        if self.crs is not None:
+            self.gsd_m = mean_gsd_m(self.crs, self.transform, self.width, self.height)
         else:
             self.warnings.append(f"{self.name}: the layer has no CRS; read at its own resolution")
 
@@ -202,7 +188,7 @@ class ProviderReader:
                 raise RasterError(self.name, "the layer has no pixel size of its own (a web map?)",
                                   "give the resolution to read it at (the model's gsd_m)")
             return native
-        return metres_to_layer_units(crs, gsd_m, area.center().y())
+        return metres_to_crs_units(self.crs, gsd_m, area.center().y())  # layer units, via the rasterio CRS
 
     def _snap(self, area: QgsRectangle, res_x: float, res_y: float) -> QgsRectangle:
         """Grow `area` outwards onto the layer's pixel edges."""
@@ -356,4 +342,4 @@ def materialise(reader: ProviderReader, path: str | os.PathLike, rows_per_block:
     return str(path)
 
 
-__all__ = ["ProviderReader", "crs_string", "local_file", "materialise", "metres_to_layer_units", "raster_source"]
+__all__ = ["ProviderReader", "crs_string", "local_file", "materialise", "raster_source"]

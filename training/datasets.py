@@ -20,6 +20,7 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from roadseg_plugin.core.errors import DatasetError
+from roadseg_plugin.core.gsd import mean_gsd_m
 
 from .augment import augment
 
@@ -81,14 +82,14 @@ def _colour_bands(src: rasterio.DatasetReader, count: int) -> list[int]:
 
 
 def read_image(path: Path, bands: int = 3) -> tuple[np.ndarray, np.ndarray, float | None]:
-    """uint8 (C, H, W) image, its valid mask and its ground sampling distance (None if unknown)."""
+    """uint8 (C, H, W) image, its valid mask and its ground sampling distance in metres (None without a CRS)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(path) as src:
             idx = _colour_bands(src, bands)
             image = src.read(idx)
             valid = src.dataset_mask() > 0
-            gsd = abs(src.res[0]) if src.crs is not None and src.crs.is_projected else None
+            gsd = mean_gsd_m(src.crs, src.transform, src.width, src.height)  # CRS units -> metres (feet, degrees)
     if image.dtype != np.uint8:
         raise DatasetError(path, f"is {image.dtype}, training reads 8-bit images", "convert it to 8-bit")
     valid &= ~np.all(image == 255, axis=0)  # white no-data areas (see the data README)

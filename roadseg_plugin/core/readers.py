@@ -16,15 +16,15 @@ import numpy as np
 import rasterio
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
-from rasterio.errors import CRSError, RasterioError
+from rasterio.errors import RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from .errors import RasterError
+from .gsd import mean_gsd_m, pixel_size_m
 
 GSD_TOLERANCE = 0.25  # resample when the raster's GSD differs from the model's by more than this
 SUPPORTED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
-_WGS84_A, _WGS84_E2 = 6378137.0, 6.69437999014e-3
 
 
 @runtime_checkable
@@ -48,31 +48,6 @@ class RasterReader(Protocol):
     def read(self, window: Window, bands: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """(C, h, w) raw values and (h, w) bool valid mask; parts outside the raster are invalid."""
         ...
-
-
-def ground_sampling_distance(crs: CRS | None, transform: affine.Affine, width: int,
-                             height: int) -> tuple[float, float] | None:
-    """Metres per pixel along x and y at the raster centre; None without a usable CRS.
-
-    Geographic CRSs (degrees) are converted with the WGS84 ellipsoid's radii of curvature at
-    the centre latitude; projected CRSs use their linear unit (feet become metres).
-    """
-    if crs is None:
-        return None
-    res_x = math.hypot(transform.a, transform.d)
-    res_y = math.hypot(transform.b, transform.e)
-    if crs.is_geographic:
-        lat = math.radians(max(-89.9, min(89.9, (transform @ (width / 2, height / 2))[1])))
-        w = 1.0 - _WGS84_E2 * math.sin(lat) ** 2
-        meridional = _WGS84_A * (1.0 - _WGS84_E2) / w**1.5
-        normal = _WGS84_A / math.sqrt(w)
-        per_degree = math.pi / 180.0
-        return res_x * per_degree * normal * math.cos(lat), res_y * per_degree * meridional
-    try:
-        factor = crs.linear_units_factor[1]
-    except CRSError:
-        factor = 1.0
-    return res_x * factor, res_y * factor
 
 
 def _is_georeferenced(src: rasterio.DatasetReader) -> bool:
@@ -101,7 +76,8 @@ class RasterioReader:
         try:
             self._check(bands)
             self._note_georeferencing()
-            gsd = ground_sampling_distance(self._src.crs, self._src.transform, self._src.width, self._src.height)
+            src = self._src  # without a CRS the ground size is unknown: never resample
+            gsd = pixel_size_m(src.crs, src.transform, src.width, src.height) if src.crs is not None else None
             self._ds = self._resampled(gsd, gsd_m) if gsd and gsd_m else self._src
         except BaseException:
             self._src.close()
@@ -112,8 +88,7 @@ class RasterioReader:
         self.dtype = self._src.dtypes[0]
         self.alpha_bands = tuple(i for i, ci in enumerate(self._src.colorinterp, 1) if ci == ColorInterp.alpha)
         self.nodata = self._src.nodata
-        source_gsd = ground_sampling_distance(self.crs, self.transform, self.width, self.height)
-        self.gsd_m = None if source_gsd is None else (source_gsd[0] + source_gsd[1]) / 2
+        self.gsd_m = mean_gsd_m(self.crs, self.transform, self.width, self.height)
 
     def _check(self, bands: list[int] | None) -> None:
         if self._src.dtypes[0] not in SUPPORTED_DTYPES or len(set(self._src.dtypes)) > 1:

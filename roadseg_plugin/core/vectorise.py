@@ -4,9 +4,9 @@ The cleaned skeleton graph comes from `road_graph` (block/halo skeletons, sknw, 
 chains merged, spurs pruned, gaps bridged, short components dropped). Its lines are
 simplified (Douglas-Peucker), optionally smoothed (Chaikin) and moved to map coordinates.
 
-All clean-up lengths are in metres, converted with the pixel size of the transform (for
-a geographic CRS, metres are approximated at the centre of the mask). Without a CRS, map
-units are taken as metres; without a transform, pixels are 1 m and coordinates are pixel
+All clean-up lengths are in metres, converted with the pixel size of the transform in the
+CRS's units (`gsd.pixel_size_m`; for a geographic CRS, at the centre of the mask). Without a
+CRS, map units are taken as metres; without a transform, pixels are 1 m and coordinates are pixel
 coordinates (x = column + 0.5, y = row + 0.5, y pointing down).
 
 Attributes: `id` 1..n; `length_m` of the final line in metres; `width_m` the mean over the
@@ -29,6 +29,7 @@ import numpy as np
 import shapely
 
 from .errors import RasterError
+from .gsd import pixel_size_m as _pixel_size_m  # private: the old vectorise.pixel_size_m had other arguments
 from .road_graph import (  # noqa: F401 - constants and road_graph re-exported for existing importers
     AUTO_BLOCK_PIXELS, BLOCK_SIZE, GAP_M, HALO_PX, MIN_LENGTH_M, SPUR_LENGTH_M, _array_reader, _as_mask, _check,
     _graph, road_graph)
@@ -59,25 +60,13 @@ class VectoriseParams:
 
 # ----------------------------------------------------------------------------- units
 
-def pixel_size_m(transform, crs, shape: tuple[int, int]) -> tuple[float, float]:
-    """Metres per pixel step along (rows, columns); approximate at the centre for lat/lon."""
+def _scale(transform, crs, shape: tuple[int, int]) -> tuple[float, float]:
+    """Metres per pixel step along (rows, columns), the order `road_graph` takes (see `gsd`)."""
     from affine import Affine
 
     t = Affine.identity() if transform is None else transform
-    a, b, d, e = t.a, t.b, t.d, t.e
-    fx = fy = 1.0
-    if crs is not None:
-        from pyproj import CRS
-
-        pcrs = CRS.from_user_input(crs)
-        if pcrs.is_geographic:
-            lat = t.d * shape[1] / 2 + t.e * shape[0] / 2 + t.f
-            phi = math.radians(lat)
-            fy = 111132.92 - 559.82 * math.cos(2 * phi) + 1.175 * math.cos(4 * phi)
-            fx = max(111412.84 * math.cos(phi) - 93.5 * math.cos(3 * phi), 1e-6)
-        elif pcrs.axis_info:
-            fx = fy = pcrs.axis_info[0].unit_conversion_factor or 1.0
-    return math.hypot(b * fx, e * fy), math.hypot(a * fx, d * fy)
+    x_m, y_m = _pixel_size_m(crs, t, shape[1], shape[0])
+    return y_m, x_m
 
 
 # ------------------------------------------------------------------------ lines, frames
@@ -178,7 +167,7 @@ def vectorise_mask(mask: np.ndarray, transform=None, crs=None, prob: np.ndarray 
     """
     mask = _as_mask(mask)
     _check(min_length, spur_length, gap, tolerance, block_size, halo)
-    scale = pixel_size_m(transform, crs, mask.shape)
+    scale = _scale(transform, crs, mask.shape)
     read, prob_scale = _array_reader(mask, prob)
     graph = _graph(read, mask.shape, scale, prob_scale, min_length=min_length, spur_length=spur_length,
                    gap=gap, block_size=block_size, halo=halo, on_progress=on_progress,
@@ -251,7 +240,7 @@ def vectorise_raster(path: str | Path, *, threshold: float = 0.5, band: int = 1,
         if src.crs is not None:
             epsg = src.crs.to_epsg()
             crs = f"EPSG:{epsg}" if epsg else src.crs.to_wkt()
-        scale = pixel_size_m(src.transform, crs, src.shape)
+        scale = _scale(src.transform, src.crs, src.shape)
         graph = _graph(read, src.shape, scale, prob_scale, min_length=min_length, spur_length=spur_length,
                        gap=gap, block_size=block_size or BLOCK_SIZE, halo=halo, on_progress=on_progress,
                        is_cancelled=is_cancelled)

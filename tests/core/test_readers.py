@@ -12,11 +12,11 @@ from rasterio.transform import from_origin
 from rasterio.windows import Window
 
 from roadseg_plugin.core.errors import RasterError
+from roadseg_plugin.core.gsd import pixel_size_m
 from roadseg_plugin.core.readers import (
     RasterReader,
     band_stretch,
     choose_bands,
-    ground_sampling_distance,
     open_raster,
 )
 
@@ -38,20 +38,13 @@ def rgb(h: int = 40, w: int = 50, value: int = 100) -> np.ndarray:
     return np.full((3, h, w), value, np.uint8)
 
 
-def test_projected_gsd_uses_the_linear_unit():
-    t = from_origin(0, 0, 2.0, 2.0)
-    assert ground_sampling_distance(CRS.from_epsg(32631), t, 10, 10) == pytest.approx((2.0, 2.0))
-    feet = ground_sampling_distance(CRS.from_epsg(2263), t, 10, 10)  # NY state plane, US feet
-    assert feet == pytest.approx((0.6096, 0.6096), rel=1e-4)
-    assert ground_sampling_distance(None, t, 10, 10) is None
-
-
-@pytest.mark.parametrize("lat,expected_x", [(0.0, 1.1132), (60.0, 0.5580)])
-def test_geographic_gsd_is_in_metres_at_the_centre(lat, expected_x):
-    t = from_origin(10.0, lat + 0.0005, 1e-5, 1e-5)  # 100 px tall: centre at `lat`
-    gx, gy = ground_sampling_distance(CRS.from_epsg(4326), t, 100, 100)
-    assert gx == pytest.approx(expected_x, rel=2e-3)
-    assert gy == pytest.approx(1.106 if lat == 0 else 1.116, rel=2e-3)
+def test_feet_rasters_report_and_resample_in_metres(tmp_path):
+    # the unit conversions themselves are tested in test_gsd.py; here: the reader uses them
+    path = write_tif(tmp_path / "ny.tif", rgb(50, 100), crs="EPSG:2263", res=2.0, origin=(980000.0, 200000.0))
+    with open_raster(path) as reader:  # NY state plane, US feet: 2 ft = 0.6096 m
+        assert reader.gsd_m == pytest.approx(0.6096, rel=1e-5)
+    with open_raster(path, gsd_m=1.0) as reader:
+        assert (reader.width, reader.height) == (61, 30) and reader.gsd_m == pytest.approx(1.0, rel=0.02)
 
 
 def test_missing_and_corrupt_files_are_raster_errors(tmp_path):
@@ -123,7 +116,7 @@ def test_geographic_raster_is_resampled_to_square_metres(tmp_path):
     path = write_tif(tmp_path / "wgs84.tif", rgb(50, 60), crs="EPSG:4326", res=2e-5, origin=(5.0, 45.0))
     with open_raster(path, gsd_m=1.0) as reader:
         assert reader.crs == CRS.from_epsg(4326)
-        gx, gy = ground_sampling_distance(reader.crs, reader.transform, reader.width, reader.height)
+        gx, gy = pixel_size_m(reader.crs, reader.transform, reader.width, reader.height)
         assert gx == pytest.approx(1.0, rel=0.02) and gy == pytest.approx(1.0, rel=0.02)
         assert reader.width == pytest.approx(60 * 1.574, abs=1) and reader.height == pytest.approx(50 * 2.222, abs=1)
 

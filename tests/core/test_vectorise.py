@@ -178,6 +178,15 @@ def test_map_coordinates_with_a_utm_transform():
     assert gdf["width_m"].iloc[0] == pytest.approx(0.6 * 7, abs=0.15)
 
 
+def test_us_feet_lengths_are_metres(tmp_path):
+    feet = Affine(2.0, 0.0, 700000.0, 0.0, -2.0, 3000000.0)  # EPSG:2249, 2 US survey feet = 0.6096 m
+    expected = vectorise_mask(horizontal(), UTM, "EPSG:32619")  # the same mask on 0.6 m pixels
+    for gdf in (vectorise_mask(horizontal(), feet, "EPSG:2249"),
+                vectorise_raster(write_tif(tmp_path / "ft.tif", horizontal().astype(np.uint8), feet, "EPSG:2249"))):
+        assert gdf["length_m"].iloc[0] == pytest.approx(expected["length_m"].iloc[0] * 0.6096 / 0.6, rel=1e-3)
+        assert gdf["width_m"].iloc[0] == pytest.approx(expected["width_m"].iloc[0] * 0.6096 / 0.6, rel=1e-3)
+
+
 def test_geographic_crs_lengths_are_metres_even_without_a_transform():
     gdf = vectorise_mask(horizontal(), None, "EPSG:4326", min_length=0, gap=0)
     assert gdf["length_m"].iloc[0] > 1e6  # one "pixel" is a degree: ~111 km near the equator

@@ -103,6 +103,23 @@ def test_model_resolution_resamples(qgis_app, rgb) -> None:
     assert abs(float(values[:, valid].mean()) - 125) < 5  # averaged, not garbage
 
 
+def test_feet_and_degree_layers_are_read_at_the_model_gsd_in_metres(qgis_app, tmp_path: Path) -> None:
+    from roadseg_plugin.core.gsd import metres_per_degree
+    from roadseg_plugin.qgis_reader import ProviderReader
+
+    data = np.full((3, 40, 50), 90, np.uint8)
+    feet = write(tmp_path / "ft.tif", data, crs="EPSG:2249", res=2.0, origin=(700000.0, 3000000.0))
+    reader = ProviderReader(layer(str(feet)), gsd_m=1.0)  # 1 m = 3.28083 US survey feet
+    assert reader.transform.a == pytest.approx(1 / 0.3048006096, rel=1e-9) and reader.gsd_m == pytest.approx(1.0)
+    assert ProviderReader(layer(str(feet))).gsd_m == pytest.approx(2 * 0.3048006096, rel=1e-9)  # native pixels
+    wgs84 = write(tmp_path / "deg.tif", data, crs="EPSG:4326", res=2e-5, origin=(10.0, 60.0 + 20 * 2e-5))
+    reader = ProviderReader(layer(str(wgs84)), gsd_m=1.0)
+    east, north = metres_per_degree(60.0)  # WGS84 radii of curvature at the centre latitude
+    assert reader.transform.a == pytest.approx(1 / east, rel=1e-4)
+    assert -reader.transform.e == pytest.approx(1 / north, rel=1e-4)
+    assert reader.gsd_m == pytest.approx(1.0, rel=1e-3)
+
+
 def test_vrt_file_is_a_path_and_a_vrt_string_goes_through_the_provider(qgis_app, rgb, tmp_path: Path) -> None:
     from roadseg_plugin.qgis_reader import ProviderReader, raster_source
 

@@ -76,6 +76,17 @@ def test_raster_nodata_and_jpeg_and_geotiff(tmp_path):
     assert (tile.mask == mask).mean() > 0.98  # JPEG artefacts stay on the right side of 127
 
 
+@pytest.mark.parametrize("crs,res,expected", [("EPSG:2249", 2.0, 2 * 0.3048006096),  # US survey feet
+                                              ("EPSG:4326", 1e-5, (0.5580 + 1.1141) / 2)])  # degrees at 60 N
+def test_geotiff_gsd_is_in_metres_whatever_the_crs_units(tmp_path, crs, res, expected):
+    profile = dict(driver="GTiff", width=16, height=16, count=3, dtype="uint8", crs=crs,
+                   transform=from_origin(700000 if res > 1 else 10.0, 3000000 if res > 1 else 60.0 + 8 * res, res, res))
+    with rasterio.open(tmp_path / "t.tif", "w", **profile) as dst:
+        dst.write(np.full((3, 16, 16), 90, np.uint8))
+    _, _, gsd = read_image(tmp_path / "t.tif")
+    assert gsd == pytest.approx(expected, rel=1e-3)
+
+
 def test_rgba_alpha_marks_nodata(tmp_path):
     rng = np.random.default_rng(4)
     mask = draw_roads(32, rng)

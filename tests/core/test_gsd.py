@@ -1,0 +1,110 @@
+"""Metres per CRS unit and per pixel (core.gsd) with real CRSs, checked against pyproj's geodesics."""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from pyproj import Geod
+from pyproj import CRS as ProjCRS
+from rasterio.crs import CRS
+from rasterio.transform import from_origin
+
+from roadseg_plugin.core.gsd import mean_gsd_m, metres_per_unit, metres_to_crs_units, pixel_size_m
+
+US_FOOT = 1200 / 3937  # 0.3048006096... m
+WGS84 = Geod(ellps="WGS84")
+
+
+def test_the_module_imports_neither_torch_nor_qgis():
+    code = ("import sys, roadseg_plugin.core.gsd; "
+            "print(sorted(m for m in ('torch', 'qgis', 'pyproj', 'rasterio') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2]).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("crs", [CRS.from_epsg(26986), ProjCRS.from_epsg(26986), "EPSG:26986",
+                                 CRS.from_epsg(26986).to_wkt(), 26986])
+def test_metre_crs_in_every_form(crs):
+    assert metres_per_unit(crs, 42.0) == (1.0, 1.0)
+    assert pixel_size_m(crs, from_origin(230000, 900000, 0.5, 0.25), 100, 100) == (0.5, 0.25)
+
+
+@pytest.mark.parametrize("crs", [CRS.from_epsg(2249), "EPSG:2249", ProjCRS.from_epsg(2249).to_wkt()])
+def test_us_survey_feet(crs):  # Massachusetts Mainland, ftUS
+    assert metres_per_unit(crs)[0] == pytest.approx(0.3048006096, rel=1e-9)
+    assert metres_per_unit(crs)[0] == pytest.approx(US_FOOT, rel=1e-12)
+    x_m, y_m = pixel_size_m(crs, from_origin(700000, 3000000, 2.0, 2.0), 50, 50)
+    assert (x_m, y_m) == pytest.approx((2 * US_FOOT, 2 * US_FOOT), rel=1e-12)
+    assert metres_to_crs_units(crs, 1.0, 42.0) == pytest.approx((1 / US_FOOT, 1 / US_FOOT), rel=1e-12)
+
+
+def test_international_feet():  # NAD83 / Arizona Central (ft), international feet
+    assert metres_per_unit(CRS.from_epsg(2223)) == pytest.approx((0.3048, 0.3048), rel=1e-12)
+
+
+def _geodesic_pixel(lon: float, lat: float, dx: float, dy: float) -> tuple[float, float]:
+    """Metres over one pixel east and one pixel north of (lon, lat), from pyproj's geodesics."""
+    _, _, east = WGS84.inv(lon - dx / 2, lat, lon + dx / 2, lat)
+    _, _, north = WGS84.inv(lon, lat - dy / 2, lon, lat + dy / 2)
+    return east, north
+
+
+@pytest.mark.parametrize("crs", [CRS.from_epsg(4326), "EPSG:4326", ProjCRS.from_epsg(4326)])
+@pytest.mark.parametrize("lat", [0.0, 60.0])
+def test_degrees_match_geodesic_distances(crs, lat):
+    res = 1e-5
+    t = from_origin(10.0, lat + 50 * res, res, res)  # 100 px tall: centre at `lat`
+    x_m, y_m = pixel_size_m(crs, t, 100, 100)
+    east, north = _geodesic_pixel(10.0 + 50 * res, lat, res, res)
+    assert x_m == pytest.approx(east, rel=1e-3)
+    assert y_m == pytest.approx(north, rel=1e-3)
+    assert x_m == pytest.approx(east, rel=1e-6)  # the radii of curvature are exact for the ellipsoid
+    assert y_m == pytest.approx(north, rel=1e-6)
+    assert x_m == pytest.approx(1.1132 if lat == 0 else 0.5580, rel=1e-3)
+
+
+def test_degrees_to_units_is_the_inverse_at_that_latitude():
+    deg_x, deg_y = metres_to_crs_units("EPSG:4326", 100.0, 60.0)
+    mx, my = metres_per_unit(CRS.from_epsg(4326), 60.0)
+    assert (deg_x * mx, deg_y * my) == pytest.approx((100.0, 100.0), rel=1e-12)
+    assert deg_x == pytest.approx(2 * deg_y, rel=0.01)  # a degree of longitude is half as long at 60 N
+
+
+def test_rotated_transform_uses_the_step_vector_lengths():
+    t = Affine.translation(230000, 900000) * Affine.rotation(30) * Affine.scale(2.0, -3.0)
+    assert pixel_size_m(CRS.from_epsg(26986), t, 10, 10) == pytest.approx((2.0, 3.0), rel=1e-12)
+    feet = pixel_size_m(CRS.from_epsg(2249), t, 10, 10)
+    assert feet == pytest.approx((2 * US_FOOT, 3 * US_FOOT), rel=1e-12)
+    sheared = Affine(1.0, 0.5, 0.0, 0.0, -1.0, 0.0)  # rows step (0.5, -1): sqrt(1.25) units long
+    assert pixel_size_m(None, sheared, 10, 10) == pytest.approx((1.0, math.sqrt(1.25)))
+
+
+def test_rotated_degrees_convert_each_axis():
+    res, lat = 1e-5, 60.0
+    t = Affine.translation(10.0, lat) * Affine.rotation(90) * Affine.scale(res, -res)  # columns go north
+    x_m, y_m = pixel_size_m(CRS.from_epsg(4326), t, 2, 2)
+    east, north = _geodesic_pixel(10.0, lat, res, res)
+    assert (x_m, y_m) == pytest.approx((north, east), rel=1e-3)
+
+
+def test_no_crs_takes_map_units_as_metres():
+    t = from_origin(0, 0, 2.0, 3.0)
+    assert metres_per_unit(None) == (1.0, 1.0)
+    assert pixel_size_m(None, t, 10, 10) == (2.0, 3.0)
+    assert metres_to_crs_units(None, 5.0) == (5.0, 5.0)
+    assert mean_gsd_m(None, t, 10, 10) is None  # the ground size is unknown: no GSD to report
+
+
+def test_mean_gsd_of_a_written_raster(tmp_path):
+    with rasterio.open(tmp_path / "ft.tif", "w", driver="GTiff", width=8, height=8, count=1, dtype="uint8",
+                       crs="EPSG:2249", transform=from_origin(700000, 3000000, 1.0, 2.0)) as dst:
+        dst.write(np.zeros((1, 8, 8), "uint8"))
+    with rasterio.open(tmp_path / "ft.tif") as src:
+        assert mean_gsd_m(src.crs, src.transform, src.width, src.height) == pytest.approx(1.5 * US_FOOT, rel=1e-9)
