@@ -1,26 +1,36 @@
 """`python -m roadseg_plugin segment|vectorise|export-onnx|quantize`: thin commands over the core.
 
-Each command parses its options, calls one or two library functions and prints a short
-summary. Bad input (a RoadSegError or an invalid option value) exits with status 2 and one
-line `error: <file>: <what is wrong>; <what to do>`, and leaves no output file behind.
-Heavy modules (torch, onnxruntime, geopandas) are imported inside the commands.
+Each command builds `InferenceParams` / `VectoriseParams` from its options (generated from those
+dataclasses, so every option, default and help text has one home), calls one core function and
+prints a short summary. Bad input exits with status 2 and one line `error: <file or option>:
+<what is wrong>; <what to do>`, before any work where it can be known then; Ctrl-C exits 130 and
+SIGTERM 143, both leaving the previous outputs as they were. Heavy modules are imported inside
+the commands.
 """
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
-import tempfile
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
-from .core.errors import Cancelled, OutputError, RoadSegError
+from .core.errors import Cancelled, RoadSegError
+from .core.params import InferenceParams, VectoriseParams, describe
 
 EXIT_BAD_INPUT = 2
 EXIT_CANCELLED = 130
+EXIT_TERMINATED = 143
 
 
-def _band_list(text: str) -> list[int]:
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that clean-up runs as for Ctrl-C."""
+
+
+def _band_list(text: str) -> tuple[int, ...]:
     try:
-        bands = [int(part) for part in text.split(",") if part.strip()]
+        bands = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of band numbers") from None
     if not bands:
@@ -28,41 +38,60 @@ def _band_list(text: str) -> list[int]:
     return bands
 
 
-def _add_vector_options(p: argparse.ArgumentParser, full: bool) -> None:
-    """Clean-up options; left unset they take `VectoriseParams`' defaults."""
-    p.add_argument("--threshold", type=float, help="road probability threshold (default: the model's)")
-    p.add_argument("--min-length", type=float, help="drop pieces of network shorter than this, metres (20)")
-    if full:
-        p.add_argument("--spur-length", type=float, help="prune dangling branches shorter than this, metres (10)")
-        p.add_argument("--gap", type=float, help="bridge aligned line ends closer than this, metres (15)")
-        p.add_argument("--tolerance", type=float, help="simplification tolerance, metres (1)")
-        p.add_argument("--smooth", action="store_true", default=None, help="smooth the lines (Chaikin)")
-    p.add_argument("--format", help="gpkg, shp, geojson or fgb (default: from the --out extension)")
+def _extent(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(f"{text!r} is not xmin,ymin,xmax,ymax (four numbers)")
+    return values
 
 
-def _vectorise_params(args: argparse.Namespace):
-    from .core.vectorise import VectoriseParams
+_GROUPS = {"InferenceParams": "model, tiling and reading", "VectoriseParams": "road lines"}
+_CUSTOM_TYPES = {"bands": (_band_list, "B1,B2,..."), "extent": (_extent, "XMIN,YMIN,XMAX,YMAX"),
+                 "model": (Path, "MODEL")}
 
-    names = ("min_length", "spur_length", "gap", "tolerance", "smooth")
-    return VectoriseParams(**{n: getattr(args, n) for n in names if getattr(args, n, None) is not None})
+
+def add_options(parser: argparse.ArgumentParser, params_type: type, skip: tuple[str, ...] = ()) -> None:
+    """One `--option` per field of `params_type`, its help and default from the field's metadata.
+
+    Unset options stay None, so the dataclass alone decides every default.
+    """
+    group = parser.add_argument_group(_GROUPS.get(params_type.__name__, params_type.__name__))
+    for f in fields(params_type):
+        if f.name in skip:
+            continue
+        info = describe(params_type, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        unit = f" ({info['unit']})" if info["unit"] else ""
+        default = "" if info["default"] in (None, False) else f" [default: {info['default']}]"
+        text = f"{info['help']}{unit}{default}".replace("%", "%%")
+        if f.name in _CUSTOM_TYPES:
+            kind, metavar = _CUSTOM_TYPES[f.name]
+            group.add_argument(flag, type=kind, metavar=metavar, help=text)
+        elif "bool" in str(f.type):
+            group.add_argument(flag, action="store_true", default=None, help=text)
+        else:
+            # choices are checked by the dataclass, so a bad one gives the one-line error too
+            kind = int if "int" in str(f.type) else float if "float" in str(f.type) else str
+            metavar = "{" + ",".join(info["choices"]) + "}" if info["choices"] else None
+            group.add_argument(flag, type=kind, metavar=metavar, help=text)
+
+
+def build(params_type: type, args: argparse.Namespace) -> Any:
+    """The params object from the options the user gave (ParamError on a bad value)."""
+    return params_type(**{f.name: getattr(args, f.name) for f in fields(params_type)
+                          if getattr(args, f.name, None) is not None})
 
 
 def _segment_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("segment", help="extract road centrelines from an aerial image")
-    p.add_argument("raster", type=Path, help="input image (GeoTIFF, VRT, JPEG, PNG, ...)")
+    p.add_argument("raster", help="input image (GeoTIFF, VRT, JPEG, PNG, any GDAL raster name)")
     p.add_argument("--out", type=Path, required=True, help="road lines to write, e.g. roads.gpkg")
-    p.add_argument("--model", type=Path, help="checkpoint .pt or exported .onnx (default: the bundled model)")
     p.add_argument("--mask-out", type=Path, help="also keep the road probability GeoTIFF here")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--backend", default="auto",
-                   help="auto, torch, onnxruntime or onnxruntime-int8 (auto: torch on CUDA; on CPU the int8 "
-                        "model when one was made from this checkpoint, else fp32 ONNX Runtime)")
-    p.add_argument("--batch-size", type=int, help="tiles per forward pass (default 2 on CPU, 16 on CUDA)")
-    p.add_argument("--tile", type=int, help="tile size in pixels (default: the model's)")
-    p.add_argument("--overlap", type=int, help="tile overlap in pixels (default: the model's)")
-    p.add_argument("--bands", type=_band_list, help="bands to use, e.g. 1,2,3 (default: the first non-alpha)")
-    p.add_argument("--tta", action="store_true", help="average the 8 flips/rotations (8x slower)")
-    _add_vector_options(p, full=False)
+    add_options(p, InferenceParams)
+    add_options(p, VectoriseParams)
     p.set_defaults(func=cmd_segment)
 
 
@@ -70,7 +99,9 @@ def _vectorise_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("vectorise", help="turn a road mask or probability raster into centrelines")
     p.add_argument("mask", type=Path, help="mask (0/1) or probability (0-255) GeoTIFF")
     p.add_argument("--out", type=Path, required=True, help="road lines to write, e.g. roads.shp")
-    _add_vector_options(p, full=True)
+    p.add_argument("--threshold", type=float,
+                   help="road probability threshold (0-1) [default: the one stored in the raster, else 0.5]")
+    add_options(p, VectoriseParams)
     p.set_defaults(func=cmd_vectorise)
 
 
@@ -93,15 +124,6 @@ def _quantize_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_quantize)
 
 
-def _check_vector_output(out: Path, fmt: str | None) -> None:
-    """Fail before any work when the lines could not be written."""
-    from .core.vector_io import driver_for
-
-    driver_for(out, fmt)
-    if not out.parent.is_dir():
-        raise OutputError(out, f"the folder {out.parent} does not exist", "create it first or choose another folder")
-
-
 def _progress_bar(label: str):
     from tqdm import tqdm
 
@@ -114,80 +136,54 @@ def _progress_bar(label: str):
     return bar, update
 
 
-def _write_vectors(mask: Path, out: Path, fmt: str | None, threshold: float, params) -> tuple[int, float]:
-    from .core.vector_io import write_lines
-    from .core.vectorise import vectorise_raster
-
-    bar, update = _progress_bar("vectorise")
-    with bar:
-        gdf = vectorise_raster(mask, threshold=threshold, on_progress=update, **params.kwargs())
-    write_lines(gdf, out, driver=fmt)
-    length = float(gdf["length_m"].sum()) / 1000 if len(gdf) else 0.0
-    return len(gdf), length
+def _report(result: Any, binary: bool = False) -> None:
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"wrote {result.n_lines} road lines ({result.length_km:.2f} km) to {result.lines_path}")
+    if result.prob_path is not None:
+        print(f"road {'mask (0/1)' if binary else 'probability (0-255)'} in {result.prob_path}")
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from .core.engine import segment_raster
+    from .core.pipeline import extract_roads
 
-    _check_vector_output(args.out, args.format)
-    with tempfile.TemporaryDirectory(prefix=".roadseg-", dir=args.out.parent) as work:  # beside the output: room
-        mask = args.mask_out or Path(work) / "probability.tif"
-        bar, update = _progress_bar("segment")
-        with bar:
-            result = segment_raster(args.raster, mask, args.model, device=args.device, backend=args.backend,
-                                    tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
-                                    bands=args.bands, threshold=args.threshold, tta=args.tta, on_progress=update)
-        for warning in result.warnings:
-            print(f"warning: {warning}", file=sys.stderr)
-        mpx = result.width * result.height / 1e6
-        print(f"segmented {result.width} x {result.height} px with {result.backend} on {result.device}: "
-              f"{mpx / result.seconds:.2f} Mpx/s ({result.seconds:.1f} s)")
-        try:
-            lines, km = _write_vectors(mask, args.out, args.format, result.threshold, _vectorise_params(args))
-        except BaseException:
-            if args.mask_out is not None:
-                args.mask_out.unlink(missing_ok=True)  # all or nothing
-            raise
-    print(f"wrote {lines} road lines ({km:.2f} km) to {args.out}")
-    if args.mask_out is not None:
-        print(f"road probability (0-255) in {args.mask_out}")
+    params, vectorise = build(InferenceParams, args), build(VectoriseParams, args)
+    bar, update = _progress_bar("segment")
+    with bar:
+        result = extract_roads(args.raster, args.out, params, vectorise, prob_out=args.mask_out, on_progress=update)
+    seg = result.segment
+    print(f"segmented {seg.width} x {seg.height} px with {seg.backend} on {seg.device}: "
+          f"{seg.width * seg.height / 1e6 / seg.seconds:.2f} Mpx/s ({seg.seconds:.1f} s)")
+    _report(result, params.binary)
     return 0
 
 
-def _stored_threshold(mask: Path) -> float | None:
-    """The threshold `segment_raster` recorded in a probability raster's tags, if any."""
-    import rasterio
-
-    try:
-        with rasterio.open(mask) as src:
-            value = src.tags().get("ROADSEG_THRESHOLD")
-    except rasterio.errors.RasterioError:
-        return None  # the vectoriser reports unreadable files
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None
-
-
 def cmd_vectorise(args: argparse.Namespace) -> int:
-    _check_vector_output(args.out, args.format)
-    threshold = args.threshold if args.threshold is not None else _stored_threshold(args.mask)
-    threshold = 0.5 if threshold is None else threshold
-    lines, km = _write_vectors(args.mask, args.out, args.format, threshold, _vectorise_params(args))
-    print(f"wrote {lines} road lines ({km:.2f} km) to {args.out}")
+    from .core.pipeline import vectorise_file
+
+    vectorise = build(VectoriseParams, args)
+    bar, update = _progress_bar("vectorise")
+    with bar:
+        result = vectorise_file(args.mask, args.out, vectorise, threshold=args.threshold, on_progress=update)
+    _report(result)
     return 0
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
     from .core.onnx_backend import export_onnx
+    from .core.pipeline import check_outputs
 
+    check_outputs({"ONNX model": args.out}, [args.model])
     print(f"wrote {export_onnx(args.model, args.out)}")
     return 0
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
+    from .core.params import BUNDLED_MODEL
+    from .core.pipeline import check_outputs
     from .core.quantize import quantize_model
 
+    check_outputs({"int8 model": args.out}, [args.model or BUNDLED_MODEL])
     print(f"wrote {quantize_model(args.model, args.calibration, args.out, args.crops)}")
     return 0
 
@@ -203,14 +199,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the process exit status."""
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.func(args)
     except (RoadSegError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (Cancelled, KeyboardInterrupt):
-        print("error: cancelled; no output written", file=sys.stderr)
+        print("error: cancelled; earlier outputs are unchanged", file=sys.stderr)
         return EXIT_CANCELLED
+    except Terminated:
+        print("error: terminated; earlier outputs are unchanged", file=sys.stderr)
+        return EXIT_TERMINATED
+    finally:
+        signal.signal(signal.SIGTERM, previous)

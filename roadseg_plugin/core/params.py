@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import OutputError, ParamError
+from .errors import ParamError
 
 if TYPE_CHECKING:
     from .model_meta import ModelMeta
@@ -223,32 +223,6 @@ def vector_format(name: str) -> str:
             return alias
     raise ParamError("format", name, "is not a vector format RoadSeg writes",
                      f"use one of {', '.join(VECTOR_FORMATS)}")
-
-
-def vector_driver(path: str | os.PathLike, fmt: str | None = None) -> str:
-    """The GDAL driver for a line file: from `fmt` (alias or driver name) or the extension.
-
-    Raises:
-        OutputError: unknown format or extension, or a Shapefile not named .shp.
-    """
-    path = Path(path)
-    if fmt is not None:
-        try:
-            alias = vector_format(fmt)
-        except ParamError:
-            raise OutputError(path, f"unknown vector format {fmt!r}", f"use one of {_formats_text()}") from None
-        if alias == "shp" and path.suffix.lower() != ".shp":
-            raise OutputError(path, "a Shapefile must end in .shp", "name the output something.shp")
-        return VECTOR_FORMATS[alias][0]
-    alias = VECTOR_EXTENSIONS.get(path.suffix.lower())
-    if alias is None:
-        raise OutputError(path, f"cannot tell the vector format from the extension {path.suffix!r}",
-                          f"use one of {_formats_text()}")
-    return VECTOR_FORMATS[alias][0]
-
-
-def _formats_text() -> str:
-    return ", ".join(f"{alias} ({drv}, {ext})" for alias, (drv, ext) in VECTOR_FORMATS.items())
 
 
 def read_model_info(path: str | os.PathLike | None = None) -> "ModelMeta":

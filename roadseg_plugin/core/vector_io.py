@@ -13,23 +13,16 @@ import tempfile
 from pathlib import Path
 
 from .errors import OutputError
+from .params import VECTOR_EXTENSIONS, VECTOR_FORMATS
 
 log = logging.getLogger(__name__)
 
-# alias -> (GDAL driver, canonical extension)
-FORMATS = {
-    "gpkg": ("GPKG", ".gpkg"),
-    "shp": ("ESRI Shapefile", ".shp"),
-    "geojson": ("GeoJSON", ".geojson"),
-    "fgb": ("FlatGeobuf", ".fgb"),
-}
-EXTENSIONS = {".gpkg": "gpkg", ".shp": "shp", ".geojson": "geojson", ".json": "geojson", ".fgb": "fgb"}
 _SHP_SIDECARS = (".shx", ".dbf", ".prj", ".cpg")
 _SHP_STALE = (".prj", ".cpg", ".qix", ".sbn", ".sbx", ".qpj")  # would describe the old layer
 
 
 def _formats_text() -> str:
-    return ", ".join(f"{alias} ({drv}, {ext})" for alias, (drv, ext) in FORMATS.items())
+    return ", ".join(f"{alias} ({drv}, {ext})" for alias, (drv, ext) in VECTOR_FORMATS.items())
 
 
 def driver_for(path: str | Path, driver: str | None = None) -> str:
@@ -41,17 +34,17 @@ def driver_for(path: str | Path, driver: str | None = None) -> str:
     path = Path(path)
     if driver is not None:
         key = driver.strip().lower()
-        for alias, (name, _) in FORMATS.items():
+        for alias, (name, _) in VECTOR_FORMATS.items():
             if key in (alias, name.lower()):
                 if alias == "shp" and path.suffix.lower() != ".shp":
                     raise OutputError(path, "a Shapefile must end in .shp", "name the output something.shp")
                 return name
         raise OutputError(path, f"unknown vector format {driver!r}", f"use one of {_formats_text()}")
-    alias = EXTENSIONS.get(path.suffix.lower())
+    alias = VECTOR_EXTENSIONS.get(path.suffix.lower())
     if alias is None:
         raise OutputError(path, f"cannot tell the vector format from the extension {path.suffix!r}",
                           f"use one of {_formats_text()}, or pass driver=")
-    return FORMATS[alias][0]
+    return VECTOR_FORMATS[alias][0]
 
 
 def _check_fields(gdf, target: Path) -> None:

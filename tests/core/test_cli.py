@@ -71,8 +71,8 @@ def bad_inputs(tmp: Path, image: Path, model: Path) -> dict[str, tuple[list[str]
         "corrupt checkpoint": ([str(image), "--model", str(tmp / "junk.pt")], "junk.pt: "),
         "missing checkpoint": ([str(image), "--model", str(tmp / "none.pt")], "none.pt: model file not found"),
         "unwritable mask": ([str(image), "--model", str(model), "--mask-out", str(tmp / "a_file" / "m.tif")],
-                            "m.tif: cannot write here"),
-        "unknown format": ([str(image), "--model", str(model), "--format", "xyz"], "unknown vector format"),
+                            "a_file is a file, not a folder"),
+        "unknown format": ([str(image), "--model", str(model), "--format", "xyz"], "format xyz: is not a vector format"),
         "tile not a multiple": ([str(image), "--model", str(model), "--tile", "50"], "multiple of 4"),
     }
 
@@ -109,9 +109,45 @@ def test_module_entry_point_reports_errors_without_traceback(tmp_path):
 
 
 def test_probability_threshold_is_read_from_the_mask_tags(tmp_path, image, contrast_checkpoint):  # noqa: F811
-    from roadseg_plugin.cli import _stored_threshold
     from roadseg_plugin.core.engine import segment_raster
+    from roadseg_plugin.core.pipeline import stored_threshold as _stored_threshold
 
     mask = segment_raster(image, tmp_path / "mask.tif", contrast_checkpoint, backend="torch", threshold=0.37).path
     assert _stored_threshold(mask) == pytest.approx(0.37)
     assert np.isfinite(_stored_threshold(mask))
+
+
+def cli_words(name: str, value) -> list[str]:
+    flag = "--" + name.replace("_", "-")
+    if value is True:
+        return [flag]
+    if isinstance(value, tuple):
+        return [flag, ",".join(map(str, value))]
+    return [flag, str(value)]
+
+
+def test_every_option_reaches_the_params(tmp_path):
+    from dataclasses import fields
+
+    from roadseg_plugin.cli import build, build_parser
+    from roadseg_plugin.core.params import InferenceParams, VectoriseParams
+    from tests.option_values import NON_DEFAULT
+
+    words = ["segment", "in.tif", "--out", "roads.fgb"]
+    for params_type in (InferenceParams, VectoriseParams):
+        for f in fields(params_type):
+            words += cli_words(f.name, NON_DEFAULT[f.name])
+    args = build_parser().parse_args(words)
+    for params_type in (InferenceParams, VectoriseParams):
+        built = build(params_type, args)
+        for f in fields(params_type):
+            assert getattr(built, f.name) == NON_DEFAULT[f.name], f.name
+            assert NON_DEFAULT[f.name] != f.default, f.name
+
+
+def test_unset_options_take_the_dataclass_defaults():
+    from roadseg_plugin.cli import build, build_parser
+    from roadseg_plugin.core.params import InferenceParams, VectoriseParams
+
+    args = build_parser().parse_args(["segment", "in.tif", "--out", "roads.gpkg"])
+    assert build(InferenceParams, args) == InferenceParams() and build(VectoriseParams, args) == VectoriseParams()

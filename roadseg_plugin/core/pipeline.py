@@ -1,0 +1,254 @@
+"""raster -> probability -> lines -> file: the one chain every entry point runs.
+
+The CLI, the Segment roads task and the Processing algorithms only translate their inputs into
+`InferenceParams` / `VectoriseParams`, call `extract_roads` (or `vectorise_file`), and translate
+progress, cancellation and errors back (tqdm / QgsTask / QgsProcessingFeedback; exit 2 /
+message bar / QgsProcessingException).
+
+Nothing is lost: every output is checked before the model loads (known format, existing and
+writable folder, never one of the inputs: the raster, the model, each other), the probability
+raster is written under a temporary name beside its destination, and all outputs of one run
+are moved into place together at the end; a failure or cancel leaves the previous files as
+they were.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+from .errors import Cancelled, OutputError
+from .params import RASTER_OUTPUT_SUFFIXES, InferenceParams, VectoriseParams, check_threshold, read_model_info
+from .vector_io import driver_for
+
+if TYPE_CHECKING:
+    import geopandas as gpd
+
+    from .engine import SegmentResult
+
+Progress = Callable[[float], None]
+Source = Any  # a raster path / GDAL dataset name, or a `readers.RasterReader`
+
+# Share of the progress bar per stage: segmentation dominates the run time.
+SEGMENT_SHARE = 0.88
+VECTORISE_SHARE = 0.10
+DEFAULT_VECTORISE_THRESHOLD = 0.5  # a mask or probability raster that records no threshold of its own
+
+
+@dataclass
+class RoadsResult:
+    """What one run produced.
+
+    Attributes:
+        lines: the road lines (fields id, length_m, width_m, mean_prob) in the raster's CRS.
+        lines_path: the file they were written to (None when not asked to write).
+        prob_path: the probability raster kept (None unless `prob_out` was given).
+        segment: the engine's report (grid, backend, device, threshold, seconds); None for
+            `vectorise_file`.
+        threshold: the road threshold used.
+        warnings: what the user should know (resampling, value stretch, no georeferencing...).
+    """
+
+    lines: "gpd.GeoDataFrame"
+    lines_path: Path | None
+    prob_path: Path | None
+    segment: "SegmentResult | None"
+    threshold: float
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def n_lines(self) -> int:
+        return len(self.lines)
+
+    @property
+    def length_km(self) -> float:
+        return float(self.lines["length_m"].sum()) / 1000 if len(self.lines) else 0.0
+
+
+def _stage(on_progress: Progress | None, lo: float, hi: float) -> Progress | None:
+    if on_progress is None:
+        return None
+    return lambda fraction: on_progress(lo + (hi - lo) * min(max(float(fraction), 0.0), 1.0))
+
+
+def _check_cancel(is_cancelled: Callable[[], bool] | None) -> None:
+    if is_cancelled is not None and is_cancelled():
+        raise Cancelled()
+
+
+# ----------------------------------------------------------------------- output checks
+
+def dataset_file(name: str | os.PathLike) -> Path | None:
+    """The local file behind a raster name: a path, or the file of `DRIVER:file:layer` names."""
+    text = os.fspath(name)
+    if os.path.exists(text):
+        return Path(text)
+    parts = text.split(":")
+    if len(parts) >= 2 and parts[0].isupper():  # GPKG:/data/r.gpkg:layer, NETCDF:"f.nc":var
+        candidate = parts[1].strip('"')
+        if os.path.exists(candidate):
+            return Path(candidate)
+    return None
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """True when `a` and `b` are one file: the same path after `..` and symlinks, or hard links."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_outputs(outputs: dict[str, Path | None], inputs: Iterable[str | os.PathLike | None]) -> None:
+    """Refuse outputs that would overwrite an input or each other, or cannot be written.
+
+    Args:
+        outputs: role ("lines", "probability raster", "ONNX model" ...) -> path, None skipped.
+        inputs: files that must survive the run (raster, model, ...); names that are not
+            local files (web layers) are skipped.
+
+    Raises:
+        OutputError: one line naming the output and the fix.
+    """
+    files = [f for f in (dataset_file(i) for i in inputs if i is not None) if f is not None]
+    chosen = [(role, Path(path)) for role, path in outputs.items() if path is not None]
+    for i, (role, path) in enumerate(chosen):
+        for source in files:
+            if same_file(path, source):
+                raise OutputError(path, f"the {role} would overwrite the input {source}",
+                                  "choose another output name; inputs are never replaced")
+        for other_role, other in chosen[:i]:
+            if same_file(path, other):
+                raise OutputError(path, f"the {role} and the {other_role} are the same file",
+                                  "give each output its own name")
+        folder = path.parent
+        if path.is_dir():
+            raise OutputError(path, "a folder with this name is in the way", "choose a file name")
+        if folder.exists() and not folder.is_dir():
+            raise OutputError(path, f"{folder} is a file, not a folder", "choose an output in an existing folder")
+        if not folder.is_dir():
+            raise OutputError(path, f"the folder {folder} does not exist", "create it first or choose another folder")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise OutputError(path, f"cannot write in the folder {folder}", "choose a folder you can write to")
+
+
+def check_probability_output(path: Path | None) -> None:
+    if path is not None and path.suffix.lower() not in RASTER_OUTPUT_SUFFIXES:
+        raise OutputError(path, f"the probability raster is a GeoTIFF and cannot be written as {path.suffix!r}",
+                          "name it something.tif")
+
+
+# ------------------------------------------------------------------------------ the chain
+
+def extract_roads(source: Source, lines_out: str | os.PathLike | None, params: InferenceParams,
+                  vectorise_params: VectoriseParams | None = None, prob_out: str | os.PathLike | None = None,
+                  on_progress: Progress | None = None,
+                  is_cancelled: Callable[[], bool] | None = None) -> RoadsResult:
+    """Segment roads in `source` and write them as lines (and optionally the probability raster).
+
+    Args:
+        source: a raster path or GDAL dataset name, or a `RasterReader` (QGIS layers).
+        lines_out: the line file (.gpkg, .shp, .geojson, .fgb); None returns the lines only.
+        params: model, device, backend, tiling, threshold... (see `InferenceParams`).
+        vectorise_params: clean-up and output format (see `VectoriseParams`).
+        prob_out: also keep the road probability GeoTIFF here.
+        on_progress: called with the fraction done, 0..1.
+        is_cancelled: polled between batches and stages; True raises `Cancelled`.
+
+    Raises:
+        RoadSegError (RasterError, CheckpointError, OutputError, ParamError): bad input, model,
+            option or output, raised before any pixel is read where it can be known then.
+        Cancelled: nothing new was written; earlier files are untouched.
+    """
+    from .engine import segment_raster
+
+    vectorise_params = vectorise_params or VectoriseParams()
+    lines_path = Path(lines_out) if lines_out is not None else None
+    prob_path = Path(prob_out) if prob_out is not None else None
+    if lines_path is not None:
+        driver_for(lines_path, vectorise_params.format)
+    check_probability_output(prob_path)
+    inputs = [os.fspath(source)] if isinstance(source, (str, os.PathLike)) else list(getattr(source, "files", []))
+    check_outputs({"road lines": lines_path, "probability raster": prob_path}, [*inputs, params.model_path])
+    meta = read_model_info(params.model)
+    params.check_model(meta, params.model_path)
+    _check_cancel(is_cancelled)
+
+    work_dir = (prob_path or lines_path or Path(tempfile.gettempdir())).parent
+    with tempfile.TemporaryDirectory(prefix=".roadseg-", dir=work_dir if os.access(work_dir, os.W_OK) else None) as tmp:
+        staged = Path(tmp) / "probability.tif"
+        segment = segment_raster(
+            source, staged, params.model, device=params.device, backend=params.backend, tile=params.tile,
+            overlap=params.overlap, batch_size=params.batch_size, bands=list(params.bands) if params.bands else None,
+            threshold=params.threshold, binary=params.binary, tta=params.tta,
+            on_progress=_stage(on_progress, 0.0, SEGMENT_SHARE), is_cancelled=is_cancelled)
+        _check_cancel(is_cancelled)
+        lines = _vectorise(staged, segment.threshold, vectorise_params,
+                           _stage(on_progress, SEGMENT_SHARE, SEGMENT_SHARE + VECTORISE_SHARE), is_cancelled)
+        _check_cancel(is_cancelled)
+        _commit(lines, lines_path, vectorise_params, staged, prob_path)
+    if on_progress is not None:
+        on_progress(1.0)
+    return RoadsResult(lines, lines_path, prob_path, segment, segment.threshold, list(segment.warnings))
+
+
+def vectorise_file(mask: str | os.PathLike, lines_out: str | os.PathLike | None,
+                   vectorise_params: VectoriseParams | None = None, threshold: float | None = None,
+                   on_progress: Progress | None = None, is_cancelled: Callable[[], bool] | None = None) -> RoadsResult:
+    """Road lines of a mask or probability raster (the second half of `extract_roads`).
+
+    `threshold` None takes the one RoadSeg recorded in the raster, else 0.5.
+    """
+    vectorise_params = vectorise_params or VectoriseParams()
+    threshold = check_threshold(threshold)
+    lines_path = Path(lines_out) if lines_out is not None else None
+    if lines_path is not None:
+        driver_for(lines_path, vectorise_params.format)
+    check_outputs({"road lines": lines_path}, [mask])
+    if threshold is None:
+        threshold = stored_threshold(mask) or DEFAULT_VECTORISE_THRESHOLD
+    lines = _vectorise(Path(mask), threshold, vectorise_params, _stage(on_progress, 0.0, 0.98), is_cancelled)
+    _check_cancel(is_cancelled)
+    _commit(lines, lines_path, vectorise_params, None, None)
+    if on_progress is not None:
+        on_progress(1.0)
+    return RoadsResult(lines, lines_path, None, None, threshold)
+
+
+def stored_threshold(mask: str | os.PathLike) -> float | None:
+    """The threshold RoadSeg recorded in a probability raster's tags, if any (and valid)."""
+    import rasterio
+
+    try:
+        with rasterio.open(mask) as src:
+            value = src.tags().get("ROADSEG_THRESHOLD")
+        return check_threshold(float(value)) if value else None
+    except (rasterio.errors.RasterioError, ValueError):
+        return None  # the vectoriser reports unreadable files; a bad tag is ignored
+
+
+def _vectorise(raster: Path, threshold: float, params: VectoriseParams, on_progress: Progress | None,
+               is_cancelled: Callable[[], bool] | None) -> "gpd.GeoDataFrame":
+    from .vectorise import vectorise_raster
+
+    return vectorise_raster(raster, threshold=threshold, on_progress=on_progress, is_cancelled=is_cancelled,
+                            **params.kwargs())
+
+
+def _commit(lines: "gpd.GeoDataFrame", lines_path: Path | None, params: VectoriseParams,
+            staged_prob: Path | None, prob_path: Path | None) -> None:
+    """Move every output into place; the probability raster only once the lines are written."""
+    from .vector_io import write_lines
+
+    if lines_path is not None:
+        write_lines(lines, lines_path, driver=params.format)  # atomic: all or nothing
+    if prob_path is not None and staged_prob is not None:
+        try:
+            os.replace(staged_prob, prob_path)
+        except OSError as exc:
+            raise OutputError(prob_path, f"cannot move the finished raster into place ({exc.strerror})",
+                              "check that the file is not open elsewhere") from None
