@@ -63,22 +63,24 @@ class RasterioReader:
             either axis, the raster is read through a WarpedVRT on a grid of that GSD, in the
             raster's own CRS and extent. None reads the native grid.
         bands: bands the caller will read; checked against the raster's band count.
+        extent: (xmin, ymin, xmax, ymax) in the raster's CRS: read only the pixels it touches.
+        native_gsd_m: metres per pixel of a raster without georeferencing (ignored, with a
+            warning, for a georeferenced one).
 
     Raises:
         RasterError: the file is missing, unreadable, or has unsupported bands.
     """
 
-    def __init__(self, path: str | os.PathLike, *, gsd_m: float | None = None,
-                 bands: list[int] | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, *, gsd_m: float | None = None, bands: list[int] | None = None,
+                 extent: tuple[float, float, float, float] | None = None,
+                 native_gsd_m: float | None = None) -> None:
         self.name = str(path)
         self.warnings: list[str] = []
         self._src = _open_dataset(path)
         try:
             self._check(bands)
-            self._note_georeferencing()
-            src = self._src  # without a CRS the ground size is unknown: never resample
-            gsd = pixel_size_m(src.crs, src.transform, src.width, src.height) if src.crs is not None else None
-            self._ds = self._resampled(gsd, gsd_m) if gsd and gsd_m else self._src
+            src_transform, gsd = self._source_grid(native_gsd_m)
+            self._ds = self._target(src_transform, gsd, gsd_m, extent)
         except BaseException:
             self._src.close()
             raise
@@ -89,6 +91,75 @@ class RasterioReader:
         self.alpha_bands = tuple(i for i, ci in enumerate(self._src.colorinterp, 1) if ci == ColorInterp.alpha)
         self.nodata = self._src.nodata
         self.gsd_m = mean_gsd_m(self.crs, self.transform, self.width, self.height)
+        if self.gsd_m is None and native_gsd_m and src_transform is not self._src.transform:
+            self.gsd_m = abs(self.transform.a)  # local grid in metres (see `_source_grid`)
+
+    def _source_grid(self, native_gsd_m: float | None) -> tuple[affine.Affine, tuple[float, float] | None]:
+        """The raster's transform and its metres per pixel (x, y); None when unknown.
+
+        A raster without georeferencing whose pixel size the user gave is placed on a local grid
+        in metres from its top-left corner (y up), so it is resampled to the model's GSD like a
+        georeferenced one and its lines measure true lengths.
+        """
+        src = self._src
+        if native_gsd_m and not _is_georeferenced(src):
+            self.warnings.append(f"{self.name}: no georeferencing; read as {native_gsd_m:g} m pixels and the "
+                                 "output is in metres from the image's top-left corner (y up)")
+            return affine.Affine(native_gsd_m, 0.0, 0.0, 0.0, -native_gsd_m, 0.0), (native_gsd_m, native_gsd_m)
+        if native_gsd_m:
+            self.warnings.append(f"{self.name}: the raster is georeferenced; the pixel size given "
+                                 f"({native_gsd_m:g} m) is ignored")
+        self._note_georeferencing()
+        # Without a CRS the ground size is unknown: never resample.
+        gsd = pixel_size_m(src.crs, src.transform, src.width, src.height) if src.crs is not None else None
+        return src.transform, gsd
+
+    def _target(self, src_transform: affine.Affine, gsd: tuple[float, float] | None, gsd_m: float | None,
+                extent: tuple[float, float, float, float] | None) -> rasterio.io.DatasetReaderBase:
+        """The dataset the engine reads: the raster itself, or a WarpedVRT cropped to `extent` and/or
+        resampled to `gsd_m` when the raster's GSD differs by more than 25 %."""
+        src = self._src
+        c0, r0, c1, r1 = self._pixel_window(src_transform, extent)
+        fx = fy = 1.0
+        if gsd and gsd_m and any(abs(g / gsd_m - 1.0) > GSD_TOLERANCE for g in gsd):
+            fx, fy = gsd[0] / gsd_m, gsd[1] / gsd_m
+        width, height = max(1, round((c1 - c0) * fx)), max(1, round((r1 - r0) * fy))
+        if (c0, r0, c1, r1) == (0, 0, src.width, src.height) and (fx, fy) == (1.0, 1.0) \
+                and src_transform is src.transform:
+            return src
+        transform = src_transform * affine.Affine.translation(c0, r0) * affine.Affine.scale(
+            (c1 - c0) / width, (r1 - r0) / height)
+        coarser = width * height < (c1 - c0) * (r1 - r0)
+        if (fx, fy) != (1.0, 1.0):
+            self.warnings.append(f"{self.name}: ground sampling distance {gsd[0]:.3g} x {gsd[1]:.3g} m differs "
+                                 f"from the model's {gsd_m:g} m; resampled to {width} x {height} px and the output "
+                                 "is written on that grid")
+            resampling = Resampling.average if coarser else Resampling.bilinear
+        else:
+            resampling = Resampling.nearest  # a crop on the raster's own pixels: exact values
+        masked_by_file = src.mask_flag_enums[0] == [MaskFlags.per_dataset]
+        own = src_transform is src.transform
+        return WarpedVRT(src, src_transform=None if own else src_transform, crs=src.crs, transform=transform,
+                         width=width, height=height, resampling=resampling, add_alpha=masked_by_file)
+
+    def _pixel_window(self, transform: affine.Affine,
+                      extent: tuple[float, float, float, float] | None) -> tuple[int, int, int, int]:
+        """(col0, row0, col1, row1) of the raster's pixels that `extent` (map units) touches."""
+        src = self._src
+        if extent is None:
+            return 0, 0, src.width, src.height
+        xmin, ymin, xmax, ymax = extent
+        inverse = ~transform
+        cols, rows = zip(*(inverse * (x, y) for x in (xmin, xmax) for y in (ymin, ymax)))
+        c0, c1 = max(0, math.floor(min(cols) + 1e-9)), min(src.width, math.ceil(max(cols) - 1e-9))
+        r0, r1 = max(0, math.floor(min(rows) + 1e-9)), min(src.height, math.ceil(max(rows) - 1e-9))
+        if c1 <= c0 or r1 <= r0:
+            left, top = transform * (0, 0)
+            right, bottom = transform * (src.width, src.height)
+            raise RasterError(self.name, f"the extent {xmin:g},{ymin:g},{xmax:g},{ymax:g} does not overlap the "
+                              f"raster ({min(left, right):g},{min(top, bottom):g},{max(left, right):g},"
+                              f"{max(top, bottom):g})", "give an extent inside the raster, in its CRS")
+        return c0, r0, c1, r1
 
     def _check(self, bands: list[int] | None) -> None:
         if self._src.dtypes[0] not in SUPPORTED_DTYPES or len(set(self._src.dtypes)) > 1:
@@ -106,22 +177,6 @@ class RasterioReader:
         elif self._src.crs is None:
             self.warnings.append(f"{self.name}: no coordinate reference system; processed at native "
                                  "resolution and the output has none either")
-
-    def _resampled(self, gsd: tuple[float, float], gsd_m: float) -> rasterio.io.DatasetReaderBase:
-        src = self._src
-        if all(abs(g / gsd_m - 1.0) <= GSD_TOLERANCE for g in gsd):
-            return src
-        width = max(1, round(src.width * gsd[0] / gsd_m))
-        height = max(1, round(src.height * gsd[1] / gsd_m))
-        transform = src.transform @ affine.Affine.scale(src.width / width, src.height / height)
-        coarser = width * height < src.width * src.height
-        self.warnings.append(f"{self.name}: ground sampling distance {gsd[0]:.3g} x {gsd[1]:.3g} m differs from "
-                             f"the model's {gsd_m:g} m; resampled to {width} x {height} px and the output "
-                             "is written on that grid")
-        masked_by_file = src.mask_flag_enums[0] == [MaskFlags.per_dataset]
-        return WarpedVRT(src, crs=src.crs, transform=transform, width=width, height=height,
-                         resampling=Resampling.average if coarser else Resampling.bilinear,
-                         add_alpha=masked_by_file)
 
     def _mask_kind(self, bands: list[int]) -> str:
         flags = [self._ds.mask_flag_enums[b - 1] for b in bands]
@@ -203,10 +258,11 @@ def _open_dataset(path: str | os.PathLike) -> rasterio.DatasetReader:
     return src
 
 
-def open_raster(path: str | os.PathLike, *, gsd_m: float | None = None,
-                bands: list[int] | None = None) -> RasterioReader:
-    """Open a raster for the engine; see `RasterioReader` (resampling, band checks, errors)."""
-    return RasterioReader(path, gsd_m=gsd_m, bands=bands)
+def open_raster(path: str | os.PathLike, *, gsd_m: float | None = None, bands: list[int] | None = None,
+                extent: tuple[float, float, float, float] | None = None,
+                native_gsd_m: float | None = None) -> RasterioReader:
+    """Open a raster for the engine; see `RasterioReader` (crop, resampling, band checks, errors)."""
+    return RasterioReader(path, gsd_m=gsd_m, bands=bands, extent=extent, native_gsd_m=native_gsd_m)
 
 
 def choose_bands(reader: RasterReader, n_model: int, bands: list[int] | None = None) -> list[int]:
