@@ -26,7 +26,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(size: int, device: str, model: Path | None, work: Path) -> dict:
-    from roadseg_plugin.core.predictor import load_backend
+    from roadseg_plugin.core.backends import load_backend
 
     from . import measure
     from .synthetic import write_standin_checkpoint, write_synthetic_raster
@@ -64,9 +64,9 @@ def run(size: int, device: str, model: Path | None, work: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from roadseg_plugin.core.backends import resolve_device
     from roadseg_plugin.core.checkpoint import BUNDLED_MODEL
     from roadseg_plugin.core.errors import RoadSegError
-    from roadseg_plugin.core.predictor import resolve_device
 
     if args.model is None and not BUNDLED_MODEL.is_file():
         print(f"error: {BUNDLED_MODEL}: bundled model not found; pass --model CHECKPOINT", file=sys.stderr)

@@ -6,16 +6,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from roadseg_plugin.core.dihedral import dihedral as dihedral_array
+
 GREY = torch.tensor([0.299, 0.587, 0.114])
 
 
 def dihedral(sample: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
-    """One of the 8 flips/rotations (k in 0..7), applied to every array in the sample."""
-    out = {}
-    for key, x in sample.items():
-        x = torch.rot90(x, k % 4, dims=(-2, -1))
-        out[key] = torch.flip(x, dims=(-1,)) if k >= 4 else x
-    return out
+    """One of the 8 flips/rotations (k in 0..7), applied to every array in the sample
+    (the same transform as test-time augmentation, `roadseg_plugin.core.dihedral`)."""
+    return {key: dihedral_array(x, k) for key, x in sample.items()}
 
 
 def colour_jitter(image: torch.Tensor, rng: np.random.Generator, strength: float = 0.3) -> torch.Tensor:

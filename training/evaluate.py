@@ -7,9 +7,10 @@ from typing import Callable
 import numpy as np
 
 from roadseg_plugin.core.apls import apls
+from roadseg_plugin.core.backends import load_backend
 from roadseg_plugin.core.checkpoint import ModelMeta
 from roadseg_plugin.core.metrics import PixelCounts, pixel_counts
-from roadseg_plugin.core.predictor import load_backend, normalise
+from roadseg_plugin.core.normalise import normalise
 from roadseg_plugin.core.tiling import predict_array
 
 from .datasets import Tile, load_tiles

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
+from roadseg_plugin.core.backends import resolve_device
 from roadseg_plugin.core.checkpoint import ModelMeta, load_model
 from roadseg_plugin.core.errors import DatasetError
-from roadseg_plugin.core.predictor import resolve_device
 from roadseg_plugin.core.unet import build_model
 
 from .callbacks import CSVLogger, EarlyStopping, LossPlot, ModelCheckpoint, PredictionGif

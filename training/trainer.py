@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from roadseg_plugin.core.checkpoint import ModelMeta, read_checkpoint, save_checkpoint
 from roadseg_plugin.core.metrics import PixelCounts, best_threshold, pixel_counts
-from roadseg_plugin.core.predictor import normalise
+from roadseg_plugin.core.normalise import normalise
 from roadseg_plugin.core.tiling import predict_array
 
 from .datasets import RandomCropDataset, Tile

@@ -30,9 +30,10 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from .atomic import temporary_sibling
+from .backends import BatchRunner, load_backend
 from .checkpoint import ModelMeta
 from .errors import Cancelled, OutputError
-from .predictor import BatchRunner, InputNormaliser, load_backend
+from .normalise import InputNormaliser
 from .readers import RasterReader, band_stretch, choose_bands, open_raster, read_rows
 from .tiling import RollingBlend, TileGrid, cut_tile
 
@@ -275,7 +276,8 @@ def segment_raster(src: str | os.PathLike | RasterReader, dst: str | os.PathLike
                    model: str | os.PathLike | None = None, *, device: str = "auto", backend: str = "auto",
                    tile: int | None = None, overlap: int | None = None, batch_size: int | None = None,
                    bands: list[int] | None = None, threshold: float | None = None, binary: bool = False,
-                   tta: bool = False, on_progress: Callable[[float], None] | None = None,
+                   tta: bool = False, extent: tuple[float, float, float, float] | None = None,
+                   gsd: float | None = None, on_progress: Callable[[float], None] | None = None,
                    is_cancelled: Callable[[], bool] | None = None) -> SegmentResult:
     """Predict roads over a whole raster and write a uint8 GeoTIFF (see the module notes).
 
@@ -293,6 +295,8 @@ def segment_raster(src: str | os.PathLike | RasterReader, dst: str | os.PathLike
         threshold: road threshold for `binary` (default: the model's).
         binary: write 0/1 instead of probability x 255.
         tta: average the 8 flips/rotations (8x slower).
+        extent: (xmin, ymin, xmax, ymax) in the raster's CRS; only for a raster path.
+        gsd: metres per pixel of a raster path without georeferencing (see `open_raster`).
         on_progress: called with the fraction done, 0..1.
         is_cancelled: polled between batches; when it returns True, `Cancelled` is raised.
 
@@ -309,7 +313,7 @@ def segment_raster(src: str | os.PathLike | RasterReader, dst: str | os.PathLike
     if isinstance(src, (str, os.PathLike)) and Path(src).resolve() == dst.resolve():
         raise OutputError(dst, "output would overwrite the input raster", "choose another output name")
     if isinstance(src, (str, os.PathLike)):
-        open_raster(src, bands=bands).close()  # report a bad raster before loading the model
+        open_raster(src, bands=bands, extent=extent, native_gsd_m=gsd).close()  # a bad raster before the model
     loaded = load_backend(model, device=device, backend=backend, tta=tta)
     meta = loaded.meta
     tile, overlap = tile or meta.tile, meta.overlap if overlap is None else overlap
@@ -317,7 +321,8 @@ def segment_raster(src: str | os.PathLike | RasterReader, dst: str | os.PathLike
     if tile % multiple:
         raise ValueError(f"tile {tile} must be a multiple of {multiple} for this model")
     threshold = meta.threshold if threshold is None else threshold
-    reader = open_raster(src, gsd_m=meta.gsd_m, bands=bands) if isinstance(src, (str, os.PathLike)) else src
+    reader = (open_raster(src, gsd_m=meta.gsd_m, bands=bands, extent=extent, native_gsd_m=gsd)
+              if isinstance(src, (str, os.PathLike)) else src)
     try:
         chosen = choose_bands(reader, meta.in_channels, bands)
         grid = TileGrid(reader.height, reader.width, tile, overlap)

@@ -12,6 +12,7 @@ import datetime as _dt
 import io
 import json
 import math
+import os
 import pickle
 import sys
 import zipfile
@@ -185,15 +186,24 @@ def read_checkpoint_payload_light(path: Path) -> dict[str, Any]:
     return payload
 
 
-def read_onnx_meta(path: Path) -> ModelMeta:
+def read_onnx_meta(path: str | os.PathLike) -> ModelMeta:
     """The `ModelMeta` an exported .onnx file carries (read with `onnx`, else ONNX Runtime).
 
     Raises:
         CheckpointError: missing, not ONNX, or not exported by RoadSeg.
     """
+    path = Path(path)
     if not path.is_file():
         raise CheckpointError(path, "model file not found", "check the path or choose another model")
-    props = _onnx_metadata(path)
+    return meta_from_properties(_onnx_metadata(path), path)
+
+
+def meta_from_properties(props: dict[str, str], path: object) -> ModelMeta:
+    """The `ModelMeta` in an ONNX file's metadata properties (read by onnx or ONNX Runtime).
+
+    Raises:
+        CheckpointError: the file was not exported by RoadSeg, or its metadata is unusable.
+    """
     if ONNX_META_KEY not in props:
         raise CheckpointError(path, "ONNX file carries no RoadSeg metadata",
                               "export it with `python -m roadseg_plugin export-onnx`")

@@ -1,8 +1,10 @@
-"""ONNX export of a checkpoint and the ONNX Runtime predictor (the fast CPU backend).
+"""ONNX files of a checkpoint: the fp32 export, where exports are cached, and the int8 lookup.
 
 The exported graph takes normalised (N, C, H, W) float32 tiles and returns (N, H, W) road
 probabilities (the sigmoid is inside the graph). The checkpoint's `ModelMeta` travels in the
 file as JSON under the `roadseg_meta` metadata key, so an .onnx file alone is a usable model.
+The ONNX Runtime backends that run these files are in `backends/`; the int8 quantisation is in
+`quantize` (which needs the engine to read calibration tiles, so nothing here imports it).
 """
 from __future__ import annotations
 
@@ -12,15 +14,14 @@ import os
 import warnings
 from pathlib import Path
 
-import numpy as np
-
 from .atomic import temporary_sibling
-from .checkpoint import BUNDLED_MODEL, ModelMeta
 from .errors import CheckpointError, OutputError
-from .predictor import physical_cores
+from .model_meta import ONNX_META_KEY as META_KEY
+from .model_meta import ModelMeta
+from .params import BUNDLED_MODEL
 
-META_KEY = "roadseg_meta"
 DIGEST_KEY = "roadseg_checkpoint_sha256"
+PRECISION_KEY = "roadseg_precision"  # present (JSON) only in int8 models
 OPSET = 17
 
 
@@ -125,82 +126,21 @@ def _write_onnx(net: object, meta: ModelMeta, digest: str, path: Path) -> None:
     onnx.save(graph, str(path))
 
 
-def read_onnx_meta(path: str | os.PathLike) -> ModelMeta:
-    """The `ModelMeta` stored in an exported ONNX file.
+def int8_path(checkpoint: str | os.PathLike, digest: str | None = None) -> Path:
+    """Where the int8 model of `checkpoint` lives: `<stem>.<sha12>.int8.onnx` beside it (or in
+    the user cache when the checkpoint's folder is read-only and holds none)."""
+    checkpoint = Path(checkpoint)
+    return cached_onnx_path(checkpoint, digest or checkpoint_digest(checkpoint), ".int8.onnx")
 
-    Raises:
-        CheckpointError: the file is missing, not ONNX, or was not exported by RoadSeg.
+
+def find_int8(checkpoint: str | os.PathLike | None = None) -> Path | None:
+    """The int8 model made from exactly this checkpoint (default: the bundled one), or None.
+
+    The name carries the checkpoint's hash, so a retrained or replaced checkpoint never runs
+    with a stale int8 model: it falls back to fp32 until `quantize_model` is run again.
     """
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(path, "model file not found", "check the path or pass --model")
-    try:
-        graph = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError and friends
-        raise CheckpointError(path, f"not an ONNX model ({str(exc)[:80]})",
-                              "export it again with `python -m roadseg_plugin export-onnx`") from None
-    props = {p.key: p.value for p in graph.metadata_props}
-    if META_KEY not in props:
-        raise CheckpointError(path, "ONNX file carries no RoadSeg metadata",
-                              "export it with `python -m roadseg_plugin export-onnx`")
-    return ModelMeta.from_dict(json.loads(props[META_KEY]), path)
-
-
-def _dihedral(x: np.ndarray, k: int, inverse: bool = False) -> np.ndarray:
-    """The 8 flips/rotations of the square on the last two axes; `inverse` undoes k."""
-    if not inverse:
-        x = np.rot90(x, k % 4, axes=(-2, -1))
-        return np.flip(x, axis=-1) if k >= 4 else x
-    if k >= 4:
-        x = np.flip(x, axis=-1)
-    return np.rot90(x, -(k % 4), axes=(-2, -1))
-
-
-class OnnxPredictor:
-    """Runs an exported model with ONNX Runtime: all graph optimisations, one thread per core.
-
-    Args:
-        path: an .onnx file from `export_onnx`.
-        device: "cpu", or "cuda" when onnxruntime-gpu is installed.
-        tta: average over the 8 flips/rotations.
-        threads: intra-op threads; default the number of physical cores.
-    """
-
-    def __init__(self, path: str | os.PathLike, device: str = "cpu", tta: bool = False,
-                 threads: int | None = None) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or physical_cores()
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.enable_mem_pattern = False  # measured: faster here and half the memory
-        # No busy-waiting: the engine's reader and writer threads need the cores between runs.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        providers = ["CPUExecutionProvider"]
-        if device.startswith("cuda"):
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise ValueError("onnxruntime has no CUDA support here; use --backend torch or --device cpu")
-            providers.insert(0, "CUDAExecutionProvider")
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
-            self.metadata = self.session.get_modelmeta().custom_metadata_map
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise CheckpointError(path, f"ONNX Runtime cannot load it ({str(exc).splitlines()[0][:80]})",
-                                  "export it again with `python -m roadseg_plugin export-onnx`") from None
-        self.device = "cuda" if device.startswith("cuda") else "cpu"
-        self.tta = tta
-
-    def _forward(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {"image": np.ascontiguousarray(batch, dtype=np.float32)})[0]
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """(N, C, t, t) normalised float32 -> (N, t, t) probabilities."""
-        if not self.tta:
-            return self._forward(batch)
-        total = np.zeros((batch.shape[0], *batch.shape[-2:]), dtype=np.float32)
-        for k in range(8):
-            total += _dihedral(self._forward(_dihedral(batch, k)), k, inverse=True)
-        return total / 8
+    checkpoint = Path(checkpoint) if checkpoint is not None else BUNDLED_MODEL
+    if not checkpoint.is_file():
+        return None
+    path = int8_path(checkpoint)
+    return path if path.is_file() else None

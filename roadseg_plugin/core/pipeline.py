@@ -184,7 +184,7 @@ def extract_roads(source: Source, lines_out: str | os.PathLike | None, params: I
         segment = segment_raster(
             source, staged, params.model, device=params.device, backend=params.backend, tile=params.tile,
             overlap=params.overlap, batch_size=params.batch_size, bands=list(params.bands) if params.bands else None,
-            threshold=params.threshold, binary=params.binary, tta=params.tta,
+            threshold=params.threshold, binary=params.binary, tta=params.tta, **_reading(source, params),
             on_progress=_stage(on_progress, 0.0, SEGMENT_SHARE), is_cancelled=is_cancelled)
         _check_cancel(is_cancelled)
         lines = _vectorise(staged, segment.threshold, vectorise_params,
@@ -194,6 +194,13 @@ def extract_roads(source: Source, lines_out: str | os.PathLike | None, params: I
     if on_progress is not None:
         on_progress(1.0)
     return RoadsResult(lines, lines_path, prob_path, segment, segment.threshold, list(segment.warnings))
+
+
+def _reading(source: Source, params: InferenceParams) -> dict[str, Any]:
+    """Extent and pixel size go to the engine's file reader; a `RasterReader` (QGIS) was made with them."""
+    if isinstance(source, (str, os.PathLike)):
+        return {"extent": params.extent, "gsd": params.gsd}
+    return {}
 
 
 def vectorise_file(mask: str | os.PathLike, lines_out: str | os.PathLike | None,

@@ -8,8 +8,9 @@ Calibration runs on tiles read by the engine itself; 64 of them gave the fp32 mo
 on the validation tiles where 32 lost 0.03.
 
 The file is `<stem>.<sha12>.int8.onnx` beside the checkpoint, so an int8 model is only ever
-used with the exact checkpoint it was made from (`find_int8`); retraining or replacing the
-checkpoint makes the engine fall back to fp32 until `quantize_model` is run again.
+used with the exact checkpoint it was made from (`onnx_backend.find_int8`, which the backends
+use without importing this module); retraining or replacing the checkpoint makes the engine fall
+back to fp32 until `quantize_model` is run again.
 """
 from __future__ import annotations
 
@@ -24,26 +25,10 @@ import numpy as np
 from .atomic import temporary_sibling
 from .checkpoint import BUNDLED_MODEL, ModelMeta
 from .errors import OutputError, RasterError
-from .onnx_backend import DIGEST_KEY, META_KEY, cached_onnx_path, checkpoint_digest, export_onnx, read_onnx_meta
+from .model_meta import read_onnx_meta
+from .onnx_backend import DIGEST_KEY, META_KEY, PRECISION_KEY, export_onnx, int8_path
 
-PRECISION_KEY = "roadseg_precision"
 RASTER_SUFFIXES = {".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", ".vrt", ".img"}
-
-
-def int8_path(checkpoint: str | os.PathLike, digest: str | None = None) -> Path:
-    """Where the int8 model of `checkpoint` lives: `<stem>.<sha12>.int8.onnx` beside it (or in
-    the user cache when the checkpoint's folder is read-only and holds none)."""
-    checkpoint = Path(checkpoint)
-    return cached_onnx_path(checkpoint, digest or checkpoint_digest(checkpoint), ".int8.onnx")
-
-
-def find_int8(checkpoint: str | os.PathLike | None = None) -> Path | None:
-    """The int8 model made from exactly this checkpoint (default: the bundled one), or None."""
-    checkpoint = Path(checkpoint) if checkpoint is not None else BUNDLED_MODEL
-    if not checkpoint.is_file():
-        return None
-    path = int8_path(checkpoint)
-    return path if path.is_file() else None
 
 
 def calibration_images(folder: str | os.PathLike) -> list[Path]:

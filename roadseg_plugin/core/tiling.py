@@ -54,20 +54,19 @@ def predict_array(image: np.ndarray, predict_batch: PredictBatch, tile: int, ove
                   is_cancelled: Callable[[], bool] | None = None) -> np.ndarray:
     """Predict a whole (C, H, W) normalised image; returns (H, W) float32 probabilities.
 
-    The image is reflection-padded by half the overlap (and up to one tile when smaller), so
-    raster edges are predicted from context like any interior pixel.
+    The image is reflection-padded as `TileGrid` lays it out (half the overlap, and up to one
+    tile when smaller), so raster edges are predicted from context like any interior pixel.
+
+    Raises:
+        ValueError: overlap negative or not under half the tile.
     """
     _, h, w = image.shape
-    margin = overlap // 2
-    pad_h = max(margin, tile - h - margin)
-    pad_w = max(margin, tile - w - margin)
-    padded = np.pad(image, ((0, 0), (margin, pad_h), (margin, pad_w)), mode="reflect")
-    ph, pw = padded.shape[1:]
+    grid = TileGrid(h, w, tile, overlap)
+    m = grid.margin
+    padded = np.pad(image, ((0, 0), (m, grid.pad_h), (m, grid.pad_w)), mode="reflect")
     window = blend_window(tile, overlap)
-    acc = np.zeros((ph, pw), dtype=np.float32)
-    weight = np.zeros((ph, pw), dtype=np.float32)
-    stride = tile - overlap
-    origins = [(r, c) for r in tile_origins(ph, tile, stride) for c in tile_origins(pw, tile, stride)]
+    acc = np.zeros(padded.shape[1:], dtype=np.float32)
+    origins = [(r, c) for r in grid.row_origins for c in grid.col_origins]
     done = 0
     for batch in iter_batches(origins, batch_size):
         if is_cancelled is not None and is_cancelled():
@@ -76,20 +75,22 @@ def predict_array(image: np.ndarray, predict_batch: PredictBatch, tile: int, ove
         probs = predict_batch(np.ascontiguousarray(tiles, dtype=np.float32))
         for (r, c), p in zip(batch, probs):
             acc[r:r + tile, c:c + tile] += p * window
-            weight[r:r + tile, c:c + tile] += window
         done += len(batch)
         if on_progress is not None:
             on_progress(done / len(origins))
-    out = acc / np.maximum(weight, 1e-6)
-    return out[margin:margin + h, margin:margin + w]
+    # The summed window weight is separable (see TileGrid), divided out as the streaming blend does.
+    out = acc[m:m + h, m:m + w]
+    out /= grid.row_weight[:, None]
+    out /= grid.col_weight[None, :]
+    return out
 
 
 class TileGrid:
-    """The tile layout of `predict_array` for an (height, width) raster, without the image.
+    """The tile layout of an (height, width) raster, shared by `predict_array` and the engine.
 
     Tiles live in padded coordinates: the raster is reflection-padded by `margin` (half the
-    overlap) at the top/left and by `pad_h`/`pad_w` at the bottom/right, exactly as
-    `predict_array` pads, so streaming and whole-array predictions agree pixel for pixel.
+    overlap) at the top/left and by `pad_h`/`pad_w` at the bottom/right; `predict_array` pads
+    the whole image by exactly these, so streaming and whole-array predictions agree.
     Because the grid is a product of row and column origins, the summed blend weight of a
     pixel is `row_weight[y] * col_weight[x]`: no weight image is ever stored.
 

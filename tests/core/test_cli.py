@@ -46,7 +46,7 @@ def test_vectorise_and_export_onnx_commands(tmp_path, image, contrast_checkpoint
     import geopandas as gpd
 
     from roadseg_plugin.core.engine import segment_raster
-    from roadseg_plugin.core.onnx_backend import read_onnx_meta
+    from roadseg_plugin.core.model_meta import read_onnx_meta
 
     mask = segment_raster(image, tmp_path / "mask.tif", contrast_checkpoint, backend="torch").path
     out = tmp_path / "roads.shp"

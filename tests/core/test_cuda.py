@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from roadseg_plugin.core.checkpoint import load_model
+from roadseg_plugin.core.backends import BatchRunner, TorchBackend
+from roadseg_plugin.core.checkpoint import ModelMeta, load_model
 from roadseg_plugin.core.engine import segment_raster
-from roadseg_plugin.core.predictor import BatchRunner, TorchPredictor
 from roadseg_plugin.core.unet import build_model
 from tests.core.test_engine import read_out, scene, write_tif
 
@@ -36,18 +36,18 @@ def test_fp16_cuda_segmentation_matches_the_cpu_within_rounding(tmp_path):
 
 def test_real_out_of_memory_halves_the_batch(monkeypatch):
     torch.manual_seed(0)
-    predictor = TorchPredictor(build_model("unet", in_channels=3, base_channels=16, depth=4), "cuda")
+    backend = TorchBackend(build_model("unet", in_channels=3, base_channels=16, depth=4), ModelMeta(), "cuda")
     free, total = torch.cuda.mem_get_info()
     torch.cuda.set_per_process_memory_fraction(min(1.0, (torch.cuda.memory_allocated() + 2**30) / total))
     try:
-        runner = BatchRunner(predictor, 32)  # 32 x 16 ch x 1024^2 fp16 activations need > 1 GiB
+        runner = BatchRunner(backend.predict, 32)  # 32 x 16 ch x 1024^2 fp16 activations need > 1 GiB
         tiles = np.random.default_rng(0).random((32, 3, 1024, 1024), dtype=np.float32)
         out = runner(tiles)
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
         torch.cuda.empty_cache()
     assert out.shape == (32, 1024, 1024) and runner.limit < 32 and runner.notes
-    np.testing.assert_allclose(out[-1:], predictor(tiles[-1:]), atol=2e-3)
+    np.testing.assert_allclose(out[-1:], backend.predict(tiles[-1:]), atol=2e-3)
 
 
 def test_amp_training_on_cuda_writes_a_checkpoint_that_loads_on_the_cpu(tmp_path, road_dataset):

@@ -12,9 +12,9 @@ from rasterio.enums import ColorInterp
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
+from roadseg_plugin.core.backends import BatchRunner
 from roadseg_plugin.core.engine import segment_raster
 from roadseg_plugin.core.errors import Cancelled, OutputError, RasterError
-from roadseg_plugin.core.predictor import BatchRunner
 from roadseg_plugin.core.tiling import RollingBlend, TileGrid, predict_array
 from tests.conftest import draw_roads, road_image
 
@@ -61,11 +61,11 @@ def contrast_checkpoint(tmp_path: Path) -> Path:
 
 
 def reference(image: np.ndarray, checkpoint: Path) -> np.ndarray:
-    from roadseg_plugin.core.checkpoint import load_model
-    from roadseg_plugin.core.predictor import TorchPredictor, normalise
+    from roadseg_plugin.core.backends import TorchBackend
+    from roadseg_plugin.core.normalise import normalise
 
-    model, meta = load_model(checkpoint)
-    return predict_array(normalise(image, meta), TorchPredictor(model, "cpu"), meta.tile, meta.overlap)
+    backend = TorchBackend.load(checkpoint, "cpu")
+    return predict_array(normalise(image, backend.meta), backend.predict, backend.meta.tile, backend.meta.overlap)
 
 
 @pytest.mark.parametrize("shape", [(150, 97), (40, 50), (64, 64)])

@@ -6,16 +6,12 @@ import os
 import numpy as np
 import pytest
 
+from roadseg_plugin.core.backends import DihedralTTA, OnnxRuntimeBackend, TorchBackend, load_backend
 from roadseg_plugin.core.checkpoint import load_model
 from roadseg_plugin.core.engine import segment_raster
 from roadseg_plugin.core.errors import CheckpointError, OutputError
-from roadseg_plugin.core.onnx_backend import (
-    OnnxPredictor,
-    checkpoint_digest,
-    export_onnx,
-    read_onnx_meta,
-)
-from roadseg_plugin.core.predictor import TorchPredictor, load_backend
+from roadseg_plugin.core.model_meta import read_onnx_meta
+from roadseg_plugin.core.onnx_backend import checkpoint_digest, export_onnx
 from tests.core.test_engine import contrast_checkpoint, read_out, scene, write_tif  # noqa: F401 (fixture)
 
 
@@ -37,11 +33,10 @@ def test_export_to_a_chosen_file(tiny_checkpoint, tmp_path):
 def test_backends_agree_within_1e_3(tiny_checkpoint, contrast_checkpoint):  # noqa: F811
     batch = np.random.default_rng(0).normal(size=(3, 3, 64, 96)).astype(np.float32)  # dynamic H, W and N
     for checkpoint in (tiny_checkpoint, contrast_checkpoint):
-        model, _ = load_model(checkpoint)
-        onnx_file = export_onnx(checkpoint)
+        by_torch, by_ort = TorchBackend.load(checkpoint, "cpu"), OnnxRuntimeBackend(export_onnx(checkpoint))
         for tta in (False, True):
-            expected = TorchPredictor(model, "cpu", tta=tta)(batch)
-            got = OnnxPredictor(onnx_file, tta=tta)(batch)
+            expected = (DihedralTTA(by_torch) if tta else by_torch).predict(batch)
+            got = (DihedralTTA(by_ort) if tta else by_ort).predict(batch)
             assert got.shape == expected.shape == (3, 64, 96)
             np.testing.assert_allclose(got, expected, atol=1e-3)
 

@@ -108,3 +108,32 @@ def test_binary_output(tmp_path, image, contrast_checkpoint):  # noqa: F811
     with rasterio.open(result.prob_path) as src:
         assert set(src.read(1).ravel().tolist()) <= {0, 1}
     assert result.n_lines > 0
+
+
+def test_extent_reads_only_the_pixels_it_touches(tmp_path, image, contrast_checkpoint):  # noqa: F811
+    import rasterio
+
+    # in.tif: 1 m pixels from (500000, 6000000), 160 x 160
+    extent = (500010.5, 5999900.0, 500090.0, 5999979.5)
+    result = extract_roads(image, None, InferenceParams(model=str(contrast_checkpoint), extent=extent),
+                           prob_out=tmp_path / "part.tif")
+    with rasterio.open(result.prob_path) as src:
+        assert (src.width, src.height) == (80, 80)
+        assert tuple(src.bounds) == (500010.0, 5999900.0, 500090.0, 5999980.0)
+
+
+def test_extent_outside_the_raster_is_refused(tmp_path, image, contrast_checkpoint):  # noqa: F811
+    from roadseg_plugin.core.errors import RasterError
+
+    with pytest.raises(RasterError, match="does not overlap the raster"):
+        extract_roads(image, None, InferenceParams(model=str(contrast_checkpoint), extent=(0, 0, 10, 10)))
+
+
+def test_gsd_resamples_a_raster_without_georeferencing(tmp_path, contrast_checkpoint):  # noqa: F811
+    plain = write_tif(tmp_path / "plain.tif", scene(160, 160), transform=None, crs=None)
+    params = InferenceParams(model=str(contrast_checkpoint), gsd=0.5)  # the model reads 1 m pixels
+    result = extract_roads(plain, None, params, VectoriseParams(min_length=0, spur_length=0, gap=0))
+    assert (result.segment.width, result.segment.height) == (80, 80)
+    assert any("read as 0.5 m pixels" in w for w in result.warnings)
+    xmin, ymin, xmax, ymax = result.lines.total_bounds
+    assert 0 <= xmin and xmax <= 80 and -80 <= ymin and ymax <= 0  # metres from the top-left corner

@@ -11,11 +11,13 @@ import torch
 from rasterio.windows import Window
 
 from roadseg_plugin.cli import main
+from roadseg_plugin.core.backends import load_backend
 from roadseg_plugin.core.checkpoint import BUNDLED_MODEL, load_model, save_checkpoint
 from roadseg_plugin.core.errors import CheckpointError, RasterError
-from roadseg_plugin.core.onnx_backend import read_onnx_meta
-from roadseg_plugin.core.predictor import load_backend, normalise
-from roadseg_plugin.core.quantize import find_int8, int8_path, quantize_model
+from roadseg_plugin.core.normalise import normalise
+from roadseg_plugin.core.model_meta import read_onnx_meta
+from roadseg_plugin.core.onnx_backend import find_int8, int8_path
+from roadseg_plugin.core.quantize import quantize_model
 from tests.conftest import ROOT
 from tests.core.test_engine import scene, write_tif
 
