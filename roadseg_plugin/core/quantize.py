@@ -99,10 +99,15 @@ def _quantize(fp32: Path, crops: Iterator[np.ndarray], out: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="roadseg-int8-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-        convs = [n.name for n in onnx.load(str(prepared)).graph.node if n.op_type == "Conv"]
+        nodes = list(onnx.load(str(prepared)).graph.node)  # topologically sorted
+        convs = [i for i, n in enumerate(nodes) if n.op_type == "Conv"]
+        # The stem, the head and everything after it (sigmoid, squeeze) stay in float: a uint8
+        # QDQ pair on the probabilities clipped them at their calibrated maximum (0.8 on real
+        # tiles), so thresholds above it found no roads and the probability raster was capped.
+        float_nodes = [nodes[convs[0]].name] + [n.name for n in nodes[convs[-1]:]]
         quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-                        nodes_to_exclude=[convs[0], convs[-1]], calibrate_method=CalibrationMethod.MinMax,
+                        nodes_to_exclude=float_nodes, calibrate_method=CalibrationMethod.MinMax,
                         extra_options={"CalibMovingAverage": True})
 
 

@@ -44,11 +44,13 @@ def test_every_backend_loads_the_bundled_model_and_they_agree(real_batch):
     assert (probs["torch"] > backend.meta.threshold).mean() > 0.02, "the sample crops must show roads"
     np.testing.assert_allclose(probs["onnxruntime"], probs["torch"], atol=1e-4)
     int8, fp32 = probs["onnxruntime-int8"], probs["onnxruntime"]
-    # Within a few /255 almost everywhere; the shipped int8 model tops out near 0.8 in road
-    # cores (clipped calibration range), so those pixels differ more but stay road.
-    assert np.quantile(np.abs(int8 - fp32), 0.9) < 2 / 255 and np.abs(int8 - fp32).mean() < 5 / 255
-    threshold = backend.meta.threshold
-    assert ((int8 > threshold) == (fp32 > threshold)).mean() > 0.999
+    # Within a few /255 over the whole range: the probabilities are not clipped (the sigmoid runs
+    # in float), so every threshold finds the same roads with int8 as with fp32.
+    diff = np.abs(int8 - fp32)
+    assert np.quantile(diff, 0.99) < 3 / 255 and diff.mean() < 1 / 255
+    assert int8.max() > 0.97 and fp32.max() > 0.97
+    for threshold in (0.2, backend.meta.threshold, 0.5, 0.8, 0.9, 0.95):
+        assert ((int8 > threshold) == (fp32 > threshold)).mean() > 0.999, threshold
 
 
 @needs_bundled_model
