@@ -1,10 +1,16 @@
 """The "Segment roads" dialog: choose a raster layer, a model and options; returns a `SegmentParams`.
 
-Widgets are built in code. The model's own metadata (threshold, tile, ground resolution) sets the
-defaults, so the bundled model works without touching anything but the layer.
+Widgets are built in code. The main form holds what most runs change: layer, model, device,
+extent, threshold, minimum length and output. The "Advanced" group (collapsed) holds one editor
+per other option of `InferenceParams` / `VectoriseParams`, generated from the fields' metadata
+(label, unit, help, default, choices), so an option added to the core appears here by itself.
+An optional option left at "Default" is None: the model's or the core's own value. The model's
+metadata (read without torch, .pt or .onnx) is shown and gives the threshold's starting value.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import Field, fields
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +23,7 @@ from qgis.core import (
     QgsRectangle,
     QgsVectorLayer,
 )
-from qgis.gui import QgsFileWidget, QgsMapLayerComboBox
+from qgis.gui import QgsCollapsibleGroupBox, QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -27,48 +33,83 @@ from qgis.PyQt.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
+    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
-from .params import DEFAULT_MIN_LENGTH_M, SegmentParams
+from .core.params import BUNDLED_MODEL, VECTOR_EXTENSIONS, InferenceParams, VectoriseParams, describe
+from .params import SegmentParams
+from .processing.base import MODEL_FILTER, band_numbers, devices, option_choices, option_kind, option_label
 
 EXTENT_LAYER = "layer"
 EXTENT_CANVAS = "canvas"
 EXTENT_SELECTION = "selection"
-MODEL_FILTER = "RoadSeg model (*.pt *.pth);;All files (*)"
-OUTPUT_FILTER = "GeoPackage (*.gpkg);;ESRI Shapefile (*.shp);;GeoJSON (*.geojson)"
+OUTPUT_FILTER = "GeoPackage (*.gpkg);;ESRI Shapefile (*.shp);;GeoJSON (*.geojson);;FlatGeobuf (*.fgb)"
 TEMPORARY_PLACEHOLDER = "[Create temporary layer]"
+HAND_MADE = ("model", "device", "extent", "threshold")  # main-form widgets of their own
+FROM_OUTPUT = ("format",)  # the output file's extension decides it
+UNSET = -1  # spin-box value of an optional number left at its default (shown as "Default ...")
+MAX_NUMBER = 1_000_000
 
 
-def available_devices() -> list[str]:
-    """'auto' and 'cpu' always; 'cuda' when torch sees a GPU."""
-    devices = ["auto", "cpu"]
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            devices.append("cuda")
-    except ImportError:
-        pass
-    return devices
+def unset_meaning(params_type: type, name: str) -> str:
+    """What an optional option left empty means, from its help ("...; unset: the model's"), or ""."""
+    help_text = describe(params_type, name)["help"]
+    return help_text.split("unset: ", 1)[1] if "unset: " in help_text else ""
 
 
-def read_model_meta(path: str | Path) -> Any:
-    """The `ModelMeta` stored in a checkpoint (raises `CheckpointError` with a user-facing message)."""
-    from .core.checkpoint import ModelMeta, read_checkpoint
-
-    return ModelMeta.from_dict(read_checkpoint(path).get("meta", {}), path)
+def unset_text(params_type: type, name: str) -> str:
+    meaning = unset_meaning(params_type, name)
+    return f"Default: {meaning}" if meaning else "Not set"
 
 
-def bundled_model_path() -> Path:
-    from .core.checkpoint import BUNDLED_MODEL
-
-    return BUNDLED_MODEL
+def option_editor(params_type: type, f: Field, parent: QWidget) -> tuple[QWidget, Callable[[], Any]]:
+    """A widget for one option, set to its default, and the function reading its value back."""
+    info, kind = describe(params_type, f.name), option_kind(params_type, f)
+    default, unit = info["default"], info["unit"]
+    if kind == "bool":
+        box = QCheckBox(info["label"], parent)
+        box.setChecked(bool(default))
+        widget, read = box, box.isChecked
+    elif kind == "enum":
+        combo = QComboBox(parent)
+        if default is None:
+            combo.addItem(unset_text(params_type, f.name), None)
+        for choice in option_choices(params_type, f.name):
+            combo.addItem(choice, choice)
+        combo.setCurrentIndex(max(combo.findData(default), 0))
+        widget, read = combo, combo.currentData
+    elif kind == "bands":
+        edit = QLineEdit(parent)
+        edit.setPlaceholderText(f"e.g. 3,2,1; empty: {unset_meaning(params_type, f.name) or 'not set'}")
+        widget, read = edit, lambda: band_numbers(edit.text()) or None
+    elif kind in ("int", "float"):
+        spin = QSpinBox(parent) if kind == "int" else QDoubleSpinBox(parent)
+        if kind == "float":
+            spin.setDecimals(2 if unit == "m" else 3)
+        spin.setRange(UNSET if default is None else 0, MAX_NUMBER)
+        if unit in ("m", "px"):
+            spin.setSuffix(f" {unit}")
+        if default is None:  # the minimum reads "Default: the model's" and stands for None
+            spin.setSpecialValueText(unset_text(params_type, f.name))
+        spin.setValue(UNSET if default is None else default)
+        widget = spin
+        read = (lambda: None if spin.value() == UNSET else spin.value()) if default is None else spin.value
+    else:
+        raise TypeError(f"{params_type.__name__}.{f.name}: the dialog has no editor for {kind}")
+    widget.setToolTip(info["help"])
+    widget.setObjectName(f"option_{f.name}")
+    return widget, read
 
 
 class SegmentDialog(QDialog):
-    """Modal dialog; after `exec_()` returns Accepted, `params()` is the run to start."""
+    """Modal dialog; after `exec_()` returns Accepted, `params()` is the run to start.
+
+    Attributes:
+        editors: option name -> (widget, reader) for the generated editors (main form and Advanced).
+    """
 
     def __init__(self, iface: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -76,7 +117,7 @@ class SegmentDialog(QDialog):
         self.meta: Any = None
         self.setWindowTitle("Segment roads")
         self.setObjectName("RoadSegSegmentDialog")
-        self.setMinimumWidth(520)
+        self.setMinimumWidth(560)
 
         self.layer_combo = QgsMapLayerComboBox(self)
         self.layer_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
@@ -84,13 +125,14 @@ class SegmentDialog(QDialog):
 
         self.model_widget = QgsFileWidget(self)
         self.model_widget.setStorageMode(QgsFileWidget.GetFile)
-        self.model_widget.setFilter(MODEL_FILTER)
+        self.model_widget.setFilter(f"{MODEL_FILTER};;All files (*)")
         self.model_widget.setDialogTitle("Choose a RoadSeg model")
         self.model_info = QLabel(self)
         self.model_info.setWordWrap(True)
 
         self.device_combo = QComboBox(self)
-        self.device_combo.addItems(available_devices())
+        self.device_combo.addItems(devices(load=True))  # torch is installed by now: ask it for a GPU
+        self.device_combo.setCurrentText(describe(InferenceParams, "device")["default"])
 
         self.extent_combo = QComboBox(self)
         self.extent_combo.addItem("Whole raster layer", EXTENT_LAYER)
@@ -102,20 +144,17 @@ class SegmentDialog(QDialog):
         extent_row.addWidget(self.extent_combo)
         extent_row.addWidget(self.polygon_combo, 1)
 
+        self.model_threshold_check = QCheckBox("Use the model's threshold", self)
+        self.model_threshold_check.setChecked(True)
         self.threshold_spin = QDoubleSpinBox(self)
         self.threshold_spin.setRange(0.01, 0.99)
         self.threshold_spin.setDecimals(2)
         self.threshold_spin.setSingleStep(0.05)
         self.threshold_spin.setValue(0.5)
-        self.threshold_spin.setToolTip("Probability above which a pixel counts as road; "
-                                       "the default comes from the model")
-
-        self.min_length_spin = QDoubleSpinBox(self)
-        self.min_length_spin.setRange(0.0, 100000.0)
-        self.min_length_spin.setDecimals(1)
-        self.min_length_spin.setSuffix(" m")
-        self.min_length_spin.setValue(DEFAULT_MIN_LENGTH_M)
-        self.min_length_spin.setToolTip("Road lines shorter than this are dropped")
+        self.threshold_spin.setToolTip(describe(InferenceParams, "threshold")["help"])
+        threshold_row = QHBoxLayout()
+        threshold_row.addWidget(self.model_threshold_check)
+        threshold_row.addWidget(self.threshold_spin, 1)
 
         self.output_widget = QgsFileWidget(self)
         self.output_widget.setStorageMode(QgsFileWidget.SaveFile)
@@ -142,20 +181,37 @@ class SegmentDialog(QDialog):
         form.addRow("", self.model_info)
         form.addRow("Device", self.device_combo)
         form.addRow("Extent", extent_row)
-        form.addRow("Threshold", self.threshold_spin)
-        form.addRow("Minimum line length", self.min_length_spin)
+        form.addRow("Threshold", threshold_row)
+        self.advanced = QgsCollapsibleGroupBox("Advanced", self)
+        self.advanced.setObjectName("RoadSegAdvanced")
+        self.advanced.setSaveCollapsedState(False)  # collapsed on every opening
+        advanced_form = QFormLayout(self.advanced)
+        self.editors: dict[str, tuple[QWidget, Callable[[], Any]]] = {}
+        for params_type in (InferenceParams, VectoriseParams):
+            for f in fields(params_type):
+                if f.name in HAND_MADE or f.name in FROM_OUTPUT:
+                    continue
+                widget, read = option_editor(params_type, f, self)
+                self.editors[f.name] = (widget, read)
+                target = advanced_form if describe(params_type, f.name)["advanced"] else form
+                label = "" if isinstance(widget, QCheckBox) else option_label(params_type, f.name)
+                target.addRow(label, widget)
         form.addRow("Road lines", self.output_widget)
         form.addRow("", self.probability_check)
+        self.advanced.setCollapsed(True)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
+        layout.addWidget(self.advanced)
         layout.addWidget(self.error_label)
         layout.addWidget(self.buttons)
 
         self.extent_combo.currentIndexChanged.connect(self._update_extent_widgets)
+        self.model_threshold_check.toggled.connect(self._update_threshold_widgets)
         self.model_widget.fileChanged.connect(self._model_changed)
         self._update_extent_widgets()
+        self._update_threshold_widgets()
         self._select_active_raster()
-        self.model_widget.setFilePath(str(bundled_model_path()))
+        self.model_widget.setFilePath(str(BUNDLED_MODEL))
         self._model_changed(self.model_widget.filePath())
 
     # ------------------------------------------------------------------ reactions
@@ -167,25 +223,29 @@ class SegmentDialog(QDialog):
     def _update_extent_widgets(self) -> None:
         self.polygon_combo.setEnabled(self.extent_combo.currentData() == EXTENT_SELECTION)
 
+    def _update_threshold_widgets(self) -> None:
+        self.threshold_spin.setEnabled(not self.model_threshold_check.isChecked())
+
     def _model_changed(self, path: str) -> None:
-        """Read the model's metadata: its threshold becomes the default, errors disable Run."""
+        """Read the model's metadata (no torch): its threshold is shown, errors disable Run."""
         from .core.errors import RoadSegError
+        from .core.params import read_model_info
 
         self.meta = None
         ok_button = self.buttons.button(QDialogButtonBox.Ok)
         if not path:
-            self.model_info.setText("Choose a RoadSeg model (.pt)")
+            self.model_info.setText("Choose a RoadSeg model (.pt or .onnx)")
             ok_button.setEnabled(False)
             return
         if not Path(path).is_file():
-            bundled = Path(path) == bundled_model_path()
+            bundled = Path(path) == BUNDLED_MODEL
             what = "The bundled model is not installed" if bundled else "No model file"
             self.model_info.setText(f"<span style='color:#b00020'>{what} at {path}; "
-                                    "choose a RoadSeg model (.pt).</span>")
+                                    "choose a RoadSeg model (.pt or .onnx).</span>")
             ok_button.setEnabled(False)
             return
         try:
-            self.meta = read_model_meta(path)
+            self.meta = read_model_info(path)
         except RoadSegError as exc:
             self.model_info.setText(f"<span style='color:#b00020'>{exc}</span>")
             ok_button.setEnabled(False)
@@ -239,27 +299,31 @@ class SegmentDialog(QDialog):
             text += ".gpkg"
         return text
 
+    def option_values(self, params_type: type) -> dict[str, Any]:
+        """The generated editors' values for the fields of `params_type`."""
+        names = {f.name for f in fields(params_type)}
+        return {name: read() for name, (_, read) in self.editors.items() if name in names}
+
     def params(self) -> SegmentParams:
         """The run described by the widgets.
 
         Raises:
-            ValueError: a value is missing or inconsistent (the message says which).
+            ValueError: a value is missing or inconsistent (the message says which; a
+                `ParamError` names the option).
         """
         layer = self.layer_combo.currentLayer()
         if layer is None:
             raise ValueError("Choose a raster layer (load one into the project first).")
-        model = self.model_widget.filePath().strip()
-        return SegmentParams(
-            layer_id=layer.id(),
-            model_path=model or None,
-            device=self.device_combo.currentText(),
-            extent=self.extent(),
-            threshold=round(self.threshold_spin.value(), 4),
-            min_length=self.min_length_spin.value(),
-            output=self.output_path(),
-            add_probability=self.probability_check.isChecked(),
-            layer_name=f"Roads ({layer.name()})",
-        )
+        output = self.output_path()
+        threshold = None if self.model_threshold_check.isChecked() else round(self.threshold_spin.value(), 4)
+        inference = InferenceParams(
+            model=self.model_widget.filePath().strip() or None, device=self.device_combo.currentText(),
+            threshold=threshold, extent=self.extent(), **self.option_values(InferenceParams))
+        suffix = Path(output).suffix.lower() if output else ""
+        vectorise = VectoriseParams(format=VECTOR_EXTENSIONS.get(suffix), **self.option_values(VectoriseParams))
+        return SegmentParams(layer_id=layer.id(), inference=inference, vectorise=vectorise, output=output,
+                             add_probability=self.probability_check.isChecked(),
+                             layer_name=f"Roads ({layer.name()})")
 
     def accept(self) -> None:
         """Close only when the values form a valid `SegmentParams`; otherwise say what is wrong."""

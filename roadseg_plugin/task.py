@@ -1,13 +1,17 @@
 """`RoadSegTask`: segment a raster layer and vectorise the roads in the QGIS task manager.
 
 Threads: `__init__` runs on the main thread and prepares everything that touches QGIS layers
-(the raster reader comes from `qgis_reader.raster_source`, which clones the data provider there);
-`run` runs on a worker thread and only calls the QGIS-free core; `finished` runs on the main
+(the raster reader comes from `layer_source`, which clones the data provider there); `run` runs
+on a worker thread and only calls `core.pipeline.extract_roads`; `finished` runs on the main
 thread again and is the only place that adds layers or writes to the message bar. The result of
 a run is a typed `TaskOutcome` (ok / failed with a message / cancelled).
+
+The pipeline moves its outputs into place only when everything succeeded, so after a failure or
+a cancel the only thing to remove is the task's own temporary folder.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import threading
@@ -16,7 +20,7 @@ import traceback
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from qgis.core import (
     Qgis,
@@ -25,6 +29,7 @@ from qgis.core import (
     QgsMapLayer,
     QgsProcessingUtils,
     QgsProject,
+    QgsProviderRegistry,
     QgsRasterDataProvider,
     QgsRasterLayer,
     QgsRasterShader,
@@ -39,12 +44,9 @@ from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QColor
 
 from .core.errors import Cancelled, RoadSegError
+from .core.params import InferenceParams
 from .params import SegmentParams
 from .plugin import PLUGIN_NAME, log
-
-# Share of the progress bar each stage gets (segmentation dominates the run time).
-SEGMENT_SHARE = 85.0
-VECTORISE_SHARE = 13.0
 
 ROAD_COLOUR = QColor(255, 127, 0)
 ROAD_WIDTH_MM = 0.8
@@ -104,36 +106,9 @@ class RoadSegTask(QgsTask):
         self.added_layers: list[QgsMapLayer] = []
         self._temp_root = QgsProcessingUtils.tempFolder()
         self._workdir: Path | None = None
-        self._created: list[Path] = []
-
-        from .qgis_reader import local_file, raster_source
-
         # Main thread: a non-file layer or an extent gives a ProviderReader that clones the
         # layer's data provider here, so `run` never touches the layer.
-        extent = QgsRectangle(*params.extent) if params.extent is not None else None
-        gsd_m = self._reading_gsd(layer) if extent is not None or local_file(layer) is None else None
-        self.source = raster_source(layer, extent=extent, gsd_m=gsd_m)
-
-    def _reading_gsd(self, layer: QgsRasterLayer) -> float | None:
-        """The model's GSD when the layer must be resampled to it (as the engine does for files:
-        no native pixel size, or one more than 25 % off); None reads at the layer's own pixels.
-        An unreadable model gives None here; `run` then reports the model error."""
-        from .core.checkpoint import BUNDLED_MODEL, ModelMeta, read_checkpoint
-        from .qgis_reader import metres_to_layer_units
-
-        try:
-            path = self.params.model_path or BUNDLED_MODEL
-            gsd = ModelMeta.from_dict(read_checkpoint(path).get("meta", {}), path).gsd_m
-        except RoadSegError:
-            return None
-        if not gsd or gsd <= 0:
-            return None
-        provider = layer.dataProvider()
-        if not provider.capabilities() & QgsRasterDataProvider.Size or provider.xSize() <= 0:
-            return gsd
-        model_x, _ = metres_to_layer_units(layer.crs(), gsd, layer.extent().center().y())
-        native = abs(layer.rasterUnitsPerPixelX())
-        return gsd if abs(native / model_x - 1) > 0.25 else None
+        self.source = layer_source(layer, params.inference)
 
     # ------------------------------------------------------------------ worker thread
     def run(self) -> bool:
@@ -154,7 +129,7 @@ class RoadSegTask(QgsTask):
     def _work(self) -> None:
         start = time.monotonic()
         try:
-            self.outcome = self._segment_and_vectorise()
+            self.outcome = self._extract()
         except Cancelled:
             self.outcome = TaskOutcome(Status.CANCELLED, "Segment roads was cancelled; nothing was written.")
         except (RoadSegError, ValueError) as exc:  # bad input or option: the message says what to change
@@ -165,72 +140,40 @@ class RoadSegTask(QgsTask):
             self.outcome = TaskOutcome(Status.FAILED,
                                        f"unexpected {type(exc).__name__}: {first} (details in the RoadSeg log)")
         if not self.outcome.ok:
-            self._remove_outputs()
+            self._remove_workdir()
         self.outcome.seconds = time.monotonic() - start
 
-    def _segment_and_vectorise(self) -> TaskOutcome:
-        from .core.engine import segment_raster
-        from .core.vector_io import write_lines
-        from .core.vectorise import vectorise_raster
+    def _extract(self) -> TaskOutcome:
+        from .core.pipeline import extract_roads
 
         params = self.params
-        self._workdir = Path(tempfile.mkdtemp(prefix="roadseg_", dir=self._temp_root))
-        lines_path = Path(params.output) if params.output else self._workdir / "roads.gpkg"
-        if params.add_probability and params.output:
-            probability_path = lines_path.with_name(f"{lines_path.stem}_probability.tif")
+        if params.output is None:  # a temporary layer: lines (and probabilities) in a folder of our own
+            self._workdir = Path(tempfile.mkdtemp(prefix="roadseg_", dir=self._temp_root))
+            lines_path = self._workdir / "roads.gpkg"
+            probability_path = self._workdir / "probability.tif" if params.add_probability else None
         else:
-            probability_path = self._workdir / "probability.tif"
-
-        self._check_cancel()
-        result = segment_raster(
-            self.source, probability_path, params.model_path, device=params.device,
-            threshold=params.threshold, on_progress=self._progress_callback(0.0, SEGMENT_SHARE),
-            is_cancelled=self.isCanceled)
-        self._created.append(probability_path)  # the engine leaves no file when it fails or is cancelled
-        self._check_cancel()
-        threshold = params.threshold if params.threshold is not None else result.threshold
-        gdf = vectorise_raster(
-            str(probability_path), threshold=threshold, min_length=params.min_length,
-            on_progress=self._progress_callback(SEGMENT_SHARE, SEGMENT_SHARE + VECTORISE_SHARE),
-            is_cancelled=self.isCanceled)
-        self._check_cancel()
-        write_lines(gdf, str(lines_path), driver=params.output_driver)  # atomic: all or nothing
-        self._created.append(lines_path)
-        self._check_cancel()
-        if not params.add_probability:
-            probability_path.unlink(missing_ok=True)
-        self.setProgress(100.0)
-        total_length = float(gdf["length_m"].sum()) if "length_m" in gdf.columns and len(gdf) else 0.0
+            lines_path = Path(params.output)
+            probability_path = (lines_path.with_name(f"{lines_path.stem}_probability.tif")
+                                if params.add_probability else None)
+        result = extract_roads(self.source, lines_path, params.inference, params.vectorise,
+                               prob_out=probability_path, on_progress=lambda f: self.setProgress(100.0 * f),
+                               is_cancelled=self.isCanceled)
+        crs = result.segment.crs if result.segment is not None else None
         return TaskOutcome(
             Status.OK,
-            lines_path=str(lines_path),
-            probability_path=str(probability_path) if params.add_probability else None,
-            n_lines=len(gdf),
-            total_length_m=total_length,
-            crs=str(result.crs) if result.crs is not None else "",
-            warnings=list(result.warnings or []),
+            lines_path=str(result.lines_path),
+            probability_path=str(result.prob_path) if result.prob_path is not None else None,
+            n_lines=result.n_lines,
+            total_length_m=result.length_km * 1000,
+            crs=str(crs) if crs is not None else "",
+            warnings=list(result.warnings),
         )
 
-    def _check_cancel(self) -> None:
-        if self.isCanceled():
-            raise Cancelled()
-
-    def _progress_callback(self, lo: float, hi: float) -> Callable[[float], None]:
-        """Map a core function's progress (a 0-1 fraction) onto [lo, hi] percent of the task bar."""
-        def on_progress(fraction: float) -> None:
-            self.setProgress(lo + (hi - lo) * min(max(float(fraction), 0.0), 1.0))
-        return on_progress
-
-    def _remove_outputs(self) -> None:
-        """After a failure or cancel: no partial file stays behind."""
-        for path in self._created:
-            if path.suffix.lower() == ".shp":
-                for sibling in path.parent.glob(f"{path.stem}.*"):
-                    if sibling.suffix.lower() in {".shp", ".shx", ".dbf", ".prj", ".cpg", ".qpj"}:
-                        sibling.unlink(missing_ok=True)
-            path.unlink(missing_ok=True)
+    def _remove_workdir(self) -> None:
+        """After a failure or cancel: the pipeline wrote nothing; only our temporary folder goes."""
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
 
     # ------------------------------------------------------------------ main thread
     def finished(self, result: bool) -> None:  # noqa: ARG002 - the outcome says more than the flag
@@ -240,7 +183,7 @@ class RoadSegTask(QgsTask):
         outcome = self.outcome
         bar = self._message_bar()
         if outcome.status is Status.CANCELLED:
-            self._remove_outputs()
+            self._remove_workdir()
             log(outcome.message)
             if bar is not None:
                 bar.pushMessage(PLUGIN_NAME, outcome.message, Qgis.Info, 5)
@@ -273,7 +216,7 @@ class RoadSegTask(QgsTask):
         if outcome.probability_path:
             raster = QgsRasterLayer(outcome.probability_path, f"{name} probability")
             if raster.isValid():
-                style_probability(raster)
+                style_probability(raster, maximum=1 if self.params.inference.binary else 255)
                 self.project.addMapLayer(raster)
                 self.added_layers.append(raster)
             else:
@@ -312,19 +255,67 @@ def style_roads(layer: QgsVectorLayer) -> None:
     layer.triggerRepaint()
 
 
-def style_probability(layer: QgsRasterLayer) -> None:
-    """uint8 probability (0-255): transparent below ~0.2, then yellow to red, semi-transparent."""
-    ramp = QgsColorRampShader(0, 255, None, QgsColorRampShader.Interpolated)
+def style_probability(layer: QgsRasterLayer, maximum: int = 255) -> None:
+    """Probability x 255 (or a 0/1 mask, `maximum` 1): transparent below ~0.2, then yellow to red."""
+    ramp = QgsColorRampShader(0, maximum, None, QgsColorRampShader.Interpolated)
     ramp.setColorRampItemList([
         QgsColorRampShader.ColorRampItem(0, QColor(255, 255, 0, 0), "0"),
-        QgsColorRampShader.ColorRampItem(51, QColor(255, 255, 0, 0), "0.2"),
-        QgsColorRampShader.ColorRampItem(128, QColor(255, 200, 0, 140), "0.5"),
-        QgsColorRampShader.ColorRampItem(255, QColor(230, 0, 0, 200), "1"),
+        QgsColorRampShader.ColorRampItem(0.2 * maximum, QColor(255, 255, 0, 0), "0.2"),
+        QgsColorRampShader.ColorRampItem(0.5 * maximum, QColor(255, 200, 0, 140), "0.5"),
+        QgsColorRampShader.ColorRampItem(maximum, QColor(230, 0, 0, 200), "1"),
     ])
     shader = QgsRasterShader()
     shader.setRasterShaderFunction(ramp)
     renderer = QgsSingleBandPseudoColorRenderer(layer.dataProvider(), 1, shader)
     renderer.setClassificationMin(0)
-    renderer.setClassificationMax(255)
+    renderer.setClassificationMax(maximum)
     layer.setRenderer(renderer)
     layer.triggerRepaint()
+
+
+def layer_source(layer: QgsRasterLayer, params: InferenceParams) -> Any:
+    """What `extract_roads` reads for `layer`: its file, or a `qgis_reader.ProviderReader`.
+
+    Shared by the task and the Processing algorithms, so both read a layer the same way. Call
+    it on the thread that owns the layer (the reader clones its data provider). The reader
+    covers `params.extent` (in the layer's CRS) and reads at the model's resolution when the
+    layer's own is too far off, as the core does for files; it lists the layer's local file in
+    `files`, so that the pipeline refuses an output that would overwrite it.
+    """
+    from .qgis_reader import local_file, raster_source
+
+    extent = QgsRectangle(*params.extent) if params.extent is not None else None
+    gsd_m = reading_gsd(layer, params.model) if extent is not None or local_file(layer) is None else None
+    source = raster_source(layer, extent=extent, gsd_m=gsd_m)
+    if not isinstance(source, (str, os.PathLike)):
+        source.files = layer_files(layer)
+    return source
+
+
+def layer_files(layer: QgsMapLayer) -> list[str]:
+    """The local file behind a layer (a GeoTIFF, a GeoPackage holding it...), if there is one."""
+    path = QgsProviderRegistry.instance().decodeUri(layer.providerType(), layer.source()).get("path") or ""
+    return [path] if path and os.path.isfile(path) else []
+
+
+def reading_gsd(layer: QgsRasterLayer, model: str | None) -> float | None:
+    """The model's GSD when the layer must be resampled to it (as the engine does for files:
+    no native pixel size, or one more than 25 % off); None reads at the layer's own pixels.
+    An unreadable model gives None here; the pipeline then reports the model error."""
+    from .core.gsd import metres_to_crs_units
+    from .core.params import read_model_info
+    from .core.readers import GSD_TOLERANCE
+    from .qgis_reader import crs_string
+
+    try:
+        gsd = read_model_info(model).gsd_m  # metadata only: no torch on the main thread
+    except RoadSegError:
+        return None
+    if not gsd or gsd <= 0:
+        return None
+    provider = layer.dataProvider()
+    if not provider.capabilities() & QgsRasterDataProvider.Size or provider.xSize() <= 0:
+        return gsd
+    model_x, _ = metres_to_crs_units(crs_string(layer.crs()), gsd, layer.extent().center().y())
+    native = abs(layer.rasterUnitsPerPixelX())
+    return gsd if abs(native / model_x - 1) > GSD_TOLERANCE else None

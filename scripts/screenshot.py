@@ -112,11 +112,13 @@ def start():
     iface.mapCanvas().setExtent(layer.extent())
     STATE["raster_crs"] = layer.crs().authid()
 
+    from roadseg_plugin.core.params import InferenceParams, VectoriseParams
     from roadseg_plugin.params import SegmentParams
 
-    params = SegmentParams(layer_id=layer.id(), model_path=CFG["model"], device=CFG["device"],
-                           min_length=CFG["min_length"], add_probability=CFG["probability"],
-                           layer_name="Roads (RoadSeg)")
+    params = SegmentParams(layer_id=layer.id(), inference=InferenceParams(model=CFG["model"], device=CFG["device"]),
+                           vectorise=VectoriseParams(**({} if CFG["min_length"] is None
+                                                        else {"min_length": CFG["min_length"]})),
+                           add_probability=CFG["probability"], layer_name="Roads (RoadSeg)")
     task = plugin.start(params)
     if task is None:
         raise RuntimeError("the plugin refused to start the task (see the message bar)")
@@ -246,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--zoom", type=float, nargs=4, metavar=("XMIN", "YMIN", "XMAX", "YMAX"),
                         help="map extent (EPSG:26986) for the screenshot; default: the whole tile")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--min-length", type=float, default=20.0, help="minimum road line length (m)")
+    parser.add_argument("--min-length", type=float, help="minimum road line length (m); default: RoadSeg's")
     parser.add_argument("--probability", action="store_true", help="also add the probability raster")
     parser.add_argument("--timeout", type=int, default=900, help="seconds before QGIS is stopped")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder and print it")

@@ -66,12 +66,12 @@ class _Net:
             cols += chain[1:]
             w += np.maximum(np.diff(s), _EPS).tolist()
         keep: dict[tuple[int, int], float] = {}  # parallel edges: the shortest counts
-        for a, b, x in zip(rows, cols, w):
+        for a, b, x in zip(rows, cols, w, strict=True):
             key = (min(a, b), max(a, b))
             keep[key] = min(x, keep.get(key, np.inf))
         if not keep:
             return coo_matrix((n_nodes, n_nodes)).tocsr()
-        (a, b), x = zip(*keep.keys()), list(keep.values())
+        (a, b), x = zip(*keep.keys(), strict=True), list(keep.values())
         return coo_matrix((x, (a, b)), shape=(n_nodes, n_nodes)).tocsr()
 
     def control_points(self, spacing: float) -> tuple[np.ndarray, object]:
@@ -106,7 +106,7 @@ class _Net:
         ids = np.full(len(points), -1)
         ids[hit] = len(self.pos) + np.arange(hit.size)
         inserts: dict[int, list[tuple[float, int]]] = {}
-        for e, a, n in zip(edge.tolist(), arc.tolist(), ids[hit].tolist()):
+        for e, a, n in zip(edge.tolist(), arc.tolist(), ids[hit].tolist(), strict=True):
             inserts.setdefault(e, []).append((a, n))
         return ids, self.split(inserts, len(self.pos) + hit.size)
 

@@ -19,9 +19,11 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import affine
 import numpy as np
@@ -96,7 +98,7 @@ def iter_tile_batches(reader: RasterReader, grid: TileGrid, bands: list[int], no
                       batch_size: int) -> Iterator[TileBatch]:
     """Batches of normalised tiles in row-major order, reading one strip per tile row."""
     origins = [(r, c) for r in grid.row_origins for c in grid.col_origins]
-    row_done = {r: grid.raster_rows(nxt)[0] for r, nxt in zip(grid.row_origins, grid.row_origins[1:])}
+    row_done = {r: grid.raster_rows(nxt)[0] for r, nxt in pairwise(grid.row_origins)}
     row_done[grid.row_origins[-1]] = grid.height
     last_col, strip_row, data, valid = grid.col_origins[-1], None, None, None
     t = grid.tile
@@ -261,7 +263,7 @@ def _run_pipeline(reader: RasterReader, grid: TileGrid, bands: list[int], normal
             if is_cancelled is not None and is_cancelled():
                 raise Cancelled()
             probs = runner(batch.tiles)
-            for prob, valid, (r, c), finished in zip(probs, batch.valid, batch.origins, batch.finished):
+            for prob, valid, (r, c), finished in zip(probs, batch.valid, batch.origins, batch.finished, strict=True):
                 blend.add(prob, valid, r, c)
                 if finished is not None and (rows := blend.pop(finished, encode)) is not None:
                     sink.write(*rows)

@@ -41,5 +41,5 @@ class OutputError(RoadSegError, OSError):
     """An output file cannot be written."""
 
 
-class Cancelled(Exception):
+class Cancelled(Exception):  # noqa: N818 - the user cancelled: an outcome, not an error
     """Raised inside long work when the caller's cancel flag is set."""

@@ -28,7 +28,7 @@ class PixelCounts:
     relaxed_tp_true: int = 0  # true road pixels with a predicted road pixel within RELAX_PX
     true: int = 0
 
-    def __add__(self, other: "PixelCounts") -> "PixelCounts":
+    def __add__(self, other: PixelCounts) -> PixelCounts:
         return PixelCounts(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
 
     def metrics(self) -> dict[str, float]:

@@ -49,7 +49,7 @@ class ModelMeta:
     val_metrics: dict[str, float] = field(default_factory=dict)
     data: str = ""
     torch_version: str = field(default_factory=_torch_version)
-    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -65,7 +65,7 @@ class ModelMeta:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], path: object = "") -> "ModelMeta":
+    def from_dict(cls, data: dict[str, Any], path: object = "") -> ModelMeta:
         """Build and check the metadata; a missing key or a wrong type names the key.
 
         Raises:
@@ -127,7 +127,7 @@ class _Stub:
     def __init__(self, *args: object, **kwargs: object) -> None:
         pass
 
-    def __call__(self, *args: object, **kwargs: object) -> "_Stub":
+    def __call__(self, *args: object, **kwargs: object) -> _Stub:
         return _Stub()
 
 

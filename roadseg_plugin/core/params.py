@@ -160,7 +160,7 @@ class InferenceParams:
         """The model file: the one given, or the bundled model."""
         return Path(self.model) if self.model else BUNDLED_MODEL
 
-    def check_model(self, meta: "ModelMeta", path: object = "") -> None:
+    def check_model(self, meta: ModelMeta, path: object = "") -> None:
         """Refuse options the model cannot take, before it is loaded or any pixel is read."""
         depth = int(meta.arch_config.get("depth", 4))
         tile = self.tile or meta.tile
@@ -175,7 +175,7 @@ class InferenceParams:
                              f"{len(self.bands)} band(s) chosen but the model {path} takes {meta.in_channels}",
                              "pass exactly that many band numbers")
 
-    def with_changes(self, **changes: Any) -> "InferenceParams":
+    def with_changes(self, **changes: Any) -> InferenceParams:
         return replace(self, **changes)
 
 
@@ -225,7 +225,7 @@ def vector_format(name: str) -> str:
                      f"use one of {', '.join(VECTOR_FORMATS)}")
 
 
-def read_model_info(path: str | os.PathLike | None = None) -> "ModelMeta":
+def read_model_info(path: str | os.PathLike | None = None) -> ModelMeta:
     """The metadata of a `.pt` checkpoint or exported `.onnx` model, without torch.
 
     None means the bundled model. Checkpoints are read with a restricted unpickler that only

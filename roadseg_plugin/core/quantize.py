@@ -17,8 +17,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -76,7 +76,7 @@ def _keep_tiles(batches: Iterator, wanted: set[int], limit: int) -> list[np.ndar
     """Copies of the wanted tiles (by row-major index) that are mostly valid, at most `limit`."""
     kept, index = [], 0
     for batch in batches:
-        for tile, valid in zip(batch.tiles, batch.valid):
+        for tile, valid in zip(batch.tiles, batch.valid, strict=True):
             if index in wanted and valid.mean() > 0.5:
                 kept.append(tile[None].copy())
             index += 1
@@ -87,8 +87,13 @@ def _keep_tiles(batches: Iterator, wanted: set[int], limit: int) -> list[np.ndar
 
 def _quantize(fp32: Path, crops: Iterator[np.ndarray], out: Path) -> None:
     import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):

@@ -14,7 +14,8 @@ distance to the nearest background pixel, as scipy's EDT) and probabilities, fro
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
+from itertools import pairwise
 
 import networkx as nx
 import numpy as np
@@ -135,13 +136,13 @@ def _bridge_gaps(graph: nx.MultiGraph, gap_m: float, scale: tuple[float, float])
         unit = vec / np.maximum(dist, 1e-9)[:, None]
         ok = ((np.einsum("ij,ij->i", dirs[pairs[:, 0]], unit) >= cos_max)
               & (np.einsum("ij,ij->i", dirs[pairs[:, 1]], -unit) >= cos_max))
-        for (i, j), dd in sorted(zip(pairs[ok].tolist(), dist[ok]), key=lambda t: t[1]):
+        for (i, j), dd in sorted(zip(pairs[ok].tolist(), dist[ok], strict=True), key=lambda t: t[1]):
             if not (used[i] or used[j]):
                 used[i] = used[j] = True
                 a, b = ends[i], ends[j]
                 graph.add_edge(a, b, pts=np.array([graph.nodes[a]["rc"], graph.nodes[b]["rc"]]),
                                start=a, len=float(dd), n=0.0, sw=0.0, sp=0.0)
-    _bridge_to_lines(graph, [e for e, u in zip(ends, used) if not u],
+    _bridge_to_lines(graph, [e for e, u in zip(ends, used, strict=True) if not u],
                      pos[~used], dirs[~used], gap_m, sc, cos_max)
 
 def _bridge_to_lines(graph: nx.MultiGraph, ends: list[int], pos: np.ndarray, dirs: np.ndarray,
@@ -172,7 +173,7 @@ def _bridge_to_lines(graph: nx.MultiGraph, ends: list[int], pos: np.ndarray, dir
         return
     tree = cKDTree(verts[cand])
     targets: dict[int, list[tuple[int, int, float]]] = {}  # edge -> (vertex index, end, dist)
-    for e, p, dvec, near in zip(ends, pos, dirs, tree.query_ball_point(pos, gap_m)):
+    for e, p, dvec, near in zip(ends, pos, dirs, tree.query_ball_point(pos, gap_m), strict=True):
         near = cand[np.asarray(near, dtype=np.int64)]
         near = near[owner[near] != own_edge[e]]
         if not near.size:
@@ -197,7 +198,7 @@ def _bridge_to_lines(graph: nx.MultiGraph, ends: list[int], pos: np.ndarray, dir
         if cuts:
             graph.remove_edge(u, v, k)
             bounds = [0, *cuts, len(pts) - 1]
-            for a, b in zip(bounds[:-1], bounds[1:]):
+            for a, b in pairwise(bounds):
                 part = pts[a:b + 1]
                 frac = (b - a) / (len(pts) - 1)
                 graph.add_edge(at[a], at[b], pts=part, start=at[a],
@@ -220,7 +221,7 @@ def _drop_short(graph: nx.MultiGraph, min_m: float) -> None:
     adj = coo_matrix((np.ones(len(ends)), (ends[:, 0], ends[:, 1])), shape=(len(nodes), len(nodes)))
     count, label = connected_components(adj, directed=False)
     short = np.bincount(label[ends[:, 0]], lengths, minlength=count) < min_m
-    graph.remove_nodes_from([n for n, c in zip(nodes, label) if short[c]])
+    graph.remove_nodes_from([n for n, c in zip(nodes, label, strict=True) if short[c]])
 
 def _check(min_length: float, spur_length: float, gap: float, tolerance: float,
            block_size: int | None, halo: int) -> None:

@@ -8,8 +8,8 @@ probabilities are summed along each piece for the line attributes.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Callable
 
 import numpy as np
 import sknw
@@ -145,7 +145,7 @@ class Pieces:
             return
         edges = np.diff(np.concatenate(([0], own.view(np.int8), [0])))
         starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-        self.pts.extend(verts[s:e + 1] for s, e in zip(starts, stops))
+        self.pts.extend(verts[s:e + 1] for s, e in zip(starts, stops, strict=True))
         first = np.flatnonzero(own)  # each owned segment samples its first vertex
         rr, cc = local[first, 0], local[first, 1]
         width = np.maximum(2.0 * _half_widths(padded, rr, cc, radius) - 1.0, 1.0)

@@ -5,7 +5,7 @@ evaluation) and the streaming raster engine, so both blend tiles identically.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -73,7 +73,7 @@ def predict_array(image: np.ndarray, predict_batch: PredictBatch, tile: int, ove
             raise Cancelled()
         tiles = np.stack([padded[:, r:r + tile, c:c + tile] for r, c in batch])
         probs = predict_batch(np.ascontiguousarray(tiles, dtype=np.float32))
-        for (r, c), p in zip(batch, probs):
+        for (r, c), p in zip(batch, probs, strict=True):
             acc[r:r + tile, c:c + tile] += p * window
         done += len(batch)
         if on_progress is not None:

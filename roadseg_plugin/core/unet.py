@@ -63,7 +63,7 @@ class Decoder(nn.Module):
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         x = features[-1]
-        for block, skip in zip(self.blocks, reversed(features[:-1])):
+        for block, skip in zip(self.blocks, reversed(features[:-1]), strict=True):
             x = block(x, skip)
         return x
 

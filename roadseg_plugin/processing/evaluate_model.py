@@ -11,17 +11,28 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingOutputNumber,
-    QgsProcessingParameterEnum,
     QgsProcessingParameterFeatureSource,
-    QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
     QgsProcessingUtils,
 )
 
-from .base import (BUNDLED_MODEL, MODEL_FILTER, RoadSegAlgorithm, devices, import_training, in_python_thread,
-                   layer_path, model_meta, source_to_frame)
+from ..core.params import InferenceParams
+from .base import (
+    RoadSegAlgorithm,
+    add_parameters,
+    import_training,
+    in_python_thread,
+    layer_path,
+    options_help,
+    read_parameters,
+    source_to_frame,
+)
+
+# The whole raster is compared with the reference, as probabilities (not a 0/1 mask); the
+# non-georeferenced pixel size is left out as references need a CRS anyway.
+NOT_EVALUATED = ("extent", "binary", "gsd")
 
 
 def score(prob_path: str, truth_from_grid: Any, threshold: float) -> dict[str, Any]:
@@ -45,13 +56,10 @@ def score(prob_path: str, truth_from_grid: Any, threshold: float) -> dict[str, A
 
 
 class EvaluateModelAlgorithm(RoadSegAlgorithm):
-    MODEL = "MODEL"
     RASTER = "RASTER"
     LINES = "LINES"
     BUFFER = "BUFFER"
     REFERENCE_MASK = "REFERENCE_MASK"
-    DEVICE = "DEVICE"
-    THRESHOLD = "THRESHOLD"
     OUTPUT_JSON = "OUTPUT_JSON"
     IOU = "IOU"
     F1 = "F1"
@@ -61,21 +69,19 @@ class EvaluateModelAlgorithm(RoadSegAlgorithm):
     def name(self) -> str:
         return "evaluatemodel"
 
-    def displayName(self) -> str:  # noqa: N802 (QGIS API)
+    def displayName(self) -> str:
         return self.tr("Evaluate model")
 
-    def shortHelpString(self) -> str:  # noqa: N802 (QGIS API)
+    def shortHelpString(self) -> str:
         return self.tr(
             "Runs a model over an image and compares its roads with a reference: road lines you digitised "
             "(buffered by the road half-width, in metres) or a road mask raster (0/1 or 0/255).\n\n"
             "Outputs IoU, F1 and relaxed F1 (a road pixel counts when the other side has one within 3 px) "
             "over the image's valid pixels, and APLS, which compares the road graphs' shortest paths "
-            "(1 = same connectivity). All figures, with precision and recall, go to the JSON file.")
+            "(1 = same connectivity). All figures, with precision and recall, go to the JSON file.\n\n"
+        ) + options_help(InferenceParams, skip=NOT_EVALUATED)
 
-    def initAlgorithm(self, config: dict | None = None) -> None:  # noqa: N802 (QGIS API)
-        self.addParameter(QgsProcessingParameterFile(
-            self.MODEL, self.tr("Model (.pt); empty for the bundled model"), fileFilter=MODEL_FILTER,
-            defaultValue=str(BUNDLED_MODEL), optional=True))
+    def initAlgorithm(self, config: dict | None = None) -> None:
         self.addParameter(QgsProcessingParameterRasterLayer(self.RASTER, self.tr("Aerial image")))
         self.addParameter(QgsProcessingParameterFeatureSource(
             self.LINES, self.tr("Reference road lines"), [QgsProcessing.TypeVectorLine], optional=True))
@@ -84,21 +90,17 @@ class EvaluateModelAlgorithm(RoadSegAlgorithm):
             defaultValue=3.5, minValue=0.1))
         self.addParameter(QgsProcessingParameterRasterLayer(
             self.REFERENCE_MASK, self.tr("Reference road mask (instead of lines)"), optional=True))
-        self.addParameter(QgsProcessingParameterEnum(
-            self.DEVICE, self.tr("Device"), options=devices(), defaultValue="auto", usesStaticStrings=True))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.THRESHOLD, self.tr("Road probability threshold (-1: the model's)"),
-            QgsProcessingParameterNumber.Double, defaultValue=-1.0, minValue=-1.0, maxValue=1.0))
+        add_parameters(self, InferenceParams, skip=NOT_EVALUATED)
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_JSON, self.tr("Figures (JSON)"),
                                                                 "JSON (*.json)"))
         for key, label in ((self.IOU, "IoU"), (self.F1, "F1"), (self.RELAXED_F1, "Relaxed F1"), (self.APLS, "APLS")):
             self.addOutput(QgsProcessingOutputNumber(key, self.tr(label)))
 
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,
-                         feedback: QgsProcessingFeedback) -> dict[str, Any]:  # noqa: N802 (QGIS API)
+                         feedback: QgsProcessingFeedback) -> dict[str, Any]:
         self.require_dependencies()
         from ..core.engine import segment_raster
-        from ..qgis_reader import raster_source
+        from ..task import layer_source
 
         drawn_lines = import_training("drawn_lines")
         layer = self.parameterAsRasterLayer(parameters, self.RASTER, context)
@@ -109,16 +111,15 @@ class EvaluateModelAlgorithm(RoadSegAlgorithm):
         if reference is None and lines_source is None:
             raise QgsProcessingException(self.tr("Give reference road LINES or a REFERENCE_MASK raster"))
         buffer_m = self.parameterAsDouble(parameters, self.BUFFER, context)
-        threshold = self.parameterAsDouble(parameters, self.THRESHOLD, context)
-        model = self.parameterAsFile(parameters, self.MODEL, context) or None
-        device = self.parameterAsEnumString(parameters, self.DEVICE, context)
+        params = read_parameters(self, InferenceParams, parameters, context, layer.crs())
 
         def work():  # segment, then compare with the reference on the prediction's grid
             result = segment_raster(
-                raster_source(layer, None, model_meta(model).gsd_m),
-                QgsProcessingUtils.generateTempFilename("roadseg_eval.tif"), model, device=device,
-                threshold=None if threshold < 0 else threshold, on_progress=self.progress(feedback, 0, 80),
-                is_cancelled=feedback.isCanceled)
+                layer_source(layer, params), QgsProcessingUtils.generateTempFilename("roadseg_eval.tif"),
+                params.model, device=params.device, backend=params.backend, tile=params.tile,
+                overlap=params.overlap, batch_size=params.batch_size,
+                bands=list(params.bands) if params.bands else None, threshold=params.threshold, tta=params.tta,
+                on_progress=self.progress(feedback, 0, 80), is_cancelled=feedback.isCanceled)
             if reference is not None:
                 mask_path = layer_path(reference, "REFERENCE_MASK", "roadseg_reference.tif")
                 return score(result.path, lambda *grid: drawn_lines.mask_on_grid(mask_path, *grid), result.threshold)
@@ -128,7 +129,7 @@ class EvaluateModelAlgorithm(RoadSegAlgorithm):
 
         with self.core_errors():
             figures = in_python_thread(work)
-        figures.update(model=str(model or BUNDLED_MODEL),
+        figures.update(model=str(params.model_path),
                        raster=layer.source(), reference="mask" if reference is not None else "lines")
         path = Path(self.parameterAsFileOutput(parameters, self.OUTPUT_JSON, context))
         path.write_text(json.dumps(figures, indent=2))

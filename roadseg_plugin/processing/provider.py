@@ -14,11 +14,11 @@ from .vectorise_mask import VectoriseMaskAlgorithm
 class RoadSegProvider(QgsProcessingProvider):
     """Toolbox group "RoadSeg"; algorithm ids are `roadseg:<name>`."""
 
-    def getAlgs(self) -> list:  # noqa: N802 (QGIS naming)
+    def getAlgs(self) -> list:
         return [SegmentRoadsAlgorithm(), VectoriseMaskAlgorithm(), TrainFromLinesAlgorithm(),
                 EvaluateModelAlgorithm()]
 
-    def loadAlgorithms(self) -> None:  # noqa: N802 (QGIS API)
+    def loadAlgorithms(self) -> None:
         for algorithm in self.getAlgs():
             self.addAlgorithm(algorithm)
 
@@ -28,7 +28,7 @@ class RoadSegProvider(QgsProcessingProvider):
     def name(self) -> str:
         return "RoadSeg"
 
-    def longName(self) -> str:  # noqa: N802 (QGIS API)
+    def longName(self) -> str:
         return "RoadSeg: road extraction from aerial imagery"
 
     def icon(self) -> QIcon:

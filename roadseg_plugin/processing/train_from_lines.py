@@ -20,8 +20,8 @@ from qgis.core import (
     QgsProcessingUtils,
 )
 
-from .base import (BUNDLED_MODEL, RoadSegAlgorithm, devices, import_training, in_python_thread, layer_path,
-                   source_to_frame)
+from ..core.params import BUNDLED_MODEL, InferenceParams, describe
+from .base import RoadSegAlgorithm, devices, import_training, in_python_thread, layer_path, source_to_frame
 
 
 class TrainFromLinesAlgorithm(RoadSegAlgorithm):
@@ -41,10 +41,10 @@ class TrainFromLinesAlgorithm(RoadSegAlgorithm):
     def name(self) -> str:
         return "trainfromlines"
 
-    def displayName(self) -> str:  # noqa: N802 (QGIS API)
+    def displayName(self) -> str:
         return self.tr("Train model from drawn road lines")
 
-    def shortHelpString(self) -> str:  # noqa: N802 (QGIS API)
+    def shortHelpString(self) -> str:
         return self.tr(
             "Teaches a RoadSeg model your imagery: digitise road centre lines over one or more 8-bit images "
             "(any CRS), and this algorithm buffers them by the road half-width, cuts the images into "
@@ -56,7 +56,7 @@ class TrainFromLinesAlgorithm(RoadSegAlgorithm):
             "scratch. Whole tiles are held back for validation. The best epoch is written to the output "
             "model; the output folder receives loss.png, predictions.gif and history.csv.")
 
-    def initAlgorithm(self, config: dict | None = None) -> None:  # noqa: N802 (QGIS API)
+    def initAlgorithm(self, config: dict | None = None) -> None:
         self.addParameter(QgsProcessingParameterMultipleLayers(self.RASTER, self.tr("Images"),
                                                                QgsProcessing.TypeRaster))
         self.addParameter(QgsProcessingParameterFeatureSource(self.LINES, self.tr("Digitised road lines"),
@@ -80,15 +80,17 @@ class TrainFromLinesAlgorithm(RoadSegAlgorithm):
                                                        QgsProcessingParameterNumber.Integer, 256, minValue=32))
         self.addParameter(QgsProcessingParameterNumber(self.BATCH_SIZE, self.tr("Batch size"),
                                                        QgsProcessingParameterNumber.Integer, 8, minValue=1))
+        device = describe(InferenceParams, "device")
         self.addParameter(QgsProcessingParameterEnum(
-            self.DEVICE, self.tr("Device"), options=devices(), defaultValue="auto", usesStaticStrings=True))
+            self.DEVICE, self.tr(device["label"]), options=devices(), defaultValue=device["default"],
+            usesStaticStrings=True))
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_MODEL, self.tr("Trained model"),
                                                                 "RoadSeg model (*.pt)"))
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER,
                                                                   self.tr("Training plots and history")))
 
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,
-                         feedback: QgsProcessingFeedback) -> dict[str, Any]:  # noqa: N802 (QGIS API)
+                         feedback: QgsProcessingFeedback) -> dict[str, Any]:
         self.require_dependencies()
         drawn_lines, train = import_training("drawn_lines"), import_training("train")
 

@@ -1,4 +1,8 @@
-"""roadseg:vectorisemask: a road mask or probability raster in, cleaned-up centre lines out."""
+"""roadseg:vectorisemask: a road mask or probability raster in, cleaned-up centre lines out.
+
+The clean-up options are generated from `VectoriseParams` (`base.add_parameters`) and the run is
+`core.pipeline.vectorise_file`, as for `python -m roadseg_plugin vectorise`.
+"""
 from __future__ import annotations
 
 from typing import Any
@@ -8,87 +12,84 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
-    QgsProcessingParameterBoolean,
     QgsProcessingParameterFeatureSink,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
     QgsWkbTypes,
 )
 
-from .base import RoadSegAlgorithm, add_lines, in_python_thread, layer_path, line_fields
-
-# (key, label, default) in metres; the defaults are core.vectorise.VectoriseParams' (a test checks)
-CLEANUP = (
-    ("MIN_LENGTH", "Minimum road length (m)", 20.0),
-    ("SPUR_LENGTH", "Remove dead-end spurs shorter than (m)", 10.0),
-    ("GAP", "Bridge gaps between aligned line ends up to (m)", 15.0),
-    ("TOLERANCE", "Simplification tolerance (m)", 1.0),
+from ..core.params import VectoriseParams
+from .base import (
+    RoadSegAlgorithm,
+    add_lines,
+    add_parameters,
+    given,
+    in_python_thread,
+    layer_path,
+    line_fields,
+    options_help,
+    read_parameters,
 )
+from .segment_roads import SINK_OPTIONS
 
 
 class VectoriseMaskAlgorithm(RoadSegAlgorithm):
     INPUT = "INPUT"
     THRESHOLD = "THRESHOLD"
-    MIN_LENGTH = "MIN_LENGTH"
-    SPUR_LENGTH = "SPUR_LENGTH"
-    GAP = "GAP"
-    TOLERANCE = "TOLERANCE"
-    SMOOTH = "SMOOTH"
     OUTPUT = "OUTPUT"
 
     def name(self) -> str:
         return "vectorisemask"
 
-    def displayName(self) -> str:  # noqa: N802 (QGIS API)
+    def displayName(self) -> str:
         return self.tr("Vectorise road mask")
 
-    def shortHelpString(self) -> str:  # noqa: N802 (QGIS API)
+    def shortHelpString(self) -> str:
         return self.tr(
             "Turns a road raster (a RoadSeg probability raster with values 0-255, or a 0/1 or 0/255 mask) "
             "into road centre lines with fields id, length_m, width_m and mean_prob.\n\n"
-            "Pixels at or above the threshold (a probability, 0-1) are road. The clean-up distances are "
-            "in metres: lines shorter than the minimum length are dropped, dead-end spurs shorter than the "
-            "spur length are pruned, aligned line ends up to the gap length apart are joined, and lines are "
-            "simplified (and optionally smoothed).")
+            "Pixels at or above the threshold (a probability, 0-1) are road; left empty, it is the one "
+            "RoadSeg stored in a probability raster it wrote, else 0.5. The clean-up distances are in "
+            "metres.\n\n"
+        ) + options_help(VectoriseParams, skip=SINK_OPTIONS)
 
-    def initAlgorithm(self, config: dict | None = None) -> None:  # noqa: N802 (QGIS API)
+    def initAlgorithm(self, config: dict | None = None) -> None:
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Road mask or probability raster")))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.THRESHOLD, self.tr("Road probability threshold"), QgsProcessingParameterNumber.Double,
-            defaultValue=0.5, minValue=0.0, maxValue=1.0))
-        for key, label, default in CLEANUP:
-            self.addParameter(QgsProcessingParameterNumber(
-                key, self.tr(label), QgsProcessingParameterNumber.Double, defaultValue=default, minValue=0.0))
-        self.addParameter(QgsProcessingParameterBoolean(self.SMOOTH, self.tr("Smooth lines"), defaultValue=False))
+        threshold = QgsProcessingParameterNumber(
+            self.THRESHOLD, self.tr("Road probability threshold (0-1)"), QgsProcessingParameterNumber.Double,
+            None, True, 0.0, 1.0)
+        threshold.setHelp(self.tr("empty: the threshold stored in a RoadSeg probability raster, else 0.5"))
+        self.addParameter(threshold)
+        add_parameters(self, VectoriseParams, skip=SINK_OPTIONS)
         self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, self.tr("Road lines"),
                                                             QgsProcessing.TypeVectorLine))
 
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,
-                         feedback: QgsProcessingFeedback) -> dict[str, Any]:  # noqa: N802 (QGIS API)
+                         feedback: QgsProcessingFeedback) -> dict[str, Any]:
         self.require_dependencies()
-        from ..core.vectorise import vectorise_raster
+        from ..core.pipeline import vectorise_file
 
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         if layer is None:
             raise QgsProcessingException(self.invalidRasterError(parameters, self.INPUT))
-        cleanup = {key.lower(): self.parameterAsDouble(parameters, key, context) for key, _, _ in CLEANUP}
-        cleanup["smooth"] = self.parameterAsBoolean(parameters, self.SMOOTH, context)
-        threshold = self.parameterAsDouble(parameters, self.THRESHOLD, context)
+        vectorise = read_parameters(self, VectoriseParams, parameters, context)
+        threshold = (self.parameterAsDouble(parameters, self.THRESHOLD, context)
+                     if given(parameters, self.THRESHOLD) else None)  # None: the raster's own, else 0.5
 
         def work():
             path = layer_path(layer, "INPUT", "roadseg_mask.tif")
             feedback.setProgress(10)
-            return vectorise_raster(path, threshold=threshold, on_progress=self.progress(feedback, 10, 80),
-                                    is_cancelled=feedback.isCanceled, **cleanup)
+            return vectorise_file(path, None, vectorise, threshold, on_progress=self.progress(feedback, 10, 80),
+                                  is_cancelled=feedback.isCanceled)
 
         with self.core_errors():
-            lines = in_python_thread(work)
+            result = in_python_thread(work)
         feedback.setProgress(80)
         sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, line_fields(),
                                              QgsWkbTypes.LineString, layer.crs())
         if sink is None:
             raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
-        count = add_lines(sink, lines, feedback)
-        feedback.pushInfo(f"{count} road line(s)")
+        count = add_lines(sink, result.lines, feedback)
+        feedback.pushInfo(f"{count} road line(s), threshold {result.threshold:g}")
         feedback.setProgress(100)
         return {self.OUTPUT: dest_id}

@@ -16,7 +16,7 @@ def test_round_trip_keeps_weights_and_metadata(tmp_path, tiny_checkpoint):
     model2, meta2 = load_model(path)
     assert meta2.threshold == 0.37 and meta2.val_metrics == {"iou": 0.5}
     assert meta2.torch_version == torch.__version__ and meta2.created
-    for (k, a), b in zip(model.state_dict().items(), model2.state_dict().values()):
+    for (k, a), b in zip(model.state_dict().items(), model2.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
     assert not model2.training
 

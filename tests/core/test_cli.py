@@ -72,7 +72,8 @@ def bad_inputs(tmp: Path, image: Path, model: Path) -> dict[str, tuple[list[str]
         "missing checkpoint": ([str(image), "--model", str(tmp / "none.pt")], "none.pt: model file not found"),
         "unwritable mask": ([str(image), "--model", str(model), "--mask-out", str(tmp / "a_file" / "m.tif")],
                             "a_file is a file, not a folder"),
-        "unknown format": ([str(image), "--model", str(model), "--format", "xyz"], "format xyz: is not a vector format"),
+        "unknown format": ([str(image), "--model", str(model), "--format", "xyz"],
+                           "format xyz: is not a vector format"),
         "tile not a multiple": ([str(image), "--model", str(model), "--tile", "50"], "multiple of 4"),
     }
 

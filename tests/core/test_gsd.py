@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyproj
 import pytest
 import rasterio
 from affine import Affine
 from pyproj import Geod
-from pyproj import CRS as ProjCRS
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
@@ -29,14 +29,14 @@ def test_the_module_imports_neither_torch_nor_qgis():
     assert out.strip() == "[]"
 
 
-@pytest.mark.parametrize("crs", [CRS.from_epsg(26986), ProjCRS.from_epsg(26986), "EPSG:26986",
+@pytest.mark.parametrize("crs", [CRS.from_epsg(26986), pyproj.CRS.from_epsg(26986), "EPSG:26986",
                                  CRS.from_epsg(26986).to_wkt(), 26986])
 def test_metre_crs_in_every_form(crs):
     assert metres_per_unit(crs, 42.0) == (1.0, 1.0)
     assert pixel_size_m(crs, from_origin(230000, 900000, 0.5, 0.25), 100, 100) == (0.5, 0.25)
 
 
-@pytest.mark.parametrize("crs", [CRS.from_epsg(2249), "EPSG:2249", ProjCRS.from_epsg(2249).to_wkt()])
+@pytest.mark.parametrize("crs", [CRS.from_epsg(2249), "EPSG:2249", pyproj.CRS.from_epsg(2249).to_wkt()])
 def test_us_survey_feet(crs):  # Massachusetts Mainland, ftUS
     assert metres_per_unit(crs)[0] == pytest.approx(0.3048006096, rel=1e-9)
     assert metres_per_unit(crs)[0] == pytest.approx(US_FOOT, rel=1e-12)
@@ -56,7 +56,7 @@ def _geodesic_pixel(lon: float, lat: float, dx: float, dy: float) -> tuple[float
     return east, north
 
 
-@pytest.mark.parametrize("crs", [CRS.from_epsg(4326), "EPSG:4326", ProjCRS.from_epsg(4326)])
+@pytest.mark.parametrize("crs", [CRS.from_epsg(4326), "EPSG:4326", pyproj.CRS.from_epsg(4326)])
 @pytest.mark.parametrize("lat", [0.0, 60.0])
 def test_degrees_match_geodesic_distances(crs, lat):
     res = 1e-5

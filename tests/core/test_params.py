@@ -11,8 +11,14 @@ import pytest
 
 from roadseg_plugin.core.errors import CheckpointError, ParamError
 from roadseg_plugin.core.model_meta import ModelMeta
-from roadseg_plugin.core.params import (BUNDLED_MODEL, InferenceParams, VectoriseParams, check_threshold, describe,
-                                        read_model_info)
+from roadseg_plugin.core.params import (
+    BUNDLED_MODEL,
+    InferenceParams,
+    VectoriseParams,
+    check_threshold,
+    describe,
+    read_model_info,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,8 +14,8 @@ from roadseg_plugin.cli import main
 from roadseg_plugin.core.backends import load_backend
 from roadseg_plugin.core.checkpoint import BUNDLED_MODEL, load_model, save_checkpoint
 from roadseg_plugin.core.errors import CheckpointError, RasterError
-from roadseg_plugin.core.normalise import normalise
 from roadseg_plugin.core.model_meta import read_onnx_meta
+from roadseg_plugin.core.normalise import normalise
 from roadseg_plugin.core.onnx_backend import find_int8, int8_path
 from roadseg_plugin.core.quantize import quantize_model
 from tests.conftest import ROOT

@@ -1,3 +1,5 @@
+from itertools import pairwise
+
 import numpy as np
 import pytest
 
@@ -12,7 +14,7 @@ def test_origins_cover_everything(length, tile, stride):
         covered[o:o + tile] = True
     assert covered[:length].all()
     assert origins[-1] + tile == max(length, tile)
-    assert all(b - a <= stride for a, b in zip(origins, origins[1:]))
+    assert all(b - a <= stride for a, b in pairwise(origins))
 
 
 def test_window_is_positive_and_peaks_inside():

@@ -187,3 +187,97 @@ def wait_for_task(task, timeout: float = 120.0, on_poll=None) -> bool:
         time.sleep(0.01)
     QgsApplication.processEvents()
     return bool(ended)
+
+
+# ---- One option table for every adapter (dialog, task, Processing) ------------------------------
+def option_names() -> tuple[set[str], set[str]]:
+    """The field names of InferenceParams and of VectoriseParams: the options every adapter carries."""
+    from dataclasses import fields
+
+    from roadseg_plugin.core.params import InferenceParams, VectoriseParams
+
+    return {f.name for f in fields(InferenceParams)}, {f.name for f in fields(VectoriseParams)}
+
+
+def option_table(model, extent) -> dict:
+    """A value other than the default for EVERY option of InferenceParams and VectoriseParams.
+
+    The adapters' table tests set each of these through their own inputs (widgets, Processing
+    parameters, SegmentParams) and check it arrives; an option added to the core without an entry
+    here fails them all, so no adapter can forget it silently.
+    """
+    from roadseg_plugin.core.params import InferenceParams, VectoriseParams, describe
+
+    table = {
+        "model": str(model), "device": "cpu", "backend": "onnxruntime", "threshold": 0.42, "extent": extent,
+        "bands": (3, 2, 1), "tile": 128, "overlap": 24, "batch_size": 3, "tta": True, "binary": True, "gsd": 0.5,
+        "min_length": 33.0, "spur_length": 7.5, "gap": 9.0, "tolerance": 0.75, "smooth": True, "format": "shp",
+        "block_size": 512, "halo": 48,
+    }
+    inference, vectorise = option_names()
+    assert set(table) == inference | vectorise, (
+        f"give the option table a non-default value for {sorted((inference | vectorise) ^ set(table))}")
+    for name, value in table.items():
+        kind = InferenceParams if name in inference else VectoriseParams
+        assert value != describe(kind, name)["default"], f"{name}: the table's value is the default"
+    return table
+
+
+def split_options(table: dict) -> tuple[dict, dict]:
+    """`table` as (InferenceParams kwargs, VectoriseParams kwargs)."""
+    inference, _ = option_names()
+    return ({k: v for k, v in table.items() if k in inference}, {k: v for k, v in table.items() if k not in inference})
+
+
+def assert_options_arrived(table: dict, inference, vectorise, skip: tuple[str, ...] = ()) -> None:
+    """Every option of `table` (but `skip`) has its value in the params objects an adapter built."""
+    import pytest
+
+    names, _ = option_names()
+    for name, value in table.items():
+        if name in skip:
+            continue
+        got = getattr(inference if name in names else vectorise, name)
+        expected = pytest.approx(value) if isinstance(value, (float, tuple)) else value
+        assert got == expected, f"option {name}: {got!r} arrived instead of {value!r}"
+
+
+def fake_extract_roads(seen: dict):
+    """A stand-in for `core.pipeline.extract_roads` that records its arguments and finds no road."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import geopandas as gpd
+
+    from roadseg_plugin.core.pipeline import RoadsResult
+
+    def extract_roads(source, lines_out, params, vectorise_params=None, prob_out=None, on_progress=None,
+                      is_cancelled=None):
+        seen.update(source=source, lines_out=lines_out, params=params, vectorise=vectorise_params,
+                    prob_out=prob_out)
+        lines = gpd.GeoDataFrame({"id": [], "length_m": [], "width_m": [], "mean_prob": []}, geometry=[])
+        segment = SimpleNamespace(width=1, height=1, crs=None, backend="fake", device="cpu", seconds=0.1,
+                                  threshold=params.threshold or 0.5, warnings=[])
+        return RoadsResult(lines, Path(lines_out) if lines_out else None, Path(prob_out) if prob_out else None,
+                           segment, segment.threshold)
+
+    return extract_roads
+
+
+SAMPLE_PNG = _Path(__file__).resolve().parents[2] / "samples" / "massachusetts_19678630_crop.png"
+
+
+@_pytest.fixture
+def sample_geotiff(tmp_path):
+    """A 512 x 512 crop of the bundled sample image as a GeoTIFF: 1 m pixels in EPSG:26986 (the demo's)."""
+    import rasterio
+    from affine import Affine
+    from rasterio.windows import Window
+
+    with rasterio.open(SAMPLE_PNG) as src:
+        data = src.read([1, 2, 3], window=Window(256, 256, 512, 512))
+    path = tmp_path / "sample_26986.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=512, height=512, count=3, dtype="uint8", crs="EPSG:26986",
+                       transform=Affine(1.0, 0, 230000.0, 0, -1.0, 900000.0)) as dst:
+        dst.write(data)
+    return path

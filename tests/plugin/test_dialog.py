@@ -17,9 +17,15 @@ from qgis.core import (  # noqa: E402
     QgsVectorLayer,
 )
 
+from roadseg_plugin.core.params import BUNDLED_MODEL, InferenceParams, VectoriseParams  # noqa: E402
 from roadseg_plugin.dialog import EXTENT_CANVAS, EXTENT_LAYER, EXTENT_SELECTION, SegmentDialog  # noqa: E402
 from roadseg_plugin.params import SegmentParams  # noqa: E402
-from tests.plugin.conftest import UTM19_ORIGIN, write_road_geotiff  # noqa: E402
+from tests.plugin.conftest import (  # noqa: E402
+    UTM19_ORIGIN,
+    assert_options_arrived,
+    option_table,
+    write_road_geotiff,
+)
 
 
 @pytest.fixture
@@ -59,22 +65,82 @@ def test_lists_loaded_raster_layers_only(qgis_iface, road_raster_layer, tmp_path
 
 
 def test_device_list_and_defaults(dialog):
+    from roadseg_plugin.processing.base import devices as devices_offered  # the one list, shared with Processing
+
     devices = [dialog.device_combo.itemText(i) for i in range(dialog.device_combo.count())]
     assert devices[:2] == ["auto", "cpu"]
     assert ("cuda" in devices) == torch.cuda.is_available()
+    assert devices == devices_offered()
     assert dialog.extent_combo.currentData() == EXTENT_LAYER
     assert not dialog.polygon_combo.isEnabled()
     assert dialog.output_path() is None  # empty output field = temporary layer
     assert not dialog.probability_check.isChecked()
 
 
-def test_threshold_default_comes_from_the_model(dialog, model_037):
+def test_threshold_is_the_models_unless_unticked(dialog, model_037):
     dialog.model_widget.setFilePath(str(model_037))
-    assert dialog.threshold_spin.value() == pytest.approx(0.37)
+    assert dialog.model_threshold_check.isChecked() and not dialog.threshold_spin.isEnabled()
+    assert dialog.threshold_spin.value() == pytest.approx(0.37)  # shown, but left to the model
     assert "0.37" in dialog.model_info.text()
     params = dialog.params()
-    assert params.threshold == pytest.approx(0.37)
-    assert params.model_path == str(model_037)
+    assert params.inference.threshold is None
+    assert params.inference.model == str(model_037)
+    dialog.model_threshold_check.setChecked(False)
+    assert dialog.threshold_spin.isEnabled()
+    assert dialog.params().inference.threshold == pytest.approx(0.37)
+
+
+def test_left_alone_the_dialog_decides_no_option(dialog, road_raster_layer):
+    """Every option keeps the core's default (the model: the bundled one, shown by its path)."""
+    params = dialog.params()
+    assert params.inference == InferenceParams(model=str(BUNDLED_MODEL))
+    assert params.vectorise == VectoriseParams()
+    assert params.output is None and params.layer_id == road_raster_layer.id()
+    assert dialog.advanced.isCollapsed()
+
+
+def _set_widget(widget, value) -> None:
+    from qgis.PyQt.QtWidgets import QAbstractSpinBox, QCheckBox, QComboBox, QLineEdit
+
+    if isinstance(widget, QCheckBox):
+        widget.setChecked(value)
+    elif isinstance(widget, QComboBox):
+        index = widget.findData(value)
+        assert index >= 0, f"{widget.objectName()} does not offer {value!r}"
+        widget.setCurrentIndex(index)
+    elif isinstance(widget, QLineEdit):
+        widget.setText(",".join(map(str, value)))
+    elif isinstance(widget, QAbstractSpinBox):
+        widget.setValue(value)
+    else:
+        raise AssertionError(f"no way to set {widget!r}")
+
+
+def test_every_option_is_carried_into_the_params(dialog, road_raster_layer, model_037, qgis_iface, tmp_path):
+    """Each option of InferenceParams / VectoriseParams set in the widgets arrives in SegmentParams."""
+    canvas = qgis_iface.mapCanvas()
+    canvas.setDestinationCrs(QgsCoordinateReferenceSystem("EPSG:32619"))
+    x0, y0 = UTM19_ORIGIN
+    canvas.setExtent(QgsRectangle(x0 + 10, y0 - 50, x0 + 40, y0 - 20))
+    _select_extent(dialog, EXTENT_CANVAS)
+    table = option_table(model_037, extent=dialog.extent())
+    hand_made = {  # the main form's own widgets
+        "model": lambda v: dialog.model_widget.setFilePath(v),
+        "device": lambda v: dialog.device_combo.setCurrentText(v),
+        "threshold": lambda v: (dialog.model_threshold_check.setChecked(False), dialog.threshold_spin.setValue(v)),
+        "extent": lambda v: None,  # the canvas extent, chosen above
+        "format": lambda v: dialog.output_widget.setFilePath(str(tmp_path / f"roads.{v}")),  # from the extension
+    }
+    assert not set(hand_made) & set(dialog.editors)
+    for name, value in table.items():
+        if name in hand_made:
+            hand_made[name](value)
+        else:
+            assert name in dialog.editors, f"the dialog has no widget for the option {name}"
+            _set_widget(dialog.editors[name][0], value)
+    params = dialog.params()
+    assert_options_arrived(table, params.inference, params.vectorise)
+    assert params.output == str(tmp_path / "roads.shp")
 
 
 def test_corrupt_model_disables_run(dialog, tmp_path):
@@ -91,21 +157,41 @@ def test_returns_params_with_the_chosen_values(dialog, road_raster_layer, model_
     dialog.layer_combo.setLayer(road_raster_layer)
     dialog.model_widget.setFilePath(str(model_037))
     dialog.device_combo.setCurrentText("cpu")
+    dialog.model_threshold_check.setChecked(False)
     dialog.threshold_spin.setValue(0.6)
-    dialog.min_length_spin.setValue(42.0)
+    dialog.editors["min_length"][0].setValue(42.0)
     dialog.output_widget.setFilePath(str(tmp_path / "out" / "roads.shp"))
     dialog.probability_check.setChecked(True)
 
     params = dialog.params()
     assert isinstance(params, SegmentParams)
     assert params == SegmentParams(
-        layer_id=road_raster_layer.id(), model_path=str(model_037), device="cpu", extent=None,
-        threshold=0.6, min_length=42.0, output=str(tmp_path / "out" / "roads.shp"),
+        layer_id=road_raster_layer.id(),
+        inference=InferenceParams(model=str(model_037), device="cpu", extent=None, threshold=0.6),
+        vectorise=VectoriseParams(min_length=42.0, format="shp"), output=str(tmp_path / "out" / "roads.shp"),
         add_probability=True, layer_name="Roads (aerial)")
-    assert params.output_driver == "ESRI Shapefile"
 
     dialog.output_widget.setFilePath(str(tmp_path / "noext"))
     assert dialog.params().output == str(tmp_path / "noext.gpkg")
+    dialog.output_widget.setFilePath(str(tmp_path / "roads.txt"))
+    with pytest.raises(ValueError, match="roads.txt"):
+        dialog.params()
+
+
+def test_advanced_options_and_a_bad_value(dialog):
+    from qgis.PyQt.QtWidgets import QComboBox, QSpinBox
+
+    assert dialog.advanced.isCollapsed()
+    assert {"backend", "tile", "overlap", "batch_size", "bands", "tta", "binary", "gsd", "spur_length", "gap",
+            "tolerance", "smooth"} <= set(dialog.editors)
+    tile = dialog.editors["tile"][0]
+    assert isinstance(tile, QSpinBox) and "the model's" in tile.specialValueText()
+    backend = dialog.editors["backend"][0]
+    assert isinstance(backend, QComboBox) and backend.currentData() == "auto"
+    dialog.editors["bands"][0].setText("3,two,1")
+    dialog.accept()
+    assert dialog.result() != dialog.Accepted
+    assert dialog.error_label.text().startswith("bands 3,two,1:")
 
 
 def test_canvas_extent_is_reprojected_and_clipped(dialog, qgis_iface, road_raster_layer):
@@ -115,7 +201,7 @@ def test_canvas_extent_is_reprojected_and_clipped(dialog, qgis_iface, road_raste
     canvas.setExtent(QgsRectangle(x0 + 10, y0 - 50, x0 + 40, y0 - 20))
     shown = canvas.extent()  # the canvas widens to its aspect ratio
     _select_extent(dialog, EXTENT_CANVAS)
-    xmin, ymin, xmax, ymax = dialog.params().extent
+    xmin, ymin, xmax, ymax = dialog.params().inference.extent
     layer_extent = road_raster_layer.extent()
     assert xmin == pytest.approx(max(shown.xMinimum(), layer_extent.xMinimum()))
     assert xmax == pytest.approx(min(shown.xMaximum(), layer_extent.xMaximum()))
@@ -129,7 +215,7 @@ def test_canvas_extent_is_reprojected_and_clipped(dialog, qgis_iface, road_raste
     to_wgs = QgsCoordinateTransform(road_raster_layer.crs(), QgsCoordinateReferenceSystem("EPSG:4326"),
                                     QgsProject.instance())
     canvas.setExtent(to_wgs.transformBoundingBox(QgsRectangle(x0 + 20, y0 - 60, x0 + 60, y0 - 30)))
-    xmin, ymin, xmax, ymax = dialog.params().extent
+    xmin, ymin, xmax, ymax = dialog.params().inference.extent
     assert x0 - 1 < xmin < x0 + 25 and y0 - 96 <= ymin < y0 - 55
     canvas.setDestinationCrs(QgsCoordinateReferenceSystem("EPSG:32619"))
 
@@ -160,7 +246,7 @@ def test_selected_polygons_give_their_bounding_box_in_raster_crs(dialog, road_ra
     assert "Select at least one feature" in dialog.error_label.text()
 
     polygons.selectByIds([polygons.getFeatures().__next__().id()])
-    xmin, ymin, xmax, ymax = dialog.params().extent
+    xmin, ymin, xmax, ymax = dialog.params().inference.extent
     assert xmin == pytest.approx(x0 + 10, abs=0.5) and xmax == pytest.approx(x0 + 30, abs=0.5)
     assert ymin == pytest.approx(y0 - 40, abs=0.5) and ymax == pytest.approx(y0 - 20, abs=0.5)
 

@@ -33,7 +33,7 @@ def test_provider_lists_the_four_algorithms(roadseg_provider) -> None:
      {"OUTPUT"}),
     ("trainfromlines", {"RASTER", "LINES", "BUFFER", "AOI", "INIT_MODEL", "EPOCHS", "VAL_FRACTION", "OUTPUT_MODEL",
                         "OUTPUT_FOLDER"}, {"OUTPUT_MODEL", "OUTPUT_FOLDER"}),
-    ("evaluatemodel", {"MODEL", "RASTER", "LINES", "BUFFER", "REFERENCE_MASK", "OUTPUT_JSON"},
+    ("evaluatemodel", {"MODEL", "RASTER", "LINES", "BUFFER", "REFERENCE_MASK", "DEVICE", "THRESHOLD", "OUTPUT_JSON"},
      {"OUTPUT_JSON", "IOU", "F1", "RELAXED_F1", "APLS"}),
 ])
 def test_parameters_and_outputs(roadseg_provider, name: str, params: set, outputs: set) -> None:
@@ -48,24 +48,24 @@ def test_devices_and_default_model(roadseg_provider) -> None:
     import torch
     from qgis.core import QgsApplication
 
-    from roadseg_plugin.core.checkpoint import BUNDLED_MODEL
-    from roadseg_plugin.processing.base import BUNDLED_MODEL as PLUGIN_BUNDLED
+    from roadseg_plugin.core.params import BUNDLED_MODEL
 
-    assert PLUGIN_BUNDLED == BUNDLED_MODEL  # the torch-free copy of the path agrees
-    alg = QgsApplication.processingRegistry().algorithmById("roadseg:segmentroads").create()  # torch now imported
-    device = alg.parameterDefinition("DEVICE")
     expected = ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    assert device.options() == expected
-    assert alg.parameterDefinition("MODEL").defaultValue() == str(BUNDLED_MODEL)
+    for name, model_key in (("segmentroads", "MODEL"), ("evaluatemodel", "MODEL"), ("trainfromlines", "INIT_MODEL")):
+        alg = QgsApplication.processingRegistry().algorithmById(f"roadseg:{name}").create()  # torch now imported
+        assert alg.parameterDefinition("DEVICE").options() == expected, name
+        assert alg.parameterDefinition(model_key).defaultValue() == str(BUNDLED_MODEL), name
 
 
-def test_vectorise_defaults_match_the_core() -> None:
-    from roadseg_plugin.core.vectorise import VectoriseParams
-    from roadseg_plugin.processing.vectorise_mask import CLEANUP
+def test_no_threshold_is_spelled_minus_one(roadseg_provider) -> None:
+    """An empty optional threshold is the model's (or the raster's) own: no magic -1 anywhere."""
+    from qgis.core import QgsApplication
 
-    params = VectoriseParams()
-    for key, _, default in CLEANUP:
-        assert getattr(params, key.lower()) == default, key
+    for name in ("segmentroads", "vectorisemask", "evaluatemodel"):
+        threshold = QgsApplication.processingRegistry().algorithmById(f"roadseg:{name}").parameterDefinition(
+            "THRESHOLD")
+        assert threshold.flags() & threshold.FlagOptional and threshold.defaultValue() is None, name
+        assert threshold.minimum() == 0 and threshold.maximum() == 1, name
 
 
 def test_missing_dependency_is_a_processing_error(roadseg_provider, road_rasters, tmp_path,

@@ -11,6 +11,7 @@ from affine import Affine
 from rasterio.features import rasterize
 
 from tests.conftest import needs_shared_data
+from tests.plugin.conftest import assert_options_arrived, fake_extract_roads, option_names, option_table
 
 FIELDS = ["id", "length_m", "width_m", "mean_prob"]
 
@@ -132,7 +133,7 @@ def test_bad_model_is_a_clear_processing_error(roadseg_provider, road_rasters, t
 
 @needs_shared_data
 def test_real_tile_with_the_bundled_model(roadseg_provider, mass_tile, tmp_path: Path) -> None:
-    from roadseg_plugin.core.checkpoint import BUNDLED_MODEL
+    from roadseg_plugin.core.params import BUNDLED_MODEL
 
     if not BUNDLED_MODEL.is_file():
         pytest.skip(f"no bundled model at {BUNDLED_MODEL} yet")
@@ -145,3 +146,91 @@ def test_real_tile_with_the_bundled_model(roadseg_provider, mass_tile, tmp_path:
         mask = src.read(1) > 127
         transform = src.transform
     assert on_roads(lines, mask, transform, tolerance_px=8) > 0.6
+
+
+def test_every_option_has_a_parameter_from_its_metadata(roadseg_provider) -> None:
+    """One parameter per option, keyed by the upper-case field name, with the core's default and help."""
+    from qgis.core import QgsApplication, QgsProcessingParameterDefinition
+
+    from roadseg_plugin.core.params import BUNDLED_MODEL, InferenceParams, VectoriseParams, describe
+    from roadseg_plugin.processing.segment_roads import SINK_OPTIONS
+
+    assert SINK_OPTIONS == ("format",)  # the only option the feature sink decides instead
+    alg = QgsApplication.processingRegistry().algorithmById("roadseg:segmentroads")
+    inference, vectorise = option_names()
+    for name in sorted(inference | vectorise):
+        definition = alg.parameterDefinition(name.upper())
+        if name in SINK_OPTIONS:
+            assert definition is None
+            continue
+        assert definition is not None, f"roadseg:segmentroads has no parameter for the option {name}"
+        info = describe(InferenceParams if name in inference else VectoriseParams, name)
+        default = str(BUNDLED_MODEL) if name == "model" else info["default"]
+        assert definition.defaultValue() == default, name
+        assert bool(definition.flags() & QgsProcessingParameterDefinition.FlagOptional) == (info["default"] is None)
+        assert bool(definition.flags() & QgsProcessingParameterDefinition.FlagAdvanced) == info["advanced"], name
+        assert definition.help() == info["help"] and info["label"] in definition.description()
+        assert info["help"] in alg.shortHelpString(), name
+
+
+def _as_parameter(name: str, value):
+    if name == "extent":
+        xmin, ymin, xmax, ymax = value
+        return f"{xmin},{xmax},{ymin},{ymax} [EPSG:32619]"
+    if name == "bands":
+        return ",".join(map(str, value))
+    return value
+
+
+def test_every_option_arrives_in_the_pipeline(roadseg_provider, road_rasters, road_model, tmp_path: Path,
+                                              monkeypatch) -> None:
+    """A non-default value of each option, given as a Processing parameter, reaches extract_roads."""
+    from roadseg_plugin.core import pipeline
+    from roadseg_plugin.processing.segment_roads import SINK_OPTIONS
+
+    path, _ = road_rasters("area.tif", size=128)
+    table = option_table(road_model, extent=(330008.0, 4689912.0, 330088.0, 4689992.0))
+    parameters = {name.upper(): _as_parameter(name, value) for name, value in table.items()
+                  if name not in SINK_OPTIONS}
+    seen: dict = {}
+    monkeypatch.setattr(pipeline, "extract_roads", fake_extract_roads(seen))
+    run({"INPUT": str(path), "OUTPUT": str(tmp_path / "roads.gpkg"), "MASK_OUTPUT": str(tmp_path / "p.tif"),
+         **parameters})
+    assert_options_arrived(table, seen["params"], seen["vectorise"], skip=SINK_OPTIONS)
+    assert seen["lines_out"] is None and seen["prob_out"] == str(tmp_path / "p.tif")
+    assert seen["source"].bounds == pytest.approx(table["extent"])  # the extent, read through the provider
+    assert seen["source"].files == [str(path)]
+
+
+def test_empty_optional_parameters_are_the_core_defaults(roadseg_provider, road_rasters, tmp_path: Path,
+                                                         monkeypatch) -> None:
+    from roadseg_plugin.core import pipeline
+    from roadseg_plugin.core.params import BUNDLED_MODEL, InferenceParams, VectoriseParams
+
+    path, _ = road_rasters("area.tif", size=64)
+    seen: dict = {}
+    monkeypatch.setattr(pipeline, "extract_roads", fake_extract_roads(seen))
+    run({"INPUT": str(path), "OUTPUT": str(tmp_path / "a.gpkg"), "THRESHOLD": None, "TILE": None, "BANDS": "",
+         "EXTENT": None})
+    assert seen["params"] == InferenceParams(model=str(BUNDLED_MODEL))  # threshold None: the model's
+    assert seen["vectorise"] == VectoriseParams()
+    assert seen["source"] == str(path) and seen["prob_out"] is None
+
+
+def test_a_refused_option_is_the_cores_one_line_message(roadseg_provider, road_rasters, road_model,
+                                                        tmp_path: Path) -> None:
+    from qgis.core import QgsProcessingException
+
+    from roadseg_plugin.core.errors import ParamError
+    from roadseg_plugin.core.params import InferenceParams
+
+    path, _ = road_rasters("area.tif", size=64)
+    with pytest.raises(ParamError) as expected:
+        InferenceParams(tile=64, overlap=40)
+    with pytest.raises(QgsProcessingException) as info:
+        run({"INPUT": str(path), "MODEL": str(road_model), "TILE": 64, "OVERLAP": 40,
+             "OUTPUT": str(tmp_path / "roads.gpkg")})
+    assert str(info.value) == str(expected.value)
+    with pytest.raises(QgsProcessingException, match="^bands 1,x: "):
+        run({"INPUT": str(path), "BANDS": "1,x", "OUTPUT": str(tmp_path / "roads.gpkg")})
+    assert not (tmp_path / "roads.gpkg").exists()

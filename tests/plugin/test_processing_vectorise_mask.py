@@ -79,3 +79,37 @@ def test_non_file_mask_layer(roadseg_provider, road_mask, tmp_path: Path) -> Non
         gdal.Unlink("/vsimem/roadseg_mask.tif")
     lines = gpd.read_file(tmp_path / "roads.gpkg")
     assert lines.crs.to_epsg() == 32619 and on_roads(lines, road_mask, TRANSFORM, tolerance_px=2) > 0.95
+
+
+def test_parameters_are_generated_from_vectorise_params(roadseg_provider) -> None:
+    """One parameter per VectoriseParams option (the sink decides the format), with the core's defaults."""
+    from dataclasses import fields
+
+    from qgis.core import QgsApplication, QgsProcessingParameterDefinition
+
+    from roadseg_plugin.core.params import VectoriseParams, describe
+
+    alg = QgsApplication.processingRegistry().algorithmById("roadseg:vectorisemask")
+    for f in fields(VectoriseParams):
+        definition = alg.parameterDefinition(f.name.upper())
+        if f.name == "format":
+            assert definition is None
+            continue
+        info = describe(VectoriseParams, f.name)
+        assert definition is not None, f"no parameter for {f.name}"
+        assert definition.defaultValue() == info["default"], f.name
+        assert bool(definition.flags() & QgsProcessingParameterDefinition.FlagAdvanced) == info["advanced"]
+        assert info["help"] in alg.shortHelpString()
+
+
+def test_threshold_stored_in_a_probability_raster_is_used(roadseg_provider, road_mask, tmp_path: Path) -> None:
+    """Left empty, the threshold is the one RoadSeg recorded in the raster (here 0.9: only the 240s are road)."""
+    values = np.where(road_mask, 240, 0).astype("uint8")
+    values[:, :100] = np.where(road_mask[:, :100], 200, 0)  # left half: probability 0.78, under 0.9
+    path = write_mask(tmp_path / "prob.tif", values)
+    with rasterio.open(path, "r+") as dst:
+        dst.update_tags(ROADSEG_THRESHOLD="0.9")
+    run({"INPUT": str(path), "OUTPUT": str(tmp_path / "stored.gpkg")})
+    run({"INPUT": str(path), "THRESHOLD": 0.5, "OUTPUT": str(tmp_path / "given.gpkg")})
+    stored, given = gpd.read_file(tmp_path / "stored.gpkg"), gpd.read_file(tmp_path / "given.gpkg")
+    assert stored.total_bounds[0] >= 330000 + 95 and given.total_bounds[0] < 330000 + 50

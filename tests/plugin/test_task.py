@@ -19,9 +19,26 @@ from qgis.core import (  # noqa: E402
 )
 
 from roadseg_plugin.core.errors import RoadSegError  # noqa: E402
+from roadseg_plugin.core.params import InferenceParams, VectoriseParams  # noqa: E402
 from roadseg_plugin.params import SegmentParams  # noqa: E402
 from roadseg_plugin.task import ROAD_WIDTH_MM, RoadSegTask, Status  # noqa: E402
-from tests.plugin.conftest import UTM19_ORIGIN, wait_for_task, write_road_geotiff  # noqa: E402
+from tests.plugin.conftest import (  # noqa: E402
+    UTM19_ORIGIN,
+    assert_options_arrived,
+    fake_extract_roads,
+    option_table,
+    split_options,
+    wait_for_task,
+    write_road_geotiff,
+)
+
+
+def run_params(layer_id: str, model, **kw) -> SegmentParams:
+    """SegmentParams on the CPU with `model`; `kw` holds SegmentParams fields and options of either kind."""
+    inference_kw = {k: kw.pop(k) for k in list(kw) if k in InferenceParams.__dataclass_fields__}
+    vectorise_kw = {k: kw.pop(k) for k in list(kw) if k in VectoriseParams.__dataclass_fields__}
+    return SegmentParams(layer_id, InferenceParams(model=str(model), device="cpu", **inference_kw),
+                         VectoriseParams(**vectorise_kw), **kw)
 
 
 @pytest.fixture
@@ -55,7 +72,7 @@ def test_task_manager_run_adds_road_lines_in_the_raster_crs(qgis_new_project, ro
     raster = QgsRasterLayer(str(tif), "aerial")
     qgis_new_project.addMapLayer(raster)
     progress: list[float] = []
-    task = RoadSegTask(SegmentParams(raster.id(), model_path=str(road_model), device="cpu"), iface=qgis_iface)
+    task = RoadSegTask(run_params(raster.id(), road_model), iface=qgis_iface)
     task.progressChanged.connect(progress.append)
 
     assert wait_for_task(task), "the task did not finish in time"
@@ -84,8 +101,8 @@ def test_file_output_with_probability_raster(qgis_new_project, road_model, bar, 
     qgis_new_project.addMapLayer(raster)
     out = tmp_path / "result" / "roads.shp"
     out.parent.mkdir()
-    params = SegmentParams(raster.id(), model_path=str(road_model), device="cpu", output=str(out),
-                           add_probability=True, threshold=0.5, min_length=5.0, layer_name="My roads")
+    params = run_params(raster.id(), road_model, output=str(out), add_probability=True, threshold=0.5,
+                        min_length=5.0, layer_name="My roads")
     task = RoadSegTask(params, iface=qgis_iface)
     assert task.run()  # synchronously, on this (main) thread
     task.finished(True)
@@ -107,8 +124,7 @@ def test_extent_limits_the_lines(qgis_new_project, road_model, qgis_iface, tmp_p
     qgis_new_project.addMapLayer(raster)
     x0, y0 = UTM19_ORIGIN
     extent = (x0 + 16.0, y0 - 112.0, x0 + 80.0, y0 - 48.0)
-    task = RoadSegTask(SegmentParams(raster.id(), model_path=str(road_model), device="cpu", extent=extent,
-                                     min_length=5.0), iface=qgis_iface)
+    task = RoadSegTask(run_params(raster.id(), road_model, extent=extent, min_length=5.0), iface=qgis_iface)
     assert wait_for_task(task)
     assert task.outcome.ok, task.outcome.message
     box = _added_lines("Roads").extent()
@@ -121,8 +137,8 @@ def test_cancel_before_run_leaves_nothing(qgis_new_project, road_raster_layer, t
     out = tmp_path / "out" / "roads.gpkg"
     out.parent.mkdir()
     n_layers = len(QgsProject.instance().mapLayers())
-    task = RoadSegTask(SegmentParams(road_raster_layer.id(), model_path=str(tiny_checkpoint), device="cpu",
-                                     output=str(out), add_probability=True), iface=qgis_iface)
+    task = RoadSegTask(run_params(road_raster_layer.id(), tiny_checkpoint, output=str(out), add_probability=True),
+                       iface=qgis_iface)
     task.cancel()
     assert task.run() is False
     task.finished(False)
@@ -139,8 +155,8 @@ def test_cancel_while_running_in_the_task_manager(qgis_new_project, tiny_checkpo
     qgis_new_project.addMapLayer(raster)
     out = tmp_path / "out" / "roads.geojson"
     out.parent.mkdir()
-    task = RoadSegTask(SegmentParams(raster.id(), model_path=str(tiny_checkpoint), device="cpu",
-                                     output=str(out), add_probability=True), iface=qgis_iface)
+    task = RoadSegTask(run_params(raster.id(), tiny_checkpoint, output=str(out), add_probability=True),
+                       iface=qgis_iface)
     seen: list[float] = []
 
     def cancel_once_started(t):
@@ -161,8 +177,7 @@ def test_corrupt_model_fails_with_a_message_bar_error(qgis_new_project, road_ras
     model = tmp_path / "corrupt.pt"
     model.write_bytes(b"PK\x03\x04 this is not a checkpoint")
     out = tmp_path / "roads.gpkg"
-    task = RoadSegTask(SegmentParams(road_raster_layer.id(), model_path=str(model), device="cpu",
-                                     output=str(out)), iface=qgis_iface)
+    task = RoadSegTask(run_params(road_raster_layer.id(), model, output=str(out)), iface=qgis_iface)
     assert wait_for_task(task)
     assert task.outcome.status is Status.FAILED
     assert "corrupt.pt" in task.outcome.message
@@ -175,3 +190,56 @@ def test_corrupt_model_fails_with_a_message_bar_error(qgis_new_project, road_ras
 def test_unknown_layer_is_refused_on_the_main_thread(qgis_new_project):
     with pytest.raises(RoadSegError, match="no raster layer"):
         RoadSegTask(SegmentParams("no-such-layer-id"))
+
+
+def test_every_option_reaches_extract_roads(qgis_new_project, road_raster_layer, road_geotiff, tiny_checkpoint,
+                                            tmp_path, monkeypatch):
+    """The task hands every InferenceParams / VectoriseParams option to the one pipeline call."""
+    from roadseg_plugin.core import pipeline
+
+    x0, y0 = UTM19_ORIGIN
+    table = option_table(tiny_checkpoint, extent=(x0 + 8.0, y0 - 88.0, x0 + 88.0, y0 - 8.0))
+    inference, vectorise = split_options(table)
+    out = tmp_path / "roads.shp"
+    params = SegmentParams(road_raster_layer.id(), InferenceParams(**inference), VectoriseParams(**vectorise),
+                           output=str(out), add_probability=True)
+    seen: dict = {}
+    monkeypatch.setattr(pipeline, "extract_roads", fake_extract_roads(seen))
+    task = RoadSegTask(params)
+    assert task.run(), task.outcome.message
+    assert seen["params"] is params.inference and seen["vectorise"] is params.vectorise
+    assert_options_arrived(table, seen["params"], seen["vectorise"])
+    assert seen["lines_out"] == out and seen["prob_out"] == out.with_name("roads_probability.tif")
+    reader = seen["source"]  # the extent is read through the layer's data provider ...
+    assert reader.bounds == pytest.approx(table["extent"])
+    assert reader.files == [str(road_geotiff)]  # ... which still protects the layer's file
+
+
+def test_an_output_over_the_layer_file_is_refused(qgis_new_project, road_geotiff, tiny_checkpoint, tmp_path,
+                                                  qgis_iface):
+    """A raster inside a GeoPackage read through the provider: writing the lines there would replace it."""
+    from osgeo import gdal
+
+    gpkg = tmp_path / "data.gpkg"
+    gdal.Translate(str(gpkg), str(road_geotiff), format="GPKG")
+    before = gpkg.read_bytes()
+    raster = QgsRasterLayer(str(gpkg), "gpkg raster")
+    assert raster.isValid()
+    qgis_new_project.addMapLayer(raster)
+    x0, y0 = UTM19_ORIGIN
+    task = RoadSegTask(run_params(raster.id(), tiny_checkpoint, output=str(gpkg),
+                                  extent=(x0 + 8.0, y0 - 88.0, x0 + 88.0, y0 - 8.0)), iface=qgis_iface)
+    assert not isinstance(task.source, str)
+    assert task.run() is False
+    assert task.outcome.status is Status.FAILED and "would overwrite the input" in task.outcome.message
+    assert gpkg.read_bytes() == before
+
+
+def test_temporary_output_folder_goes_after_a_failure(qgis_new_project, road_raster_layer, tmp_path, qgis_iface):
+    model = tmp_path / "corrupt.pt"
+    model.write_bytes(b"not a checkpoint")
+    task = RoadSegTask(run_params(road_raster_layer.id(), model, add_probability=True), iface=qgis_iface)
+    before = set(Path(task._temp_root).glob("roadseg_*"))
+    assert task.run() is False
+    assert task.outcome.status is Status.FAILED
+    assert set(Path(task._temp_root).glob("roadseg_*")) == before

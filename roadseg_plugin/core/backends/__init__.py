@@ -7,8 +7,8 @@ loaders. Test-time augmentation wraps whichever backend was loaded (`tta.Dihedra
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..checkpoint import BUNDLED_MODEL
 from ..errors import OutputError
