@@ -1,7 +1,9 @@
 """One non-default value per option of `InferenceParams` and `VectoriseParams`.
 
-Adapter tests (CLI, dialog/task, Processing) walk the dataclass fields and look each one up
-here, so an option added to the params and forgotten by an adapter fails their tests.
+Adapter tests (CLI here; dialog, task and Processing through `tests/plugin/conftest.py:
+option_table`, which swaps in a real model and an extent over its raster) walk the dataclass
+fields and look each one up here, so an option added to the params and forgotten by an adapter
+fails their tests.
 """
 from __future__ import annotations
 

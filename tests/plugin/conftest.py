@@ -208,12 +208,9 @@ def option_table(model, extent) -> dict:
     """
     from roadseg_plugin.core.params import InferenceParams, VectoriseParams, describe
 
-    table = {
-        "model": str(model), "device": "cpu", "backend": "onnxruntime", "threshold": 0.42, "extent": extent,
-        "bands": (3, 2, 1), "tile": 128, "overlap": 24, "batch_size": 3, "tta": True, "binary": True, "gsd": 0.5,
-        "min_length": 33.0, "spur_length": 7.5, "gap": 9.0, "tolerance": 0.75, "smooth": True, "format": "shp",
-        "block_size": 512, "halo": 48,
-    }
+    from tests.option_values import NON_DEFAULT
+
+    table = {**NON_DEFAULT, "model": str(model), "extent": extent}
     inference, vectorise = option_names()
     assert set(table) == inference | vectorise, (
         f"give the option table a non-default value for {sorted((inference | vectorise) ^ set(table))}")

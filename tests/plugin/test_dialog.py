@@ -140,7 +140,7 @@ def test_every_option_is_carried_into_the_params(dialog, road_raster_layer, mode
             _set_widget(dialog.editors[name][0], value)
     params = dialog.params()
     assert_options_arrived(table, params.inference, params.vectorise)
-    assert params.output == str(tmp_path / "roads.shp")
+    assert params.output == str(tmp_path / f"roads.{table['format']}")
 
 
 def test_corrupt_model_disables_run(dialog, tmp_path):
