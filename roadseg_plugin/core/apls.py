@@ -71,8 +71,8 @@ class _Net:
             keep[key] = min(x, keep.get(key, np.inf))
         if not keep:
             return coo_matrix((n_nodes, n_nodes)).tocsr()
-        (a, b), x = zip(*keep.keys(), strict=True), list(keep.values())
-        return coo_matrix((x, (a, b)), shape=(n_nodes, n_nodes)).tocsr()
+        heads, tails = zip(*keep.keys(), strict=True)
+        return coo_matrix((list(keep.values()), (heads, tails)), shape=(n_nodes, n_nodes)).tocsr()
 
     def control_points(self, spacing: float) -> tuple[np.ndarray, object]:
         """Positions of nodes + injected control points, and the graph through them."""
@@ -161,10 +161,10 @@ def apls_scores(true_mask: np.ndarray, pred_mask: np.ndarray, valid: np.ndarray 
     fwd, back = _direction(truth, prop, *args), _direction(prop, truth, *args)
     if fwd is None and back is None:
         return 1.0, 1.0, 1.0
-    fwd = back if fwd is None else fwd
-    back = fwd if back is None else back
-    total = 0.0 if fwd <= 0 or back <= 0 else 2.0 / (1.0 / fwd + 1.0 / back)
-    return total, fwd, back
+    fwd_score: float = back if fwd is None else fwd  # type: ignore[assignment]  # not both None here
+    back_score: float = fwd_score if back is None else back
+    total = 0.0 if fwd_score <= 0 or back_score <= 0 else 2.0 / (1.0 / fwd_score + 1.0 / back_score)
+    return total, fwd_score, back_score
 
 
 def apls(true_mask: np.ndarray, pred_mask: np.ndarray, valid: np.ndarray | None = None, *,

@@ -11,7 +11,7 @@ imports (and works on numpy arrays) without torch installed.
 from __future__ import annotations
 
 import sys
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -24,7 +24,7 @@ def _is_tensor(x: object) -> bool:
     return torch is not None and isinstance(x, torch.Tensor)
 
 
-def _rot90(x: Array, quarter_turns: int) -> Array:
+def _rot90(x: Any, quarter_turns: int) -> Any:
     if _is_tensor(x):
         import torch
 
@@ -32,7 +32,7 @@ def _rot90(x: Array, quarter_turns: int) -> Array:
     return np.rot90(x, quarter_turns, axes=(-2, -1))
 
 
-def _flip(x: Array) -> Array:
+def _flip(x: Any) -> Any:
     if _is_tensor(x):
         import torch
 

@@ -112,6 +112,7 @@ def iter_tile_batches(reader: RasterReader, grid: TileGrid, bands: list[int], no
                 data = valid = None  # free the previous strip before reading the next
                 data, valid = read_rows(reader, *grid.raster_rows(r), bands)
                 strip_row = r
+            assert data is not None and valid is not None
             raw, batch.valid[j] = cut_tile(data, valid, grid, r, c)
             normalise(raw, batch.valid[j], out=batch.tiles[j])
         yield batch
@@ -182,7 +183,8 @@ class RasterSink:
                               "choose a writable folder with free space") from None
         self.dataset.update_tags(**tags)
         self.dataset.set_band_description(1, tags.get("ROADSEG_VALUES", ""))
-        self.path, self.error = path, None
+        self.path = path
+        self.error: BaseException | None = None
         self._queue: queue.Queue = queue.Queue(maxsize=1)
         self._thread = threading.Thread(target=self._run, name="roadseg-writer", daemon=True)
         self._thread.start()
@@ -352,4 +354,4 @@ def segment_raster(src: str | os.PathLike | RasterReader, dst: str | os.PathLike
                              list(getattr(reader, "warnings", [])) + notes + loaded.notes + runner.notes)
     finally:
         if reader is not src:
-            reader.close()
+            reader.close()  # type: ignore[union-attr]  # only readers opened here

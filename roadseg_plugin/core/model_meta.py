@@ -220,7 +220,7 @@ def _onnx_metadata(path: Path) -> dict[str, str]:
     try:
         import onnx
     except ImportError:
-        onnx = None
+        onnx = None  # type: ignore[assignment]
     if onnx is not None:
         try:
             graph = onnx.load(str(path), load_external_data=False)

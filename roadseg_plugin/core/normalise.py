@@ -50,6 +50,7 @@ class InputNormaliser:
             for c in range(raw.shape[0]):
                 np.take(self.lut[c], raw[c], out=out[c])
         else:
+            assert self.stretch is not None  # checked in __init__
             lo = self.stretch[:, 0, None, None]
             span = self.stretch[:, 1, None, None] - lo
             scaled = np.clip((raw.astype(np.float32) - lo) * (np.float32(255) / span), 0, 255)

@@ -280,5 +280,6 @@ def road_graph(mask: np.ndarray, prob: np.ndarray | None = None, *, scale: tuple
     mask = _as_mask(mask)
     _check(min_length, spur_length, gap, 0.0, block_size, halo)
     read, prob_scale = _array_reader(mask, prob)
-    return _graph(read, mask.shape, scale, prob_scale, min_length=min_length, spur_length=spur_length,
+    shape = (int(mask.shape[0]), int(mask.shape[1]))
+    return _graph(read, shape, scale, prob_scale, min_length=min_length, spur_length=spur_length,
                   gap=gap, block_size=block_size, halo=halo)

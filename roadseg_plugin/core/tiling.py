@@ -6,6 +6,7 @@ evaluation) and the streaming raster engine, so both blend tiles identically.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -219,6 +220,6 @@ def cut_tile(data: np.ndarray, valid: np.ndarray, grid: TileGrid, row_origin: in
     part, ok = data[:, :, x0:x1], valid[:, x0:x1]
     pad = ((y0 - first, first + grid.tile - y1), (x0 - x, x + grid.tile - x1))
     if any(pad[0]) or any(pad[1]):
-        mode = "reflect" if min(ok.shape) > 1 else "edge"
+        mode: Any = "reflect" if min(ok.shape) > 1 else "edge"
         part, ok = np.pad(part, ((0, 0), *pad), mode=mode), np.pad(ok, pad, mode=mode)
     return part, ok

@@ -86,7 +86,8 @@ class BatchRunner:
     """
 
     def __init__(self, predict: PredictBatch, batch_size: int) -> None:
-        self.predict, self.limit, self.notes = predict, batch_size, []
+        self.predict, self.limit = predict, batch_size
+        self.notes: list[str] = []
 
     def __call__(self, tiles: np.ndarray) -> np.ndarray:
         out, i = [], 0
