@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from roadseg_plugin.core.backends import Backend, load_backend, onnxruntime_available
-from roadseg_plugin.core.engine import DEFAULT_BATCH, iter_tile_batches, make_normaliser, segment_raster
+from roadseg_plugin.core.engine import iter_tile_batches, make_normaliser, segment_raster
+from roadseg_plugin.core.params import DEFAULT_BATCH
 from roadseg_plugin.core.readers import choose_bands, open_raster
 from roadseg_plugin.core.tiling import TileGrid
 

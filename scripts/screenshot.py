@@ -35,7 +35,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "massachusetts-roads" / "train" / "images"
-DEFAULT_MODEL = ROOT / "roadseg_plugin" / "models" / "roadseg_default.pt"
+sys.path.insert(0, str(ROOT))
+from roadseg_plugin.core.params import BUNDLED_MODEL as DEFAULT_MODEL  # noqa: E402 - after the path
+
 DEFAULT_OUT = ROOT / "docs" / "screenshot_segment_roads.png"
 DEFAULT_TILE = "19678630_15.png"  # suburban streets; its top-left 100 px hold no-data
 DEFAULT_CROP = (100, 100, 800)  # row, column, size in pixels: all imagery, many roads

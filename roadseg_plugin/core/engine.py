@@ -33,14 +33,14 @@ from rasterio.windows import Window
 
 from .atomic import temporary_sibling
 from .backends import BatchRunner, load_backend
-from .checkpoint import ModelMeta
 from .errors import Cancelled, OutputError
+from .model_meta import ModelMeta
 from .normalise import InputNormaliser
+from .params import DEFAULT_BATCH
 from .readers import RasterReader, band_stretch, choose_bands, open_raster, read_rows
 from .tiling import RollingBlend, TileGrid, cut_tile
 
 OUTPUT_BLOCK = 256
-DEFAULT_BATCH = {"cpu": 2, "cuda": 16}  # CPU: no faster beyond 2 tiles, ~150 MB more per tile
 
 
 @dataclass
