@@ -40,6 +40,7 @@ def _seg_lengths(pts: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
 
 # --------------------------------------------------------------------------- the graph
 
+
 def _pieces_graph(pieces: Pieces, width: int, scale: tuple[float, float]) -> nx.MultiGraph:
     """Stitch pieces into one graph whose nodes are pixel positions shared by piece ends."""
     graph = nx.MultiGraph()
@@ -64,13 +65,16 @@ def _pieces_graph(pieces: Pieces, width: int, scale: tuple[float, float]) -> nx.
         for i in range(n))
     return graph
 
+
 def _oriented(data: dict, node: int) -> np.ndarray:
     """An edge's vertices starting at `node`."""
     return data["pts"] if data["start"] == node else data["pts"][::-1]
 
+
 def _join(a: int, da: dict, node: int, db: dict) -> dict:
     pts = np.concatenate([_oriented(da, node)[::-1], _oriented(db, node)[1:]])
     return {"pts": pts, "start": a, **{k: da[k] + db[k] for k in ("len", "n", "sw", "sp")}}
+
 
 def _merge_chains(graph: nx.MultiGraph) -> None:
     """Join the two edges at every degree-2 node, so a road between junctions is one edge."""
@@ -81,6 +85,7 @@ def _merge_chains(graph: nx.MultiGraph) -> None:
         (_, a, da), (_, b, db) = inc
         graph.remove_node(node)
         graph.add_edge(a, b, **_join(a, da, node, db))
+
 
 def _prune_spurs(graph: nx.MultiGraph, spur_m: float) -> None:
     """Remove dangling branches shorter than `spur_m`, a few passes, re-merging chains.
@@ -105,6 +110,7 @@ def _prune_spurs(graph: nx.MultiGraph, spur_m: float) -> None:
         graph.remove_nodes_from([n for n, k in list(graph.degree()) if k == 0])
         _merge_chains(graph)
 
+
 def _end_direction(graph: nx.MultiGraph, node: int, scale: np.ndarray) -> np.ndarray:
     """Unit vector (metric row/col) pointing out of the line at a degree-1 `node`."""
     (_, _, d), = graph.edges(node, data=True)
@@ -114,6 +120,7 @@ def _end_direction(graph: nx.MultiGraph, node: int, scale: np.ndarray) -> np.nda
     vec = pts[0] - back
     norm = np.hypot(*vec)
     return vec / norm if norm > 0 else vec
+
 
 def _bridge_gaps(graph: nx.MultiGraph, gap_m: float, scale: tuple[float, float]) -> None:
     """Join line ends closer than `gap_m` when both ends point along the bridge.
@@ -144,6 +151,7 @@ def _bridge_gaps(graph: nx.MultiGraph, gap_m: float, scale: tuple[float, float])
                                start=a, len=float(dd), n=0.0, sw=0.0, sp=0.0)
     _bridge_to_lines(graph, [e for e, u in zip(ends, used, strict=True) if not u],
                      pos[~used], dirs[~used], gap_m, sc, cos_max)
+
 
 def _bridge_to_lines(graph: nx.MultiGraph, ends: list[int], pos: np.ndarray, dirs: np.ndarray,
                      gap_m: float, sc: np.ndarray, cos_max: float) -> None:
@@ -210,6 +218,7 @@ def _bridge_to_lines(graph: nx.MultiGraph, ends: list[int], pos: np.ndarray, dir
                 graph.add_edge(e, target, pts=np.array([graph.nodes[e]["rc"], graph.nodes[target]["rc"]]),
                                start=e, len=dist, n=0.0, sw=0.0, sp=0.0)
 
+
 def _drop_short(graph: nx.MultiGraph, min_m: float) -> None:
     """Remove connected components whose total length is below `min_m` (and lone nodes)."""
     nodes = list(graph.nodes)
@@ -223,6 +232,7 @@ def _drop_short(graph: nx.MultiGraph, min_m: float) -> None:
     short = np.bincount(label[ends[:, 0]], lengths, minlength=count) < min_m
     graph.remove_nodes_from([n for n, c in zip(nodes, label, strict=True) if short[c]])
 
+
 def _check(min_length: float, spur_length: float, gap: float, tolerance: float,
            block_size: int | None, halo: int) -> None:
     for name, value in (("min_length", min_length), ("spur_length", spur_length), ("gap", gap),
@@ -233,6 +243,7 @@ def _check(min_length: float, spur_length: float, gap: float, tolerance: float,
         raise ValueError(f"block_size must be at least 64 pixels, got {block_size}")
     if halo < 2 * MARGIN_PX:
         raise ValueError(f"halo must be at least {2 * MARGIN_PX} pixels, got {halo}")
+
 
 def _graph(read: Reader, shape: tuple[int, int], scale: tuple[float, float], prob_scale: float, *,
            min_length: float, spur_length: float, gap: float, block_size: int | None, halo: int,
@@ -249,6 +260,7 @@ def _graph(read: Reader, shape: tuple[int, int], scale: tuple[float, float], pro
     _drop_short(graph, min_length)
     return graph
 
+
 def _array_reader(mask: np.ndarray, prob: np.ndarray | None) -> tuple[Reader, float]:
     if prob is not None:
         prob = np.asarray(prob)
@@ -261,12 +273,14 @@ def _array_reader(mask: np.ndarray, prob: np.ndarray | None) -> tuple[Reader, fl
 
     return read, (1 / 255 if prob is not None and prob.dtype == np.uint8 else 1.0)
 
+
 def _as_mask(mask: np.ndarray) -> np.ndarray:
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise RasterError("mask", f"expected a 2-D road mask, got shape {mask.shape}",
                           "pass a single band (H, W) array")
     return mask if mask.dtype == bool else mask != 0
+
 
 def road_graph(mask: np.ndarray, prob: np.ndarray | None = None, *, scale: tuple[float, float] = (1.0, 1.0),
                min_length: float = MIN_LENGTH_M, spur_length: float = SPUR_LENGTH_M, gap: float = GAP_M,

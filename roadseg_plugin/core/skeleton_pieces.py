@@ -38,6 +38,7 @@ def _offsets(radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     order = np.argsort(dist[keep], kind="stable")
     return dr[keep][order], dc[keep][order], dist[keep][order]
 
+
 def _half_widths(padded: np.ndarray, rr: np.ndarray, cc: np.ndarray, radius: int) -> np.ndarray:
     """Euclidean distance to the nearest background pixel (as scipy's EDT), capped at `radius`.
 
@@ -62,6 +63,7 @@ def _half_widths(padded: np.ndarray, rr: np.ndarray, cc: np.ndarray, radius: int
         start, size = start + size, size * 2
     return out
 
+
 @lru_cache(maxsize=1)
 def _sknw_kernels() -> tuple | None:
     """sknw's own numba kernels (`mark`, `parse_struc`) compiled with `cache=True`.
@@ -80,6 +82,7 @@ def _sknw_kernels() -> tuple | None:
     except Exception as exc:  # noqa: BLE001 - any numba/cache problem: fall back, still correct
         log.debug("numba cache unavailable (%s); using sknw.build_sknw", exc)
         return None
+
 
 def _sknw_paths(ske: np.ndarray, kernels: tuple | None) -> list[np.ndarray] | None:
     """Edge pixel paths of `sknw.build_sknw(ske, multi=True, iso=False, ring=True, full=True)`.
@@ -113,6 +116,7 @@ def _sknw_paths(ske: np.ndarray, kernels: tuple | None) -> list[np.ndarray] | No
         pts[[0, -1]] = centres[[first, last]]
         paths.append(pts)
     return paths
+
 
 class Pieces:
     """Polyline pieces in global pixel coordinates plus per-piece sample sums."""
@@ -154,6 +158,7 @@ class Pieces:
         self.stats.append(np.column_stack([stops - starts, np.add.reduceat(width, cuts),
                                            np.add.reduceat(p, cuts)]))
 
+
 def _add_core(pieces: Pieces, sk: np.ndarray, core: tuple[int, int, int, int], origin: tuple[int, int],
               padded: np.ndarray, prob: np.ndarray | None, radius: int) -> None:
     """Graph `core` (local to the block skeleton `sk`) with a margin; split it if sknw can't."""
@@ -171,6 +176,7 @@ def _add_core(pieces: Pieces, sk: np.ndarray, core: tuple[int, int, int, int], o
     for sub in ((r0, rm, c0, cm), (r0, rm, cm, c1), (rm, r1, c0, cm), (rm, r1, cm, c1)):
         if sub[0] < sub[1] and sub[2] < sub[3]:
             _add_core(pieces, sk, sub, origin, padded, prob, radius)
+
 
 def skeletonize_components(mask: np.ndarray) -> np.ndarray:
     """`skeletonize(mask)`, one 8-connected component at a time inside its bounding box.
