@@ -1,12 +1,20 @@
-"""`python -m training train|evaluate`: thin commands over `train_model` and `evaluate_model`."""
+"""`python -m training train|evaluate`: thin commands over `train_model` and `evaluate_model`.
+
+Bad options or data exit with status 2 and one line `error: <file or option>: <what is wrong>;
+<what to do>`, before anything is written; Ctrl-C exits 130 and SIGTERM 143, saying what the
+run folder keeps. The checks themselves live in `TrainConfig.validate` and the data readers.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import signal
 import sys
+import warnings
 from pathlib import Path
 
+from roadseg_plugin.cli import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_TERMINATED, Terminated
 from roadseg_plugin.core.errors import RoadSegError
 
 
@@ -49,39 +57,51 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--threshold", type=float, help="decision threshold (default: the model's)")
     p.add_argument("--backend", default="auto", help="auto, torch, onnxruntime or onnxruntime-int8")
+    p.add_argument("--skip-bad", action="store_true", help="warn about and skip unusable pairs")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import TrainConfig, train_model
+    from .train import RUN_FILES, TrainConfig, train_model
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(args.out / "train.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k not in ("command", "func", "gsd")},
                       gsd_m=args.gsd)
-    try:
-        trainer = train_model(cfg)
-    finally:
-        root.removeHandler(handler)
-        handler.close()
-    print(f"done: {trainer.epoch} epoch(s); outputs in {args.out}/ (best.pt, last.pt, history.csv, "
-          f"loss.png, predictions.gif, metrics.json, train.log)")
+    trainer = train_model(cfg)  # checks everything first; writes train.log itself
+    written = [name for name in (*RUN_FILES, "train.log") if (args.out / name).exists()]
+    print(f"done: {trainer.epoch} epoch(s); outputs in {args.out}/ ({', '.join(written)})")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from roadseg_plugin.core.params import BUNDLED_MODEL, InferenceParams
+    from roadseg_plugin.core.pipeline import check_outputs
+
     from .evaluate import evaluate_model, format_table
 
+    InferenceParams(device=args.device, backend=args.backend, threshold=args.threshold)  # the plugin's checks
+    if args.json:  # before the (long) evaluation: never replace an input, never fail at the end
+        folders = [args.data / sub for sub in ("images", "masks") if (args.data / sub).is_dir()]
+        data_files = [path for folder in folders for path in folder.iterdir()]
+        check_outputs({"JSON figures": args.json}, [args.model or BUNDLED_MODEL, *data_files])
     result = evaluate_model(args.model, args.data, args.device, args.threshold, backend=args.backend,
+                            skip_bad=args.skip_bad,
                             on_tile=lambda name, row: print(f"  {name}: iou={row['iou']:.4f}", file=sys.stderr))
     print(format_table(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
         print(f"wrote {args.json}")
     return 0
+
+
+def _interrupted(args: argparse.Namespace, how: str) -> str:
+    if args.command != "train":
+        return f"{how}; nothing was written"
+    if (args.out / "last.pt").is_file():
+        return f"{how}; best.pt and last.pt so far are kept in {args.out}; --resume continues"
+    return f"{how} before the first epoch ended; no model was written"
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,8 +111,19 @@ def main(argv: list[str] | None = None) -> int:
     _evaluate_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("rasterio").setLevel(logging.WARNING)  # GDAL's errors reach the user in our one line
+    warnings.filterwarnings("ignore", message="skipping: ")  # --skip-bad: already logged, once
+    previous = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM unwinds like Ctrl-C: files are closed
     try:
         return {"train": cmd_train, "evaluate": cmd_evaluate}[args.command](args)
     except RoadSegError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(_interrupted(args, "interrupted"), file=sys.stderr)
+        return EXIT_CANCELLED
+    except Terminated:
+        print(_interrupted(args, "terminated"), file=sys.stderr)
+        return EXIT_TERMINATED
+    finally:
+        signal.signal(signal.SIGTERM, previous)

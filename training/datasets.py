@@ -3,11 +3,16 @@
 A dataset folder holds `images/` and `masks/` paired by file stem. Samples are dicts with
 `image` (float32, C x H x W, 0..1), `mask` (float32, H x W, 1 = road) and `valid`
 (float32, H x W, 0 where the image is no-data: all-white pixels or the raster's own mask).
+
+Reads are strict: a truncated or damaged file is an error naming it (or, with `skip_bad`, a
+warning and the file is left out), never pixels made up by the decoder.
 """
 from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +31,9 @@ from .augment import augment
 
 log = logging.getLogger(__name__)
 MIN_VALID = 0.5  # crops with less valid area carry too little signal
+# GDAL's whole-image PNG decoder returns made-up rows for a truncated PNG without any error
+# (GDAL 3.10, verified); the row-by-row decoder raises, so the file is refused, not trained on.
+STRICT_READ = {"GDAL_PNG_WHOLE_IMAGE_OPTIM": "NO"}
 
 
 @dataclass
@@ -81,15 +89,25 @@ def _colour_bands(src: rasterio.DatasetReader, count: int) -> list[int]:
     return bands[:count]
 
 
-def read_image(path: Path, bands: int = 3) -> tuple[np.ndarray, np.ndarray, float | None]:
-    """uint8 (C, H, W) image, its valid mask and its ground sampling distance in metres (None without a CRS)."""
-    with warnings.catch_warnings():
+@contextmanager
+def _open_strict(path: Path) -> Iterator[rasterio.DatasetReader]:
+    with warnings.catch_warnings(), rasterio.Env(**STRICT_READ):
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(path) as src:
-            idx = _colour_bands(src, bands)
-            image = src.read(idx)
-            valid = src.dataset_mask() > 0
-            gsd = mean_gsd_m(src.crs, src.transform, src.width, src.height)  # CRS units -> metres (feet, degrees)
+            yield src
+
+
+def read_image(path: Path, bands: int = 3) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """uint8 (C, H, W) image, its valid mask and its ground sampling distance in metres (None without a CRS).
+
+    Raises:
+        RasterioIOError: the file cannot be opened or decoded (truncated, damaged).
+    """
+    with _open_strict(path) as src:
+        idx = _colour_bands(src, bands)
+        image = src.read(idx)
+        valid = src.dataset_mask() > 0
+        gsd = mean_gsd_m(src.crs, src.transform, src.width, src.height)  # CRS units -> metres (feet, degrees)
     if image.dtype != np.uint8:
         raise DatasetError(path, f"is {image.dtype}, training reads 8-bit images", "convert it to 8-bit")
     valid &= ~np.all(image == 255, axis=0)  # white no-data areas (see the data README)
@@ -97,10 +115,19 @@ def read_image(path: Path, bands: int = 3) -> tuple[np.ndarray, np.ndarray, floa
 
 
 def read_mask(path: Path) -> np.ndarray:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path) as src:
-            return src.read(1) > 127
+    """Road (True) / not road of band 1: value 1 in a mask of only 0s and 1s, else value > 127.
+
+    0/1 masks (label tools, numpy exports) would be all background under the 0/255 rule.
+    """
+    with _open_strict(path) as src:
+        values = src.read(1)
+    return values == 1 if values.max(initial=0) <= 1 else values > 127
+
+
+def _unreadable(path: Path, exc: RasterioIOError) -> DatasetError:
+    reason = exc.__cause__ or exc  # GDAL's own words ("Error while reading row 37 ...")
+    return DatasetError(path, f"cannot be read ({reason})",
+                        "replace or remove the file, or pass --skip-bad to leave it out")
 
 
 def load_tiles(root: str | Path, bands: int = 3, skip_bad: bool = False) -> list[Tile]:
@@ -112,9 +139,9 @@ def load_tiles(root: str | Path, bands: int = 3, skip_bad: bool = False) -> list
             try:
                 mask = read_mask(mask_path)
             except RasterioIOError as exc:
-                raise DatasetError(mask_path, f"cannot be read ({exc})", "replace or remove the file") from None
+                raise _unreadable(mask_path, exc) from None
         except RasterioIOError as exc:
-            _bad(DatasetError(img_path, f"cannot be read ({exc})", "replace or remove the file"), skip_bad)
+            _bad(_unreadable(img_path, exc), skip_bad)
             continue
         except DatasetError as exc:
             _bad(exc, skip_bad)

@@ -1,14 +1,15 @@
 """Evaluate a model on whole tiles: pixel, relaxed and topology metrics."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from roadseg_plugin.core.apls import apls
 from roadseg_plugin.core.backends import load_backend
 from roadseg_plugin.core.checkpoint import ModelMeta
+from roadseg_plugin.core.errors import ParamError, RoadSegError
 from roadseg_plugin.core.metrics import PixelCounts, pixel_counts
 from roadseg_plugin.core.normalise import normalise
 from roadseg_plugin.core.tiling import predict_array
@@ -37,16 +38,22 @@ def evaluate_tiles(tiles: list[Tile], predict: Callable[[np.ndarray], np.ndarray
 
 def evaluate_model(model_path: str | Path | None, data: str | Path, device: str = "auto",
                    threshold: float | None = None, batch_size: int = 4, backend: str = "auto",
-                   on_tile: Callable[[str, dict], None] | None = None) -> dict:
+                   on_tile: Callable[[str, dict], None] | None = None, skip_bad: bool = False) -> dict:
     """Metrics of a checkpoint (None: the bundled model) on a dataset folder, predicted with the
-    engine's backend (ONNX Runtime on CPU when installed) and the same tiled blending."""
-    runner = load_backend(model_path, device, backend)
+    engine's backend (ONNX Runtime on CPU when installed) and the same tiled blending. Unreadable
+    pairs are an error naming the file, or with `skip_bad` a warning and left out."""
+    try:
+        runner = load_backend(model_path, device, backend)
+    except ValueError as exc:
+        if isinstance(exc, RoadSegError):
+            raise
+        raise ParamError("device", device, str(exc)) from None  # CUDA asked for, none here
     meta = runner.meta
 
     def predict(image: np.ndarray) -> np.ndarray:
         return predict_array(normalise(image, meta), runner.predict, meta.tile, meta.overlap, batch_size)
 
-    tiles = load_tiles(data, bands=meta.in_channels)
+    tiles = load_tiles(data, bands=meta.in_channels, skip_bad=skip_bad)
     return evaluate_tiles(tiles, predict, meta.threshold if threshold is None else threshold, on_tile)
 
 

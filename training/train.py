@@ -1,18 +1,28 @@
 """Assemble a training run: data, model, callbacks, trainer. `train_model` is what the CLI and
-the QGIS `trainfromlines` algorithm call."""
+the QGIS `trainfromlines` algorithm call.
+
+Nothing is lost: `TrainConfig.validate` refuses bad options, and a run folder that is (inside)
+the data, before anything is read or written; every data file is read, strictly, before the run
+folder is made; best.pt and last.pt are replaced atomically after each epoch, so an interrupted
+or failed run keeps its last finished epoch; train.log ends with how the run ended.
+"""
 from __future__ import annotations
 
 import logging
 import math
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
 from pathlib import Path
 
 import torch
 
 from roadseg_plugin.core.backends import resolve_device
 from roadseg_plugin.core.checkpoint import ModelMeta, load_model
-from roadseg_plugin.core.errors import DatasetError
+from roadseg_plugin.core.errors import CheckpointError, DatasetError, OutputError, ParamError, RoadSegError
+from roadseg_plugin.core.params import DEVICES, read_model_info
+from roadseg_plugin.core.pipeline import same_file
 from roadseg_plugin.core.unet import build_model
 
 from .callbacks import CSVLogger, EarlyStopping, LossPlot, ModelCheckpoint, PredictionGif
@@ -20,10 +30,32 @@ from .datasets import RandomCropDataset, Tile, band_stats, load_tiles, split_til
 from .trainer import FitConfig, Trainer
 
 log = logging.getLogger(__name__)
+RUN_FILES = ("best.pt", "last.pt", "history.csv", "loss.png", "predictions.gif", "metrics.json")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+
+
+def _whole(name: str, value: object, least: int, fix: str = "", optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        raise ParamError(name, value, "must be a whole number", fix)
+    if value < least:
+        raise ParamError(name, value, f"must be at least {least}", fix)
+
+
+def _positive(name: str, value: float | None, fix: str, zero_ok: bool = False) -> None:
+    """None (unset) or a finite number > 0 (>= 0 with `zero_ok`); NaN and infinity are refused."""
+    if value is None:
+        return
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+        problem = "must be a finite number, 0 or more" if zero_ok else "must be a finite number greater than 0"
+        raise ParamError(name, value, problem, fix)
 
 
 @dataclass
 class TrainConfig:
+    """Every option of a run; `validate` checks them all before anything is read or written."""
+
     data: Path
     out: Path
     val: Path | None = None
@@ -56,6 +88,65 @@ class TrainConfig:
     on_progress: Callable[[float], None] | None = None
     is_cancelled: Callable[[], bool] | None = None
 
+    def validate(self) -> None:
+        """Refuse what cannot make a good run, before anything is read or written.
+
+        Raises:
+            ParamError: an option out of range, named with its value and a fix
+                (`tile 250: must be a multiple of 16 for a depth-4 U-Net; e.g. 256`).
+            OutputError: the run folder is, or is inside, the data, or cannot be made; the run
+                would replace its own `init` model.
+            CheckpointError: `resume` without RUN/last.pt; a missing or damaged `init` model.
+        """
+        for name, least, fix in (("epochs", 1, "e.g. 50"), ("patience", 1, "e.g. 15"), ("batch_size", 1, "e.g. 16"),
+                                 ("workers", 0, "0 loads the data in the main process"),
+                                 ("base_channels", 1, "e.g. 16"), ("depth", 1, "e.g. 4")):
+            _whole(name, getattr(self, name), least, fix)
+        _whole("samples_per_epoch", self.samples_per_epoch, 1, "or leave it unset for the train area / tile^2",
+               optional=True)
+        _positive("lr", self.lr, "e.g. 0.001")
+        _positive("max_minutes", self.max_minutes, "or leave it unset for no time limit")
+        _positive("scale_jitter", self.scale_jitter, "e.g. 0.25; 0 disables it", zero_ok=True)
+        _positive("gsd_m", self.gsd_m, "metres per pixel, e.g. 0.5; or leave it unset")
+        if not 0 < self.val_fraction < 1:  # also NaN
+            raise ParamError("val_fraction", self.val_fraction, "must lie strictly between 0 and 1", "e.g. 0.15")
+        if str(self.device) not in DEVICES and not str(self.device).startswith("cuda:"):
+            raise ParamError("device", self.device, f"is not one of {', '.join(DEVICES)}")
+        # fine-tuning keeps the start model's architecture, so its depth decides the tile sizes
+        depth = self.depth if self.init is None else read_model_info(self.init).depth
+        multiple = 2**depth
+        for name in ("tile", "infer_tile"):
+            value = getattr(self, name)
+            _whole(name, value, multiple, f"e.g. {multiple * 16}")
+            if value % multiple:
+                raise ParamError(name, value, f"must be a multiple of {multiple} for a depth-{depth} U-Net",
+                                 f"e.g. {max(multiple, round(value / multiple) * multiple)}")
+        _whole("overlap", self.overlap, 0, "e.g. 32")
+        if not self.overlap < self.infer_tile // 2:
+            raise ParamError("overlap", self.overlap, f"must be less than half the infer_tile ({self.infer_tile})",
+                             f"e.g. {self.infer_tile // 16}")
+        self._check_paths()
+
+    def _check_paths(self) -> None:
+        out = Path(self.out)
+        real = out.resolve()  # after symlinks and `..`: the folder the files would really land in
+        for role, folder in (("data", self.data), ("val", self.val)):
+            if folder is not None and (real == Path(folder).resolve() or Path(folder).resolve() in real.parents):
+                raise OutputError(out, f"the run folder is, or is inside, the {role} folder {folder}",
+                                  "choose a run folder (--out) outside the dataset; a run never writes into its data")
+        existing = next(p for p in (real, *real.parents) if p.exists())
+        if not existing.is_dir():
+            raise OutputError(out, f"{existing} is a file, not a folder", "choose another run folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise OutputError(out, f"cannot write in {existing}", "choose a run folder you can write to")
+        if self.resume and not (out / "last.pt").is_file():
+            raise CheckpointError(out / "last.pt", "not found, so there is no run to resume",
+                                  "drop --resume to start a new run, or give the --out of the run to continue")
+        for name in ("best.pt", "last.pt"):
+            if self.init is not None and same_file(Path(self.init), out / name):
+                raise OutputError(out / name, "is the start model (--init) and this run would replace it",
+                                  "copy it out of the run folder first, or choose another --out")
+
 
 def _model_and_meta(cfg: TrainConfig, train_tiles: list[Tile]) -> tuple[torch.nn.Module, ModelMeta]:
     if cfg.init is not None:  # fine-tune: keep the architecture and normalisation of the start model
@@ -69,16 +160,21 @@ def _model_and_meta(cfg: TrainConfig, train_tiles: list[Tile]) -> tuple[torch.nn
     mean, std = band_stats(train_tiles)
     gsds = [t.gsd_m for t in train_tiles if t.gsd_m]
     meta = ModelMeta(arch="unet", arch_config=arch_config, bands=list(range(1, len(mean) + 1)),
-                     band_names=["red", "green", "blue"][: len(mean)] if len(mean) == 3 else [f"band{i + 1}" for i in range(len(mean))],
+                     band_names=(["red", "green", "blue"] if len(mean) == 3
+                                 else [f"band{i + 1}" for i in range(len(mean))]),
                      mean=mean, std=std, gsd_m=cfg.gsd_m or (sum(gsds) / len(gsds) if gsds else 1.0))
     torch.manual_seed(cfg.seed)
     return build_model("unet", **arch_config), meta
 
 
-def train_model(cfg: TrainConfig) -> Trainer:
-    """Train and return the finished trainer; RUN gets best.pt, last.pt, plots and logs."""
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+def _device(name: str) -> torch.device:
+    try:
+        return resolve_device(name)
+    except ValueError:  # the only refusal left after validate(): CUDA asked for, none here
+        raise ParamError("device", name, "no CUDA GPU is available here", "use --device cpu or auto") from None
+
+
+def _load_data(cfg: TrainConfig) -> tuple[list[Tile], list[Tile]]:
     tiles = load_tiles(cfg.data, skip_bad=cfg.skip_bad)
     if cfg.val is not None:
         train_tiles, val_tiles = tiles, load_tiles(cfg.val, skip_bad=cfg.skip_bad)
@@ -87,17 +183,73 @@ def train_model(cfg: TrainConfig) -> Trainer:
     if not train_tiles or not val_tiles:
         raise DatasetError(cfg.data, f"{len(tiles)} tile(s) cannot be split into train and validation",
                            "add tiles or pass --val DIR")
-    model, meta = _model_and_meta(cfg, train_tiles)
+    return train_tiles, val_tiles
+
+
+class _Buffer(logging.Handler):
+    """Holds the messages of the checks until the run folder, and so train.log, exists."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextmanager
+def _logging_to(handler: logging.Handler) -> Iterator[None]:
+    """Send RoadSeg's messages (INFO and up) to `handler` for the duration; the loggers, not the
+    root, so that inside QGIS other plugins' messages stay out of train.log."""
+    loggers = [logging.getLogger(name) for name in ("training", "roadseg_plugin")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        if lg.level == logging.NOTSET or lg.level > logging.INFO:
+            lg.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+
+
+def _log_end(handler: logging.Handler, cfg: TrainConfig, trainer: Trainer | None,
+             exc: BaseException | None = None) -> None:
+    """The last line of train.log: how the run ended and which run files exist. Written to the
+    file only: the CLI says it in its own words on the console."""
+    out = Path(cfg.out)
+    kept = ", ".join(name for name in RUN_FILES if (out / name).exists()) or "no model"
+    saved = f"last.pt holds epoch {trainer.saved_epoch}; " if trainer is not None and trainer.saved_epoch else ""
+    resume = "; --resume continues" if (out / "last.pt").exists() else ""
+    exc_info = None
+    if exc is None and cfg.is_cancelled is not None and cfg.is_cancelled():
+        level, message = logging.WARNING, f"cancelled; {saved}kept: {kept}"
+    elif exc is None:
+        level, message = logging.INFO, f"done: {trainer.epoch if trainer else 0} epoch(s); wrote {kept}"
+    elif isinstance(exc, Exception):
+        level, message = logging.ERROR, f"failed: {exc}; {saved}kept: {kept}"
+        if not isinstance(exc, RoadSegError):  # a bug, not bad input: keep the traceback
+            exc_info = (type(exc), exc, exc.__traceback__)
+    else:  # Ctrl-C, SIGTERM
+        level, message = logging.WARNING, f"interrupted; {saved}kept: {kept}{resume}"
+    handler.handle(log.makeRecord(log.name, level, __file__, 0, message, None, exc_info))
+
+
+def _make_trainer(cfg: TrainConfig, model: torch.nn.Module, meta: ModelMeta, train_tiles: list[Tile],
+                  val_tiles: list[Tile], device: torch.device) -> Trainer:
+    out = Path(cfg.out)
     # crops of `tile` train the model; whole-tile prediction uses bigger tiles (more context, fewer seams)
     meta.tile, meta.overlap = cfg.infer_tile, cfg.overlap
     meta.extra = {**meta.extra, "train_tile": cfg.tile}
+    shown = ", ".join(t.name for t in val_tiles[:8]) + ("..." if len(val_tiles) > 8 else "")
     meta.data = cfg.description or (f"{cfg.data}: {len(train_tiles)} train / {len(val_tiles)} val tiles "
-                                    f"({', '.join(t.name for t in val_tiles[:8])}{'...' if len(val_tiles) > 8 else ''} for validation)")
+                                    f"({shown} for validation)")
     area = sum(t.valid.sum() for t in train_tiles)
     length = cfg.samples_per_epoch or max(cfg.batch_size, math.ceil(area / cfg.tile**2))
     data = RandomCropDataset(train_tiles, cfg.tile, length, meta.mean, meta.std, cfg.augment,
                              cfg.scale_jitter, cfg.seed)
-    device = resolve_device(cfg.device)
     callbacks = [ModelCheckpoint(out / "best.pt"), EarlyStopping(patience=cfg.patience),
                  CSVLogger(out / "history.csv"), LossPlot(out / "loss.png"),
                  PredictionGif(out / "predictions.gif", size=min(cfg.tile, 256)), *cfg.callbacks]
@@ -105,9 +257,46 @@ def train_model(cfg: TrainConfig) -> Trainer:
                     max_minutes=cfg.max_minutes, compile=cfg.compile, on_progress=cfg.on_progress,
                     is_cancelled=cfg.is_cancelled)
     trainer = Trainer(model, meta, data, val_tiles, out, fit, device, callbacks)
-    if cfg.resume and (out / "last.pt").exists():
+    if cfg.resume:
         trainer.load_last()
     log.info("training on %s: %d train tiles (%d crops/epoch), %d val tiles", device, len(train_tiles),
              length, len(val_tiles))
-    trainer.fit()
+    return trainer
+
+
+def train_model(cfg: TrainConfig) -> Trainer:
+    """Train and return the finished trainer; RUN gets best.pt, last.pt, plots and train.log.
+
+    Nothing is written before the options, the start model and every data file have passed;
+    then train.log records the run and ends with how it ended (done, cancelled, interrupted or
+    failed, and which files are kept).
+
+    Raises:
+        RoadSegError: bad options, model or data (nothing written), or a failure mid-run.
+        KeyboardInterrupt: Ctrl-C; best.pt and last.pt keep the last finished epoch.
+    """
+    cfg.validate()
+    device = _device(cfg.device)
+    early = _Buffer()
+    with _logging_to(early):
+        train_tiles, val_tiles = _load_data(cfg)
+        model, meta = _model_and_meta(cfg, train_tiles)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(out / "train.log", encoding="utf-8")  # appends: a resumed run continues its log
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    for record in early.records:
+        handler.handle(record)
+    trainer = None
+    try:
+        with _logging_to(handler):
+            trainer = _make_trainer(cfg, model, meta, train_tiles, val_tiles, device)
+            trainer.fit()
+    except BaseException as exc:
+        _log_end(handler, cfg, trainer, exc)
+        raise
+    else:
+        _log_end(handler, cfg, trainer)
+    finally:
+        handler.close()
     return trainer

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from roadseg_plugin.core.checkpoint import ModelMeta, read_checkpoint, save_checkpoint
+from roadseg_plugin.core.errors import CheckpointError
 from roadseg_plugin.core.metrics import PixelCounts, best_threshold, pixel_counts
 from roadseg_plugin.core.normalise import normalise
 from roadseg_plugin.core.tiling import predict_array
@@ -65,13 +66,18 @@ class Trainer:
         self.callbacks = callbacks or []
         self.cuda = device.type == "cuda"
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        total = max(1, config.epochs * self.steps_per_epoch)
+        warmup = min(0.1, 3 / max(config.epochs, 1))
+        if round(warmup * total, 9) == 1:  # a warm-up of exactly one step divides by zero in OneCycleLR
+            warmup = 2 / total
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            self.optimizer, max_lr=config.lr, total_steps=max(1, config.epochs * self.steps_per_epoch),
-            pct_start=min(0.1, 3 / max(config.epochs, 1)), div_factor=10, final_div_factor=100)
+            self.optimizer, max_lr=config.lr, total_steps=total, pct_start=warmup, div_factor=10,
+            final_div_factor=100)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.cuda and config.amp)
         self.forward = torch.compile(model) if config.compile else model
         self.history: list[dict[str, float]] = []
         self.epoch = 0
+        self.saved_epoch = 0  # the epoch last.pt holds: behind `epoch` while an epoch's callbacks run
         self.stop_training = False
         self.started, self._first_epoch = time.monotonic(), 0
 
@@ -86,14 +92,23 @@ class Trainer:
                         scaler=self.scaler.state_dict(), history=self.history,
                         callbacks={type(cb).__name__: cb.state_dict() for cb in self.callbacks
                                    if hasattr(cb, "state_dict")})
+        self.saved_epoch = self.epoch
 
     def load_last(self) -> None:
-        state = read_checkpoint(self.out / "last.pt")
-        self.model.load_state_dict(state["state_dict"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.epoch, self.history = int(state["epoch"]), list(state["history"])
+        """Continue from RUN/last.pt (CheckpointError when it is not a last.pt of this model)."""
+        path = self.out / "last.pt"
+        state = read_checkpoint(path)
+        try:
+            self.model.load_state_dict(state["state_dict"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            self.epoch, self.history = int(state["epoch"]), list(state["history"])
+            self.saved_epoch = self.epoch
+        except (KeyError, RuntimeError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(path, f"does not fit this run ({first})",
+                                  "resume with the options the run started with, or drop --resume") from None
         for cb in self.callbacks:
             if hasattr(cb, "load_state_dict") and type(cb).__name__ in state["callbacks"]:
                 cb.load_state_dict(state["callbacks"][type(cb).__name__])
@@ -121,9 +136,7 @@ class Trainer:
                     cb.on_epoch_end(self, logs)
                 self.save_last()
                 log.info(self.summary(logs))
-        except KeyboardInterrupt:
-            log.warning("interrupted: best.pt holds the best epoch so far; --resume continues")
-        finally:
+        finally:  # also on Ctrl-C or an error, which go on to the caller (train.log and the exit status say so)
             for cb in self.callbacks:
                 cb.on_train_end(self)
         return self.history

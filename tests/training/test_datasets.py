@@ -6,7 +6,15 @@ from rasterio.transform import from_origin
 
 from roadseg_plugin.core.errors import DatasetError
 from tests.conftest import draw_roads, road_image, write_png_pair
-from training.datasets import RandomCropDataset, find_pairs, load_tiles, read_image, resize_sample, split_tiles
+from training.datasets import (
+    RandomCropDataset,
+    find_pairs,
+    load_tiles,
+    read_image,
+    read_mask,
+    resize_sample,
+    split_tiles,
+)
 
 
 def test_pairs_by_stem(road_dataset):
@@ -144,3 +152,55 @@ def test_resize_keeps_labels_binary():
     s = {"image": torch.rand(3, 40, 40), "mask": (torch.rand(40, 40) > 0.5).float(), "valid": torch.ones(40, 40)}
     r = resize_sample(s, 32)
     assert set(r["mask"].unique().tolist()) <= {0.0, 1.0} and r["valid"].min() == 1
+
+
+def truncate(path):
+    """Keep the first half of a file, as an interrupted copy or download does."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def write_tif_pair(root, name, image, mask):
+    for sub, array in (("images", image), ("masks", (mask * 255).astype(np.uint8)[None])):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+        with rasterio.open(root / sub / f"{name}.tif", "w", driver="GTiff", width=array.shape[2],
+                           height=array.shape[1], count=array.shape[0], dtype="uint8") as dst:
+            dst.write(array)
+
+
+@pytest.mark.parametrize("fmt,sub", [("png", "images"), ("png", "masks"), ("tif", "images")])
+def test_truncated_file_is_refused_not_zero_filled(road_dataset, fmt, sub):
+    # GDAL's fast PNG path decodes a truncated PNG without an error (made-up rows): reads are strict
+    rng = np.random.default_rng(7)
+    mask = draw_roads(96, rng)
+    if fmt == "png":
+        write_png_pair(road_dataset, "cut", road_image(mask, rng), mask)
+    else:
+        write_tif_pair(road_dataset, "cut", road_image(mask, rng), mask)
+    truncate(road_dataset / sub / f"cut.{fmt}")
+    with pytest.raises(DatasetError, match=rf"{sub}/cut\.{fmt}: cannot be read \(.+\); replace or remove"):
+        load_tiles(road_dataset)
+    with pytest.warns(UserWarning, match=rf"skipping: .*cut\.{fmt}"):
+        assert [t.name for t in load_tiles(road_dataset, skip_bad=True)] == ["tile0", "tile1", "tile2", "tile3"]
+
+
+def test_zero_one_masks_are_road_and_background(road_dataset):
+    rng = np.random.default_rng(8)
+    mask = draw_roads(64, rng)
+    write_png_pair(road_dataset, "01", road_image(mask, rng), mask)
+    with rasterio.open(road_dataset / "masks" / "01.png", "w", driver="PNG", width=64, height=64, count=1,
+                       dtype="uint8") as dst:
+        dst.write(mask.astype(np.uint8)[None])  # values 0 and 1, not 0 and 255
+    tiles = {t.name: t for t in load_tiles(road_dataset)}
+    assert mask.any() and np.array_equal(tiles["01"].mask, mask)
+    assert np.array_equal(read_mask(road_dataset / "masks" / "tile0.png"), tiles["tile0"].mask)  # 0/255 unchanged
+
+
+def test_other_mask_values_keep_the_over_127_rule(tmp_path):
+    values = np.array([[0, 1, 100, 128, 200, 255]], np.uint8)
+    with rasterio.open(tmp_path / "m.png", "w", driver="PNG", width=6, height=1, count=1, dtype="uint8") as dst:
+        dst.write(values[None])
+    assert read_mask(tmp_path / "m.png").tolist() == [[False, False, False, True, True, True]]
+    with rasterio.open(tmp_path / "z.png", "w", driver="PNG", width=6, height=1, count=1, dtype="uint8") as dst:
+        dst.write(np.zeros((1, 1, 6), np.uint8))
+    assert not read_mask(tmp_path / "z.png").any()

@@ -6,6 +6,7 @@ import imageio.v3 as iio
 import pytest
 
 from roadseg_plugin.core.checkpoint import load_model, read_checkpoint
+from roadseg_plugin.core.errors import CheckpointError, DatasetError
 from training.cli import main
 from training.train import TrainConfig, train_model
 
@@ -81,3 +82,66 @@ def test_cli_bad_data_exits_2_with_one_line(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "missing/images" in err[0]
+
+
+def log_lines(run):
+    return (run / "train.log").read_text().strip().splitlines()
+
+
+def test_train_log_ends_with_done_and_the_files(run_dir):
+    last = log_lines(run_dir)[-1]
+    assert "INFO done: 2 epoch(s); wrote best.pt, last.pt, history.csv" in last
+
+
+def test_a_failed_run_logs_the_failure_not_success(run_dir, road_dataset):
+    before = (run_dir / "last.pt").read_bytes()
+    # last.pt of a base-4 model cannot continue a base-8 run: refused with the file named
+    with pytest.raises(CheckpointError, match=r"last\.pt: does not fit this run"):
+        train_model(TrainConfig(data=road_dataset, out=run_dir, resume=True, **{**TINY, "base_channels": 8}))
+    lines = log_lines(run_dir)
+    assert "ERROR failed: " in lines[-1] and "last.pt: does not fit this run" in lines[-1]
+    assert "kept: best.pt, last.pt" in lines[-1] and "done" not in lines[-1]
+    assert (run_dir / "last.pt").read_bytes() == before
+
+
+class InterruptAt:
+    """Ctrl-C arriving during epoch `epoch`'s callbacks, i.e. after epoch - 1 was saved."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_train_begin(self, trainer):
+        pass
+
+    def on_epoch_end(self, trainer, logs):
+        if logs["epoch"] == self.epoch:
+            raise KeyboardInterrupt
+
+    def on_train_end(self, trainer):
+        pass
+
+
+def test_interrupt_keeps_the_last_epoch_and_says_so(road_dataset, tmp_path):
+    out = tmp_path / "i"
+    with pytest.raises(KeyboardInterrupt):
+        train_model(TrainConfig(data=road_dataset, out=out, callbacks=[InterruptAt(2)], **{**TINY, "epochs": 5}))
+    assert read_checkpoint(out / "last.pt")["epoch"] == 1 and (out / "best.pt").is_file()
+    last = log_lines(out)[-1]
+    assert "WARNING interrupted; last.pt holds epoch 1; kept: best.pt, last.pt" in last
+    assert last.endswith("; --resume continues")
+
+
+def test_cancel_is_logged_as_cancelled(road_dataset, tmp_path):
+    train_model(TrainConfig(data=road_dataset, out=tmp_path / "c", is_cancelled=lambda: True, **TINY))
+    assert log_lines(tmp_path / "c")[-1].endswith("WARNING cancelled; kept: no model")
+
+
+def test_bad_data_leaves_no_run_folder_and_skips_reach_train_log(road_dataset, tmp_path):
+    (road_dataset / "images" / "tile3.png").write_bytes(b"not a png")
+    with pytest.raises(DatasetError, match=r"images/tile3\.png: cannot be read"):
+        train_model(TrainConfig(data=road_dataset, out=tmp_path / "bad", **TINY))
+    assert not (tmp_path / "bad").exists()
+    with pytest.warns(UserWarning, match="tile3"):
+        train_model(TrainConfig(data=road_dataset, out=tmp_path / "skip", skip_bad=True, **{**TINY, "epochs": 1}))
+    text = (tmp_path / "skip" / "train.log").read_text()
+    assert "WARNING skipping: " in text and "tile3.png" in text  # logged before the run folder existed
