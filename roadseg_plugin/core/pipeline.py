@@ -7,19 +7,25 @@ message bar / QgsProcessingException).
 
 Nothing is lost: every output is checked before the model loads (known format, existing and
 writable folder, never one of the inputs: the raster, the model, each other), the probability
-raster is written under a temporary name beside its destination, and all outputs of one run
-are moved into place together at the end; a failure or cancel leaves the previous files as
-they were.
+raster is written in a temporary folder beside its destination (named after it and the process,
+see `atomic`; those a killed run left are removed first), checked once written (a full disk or a
+file size limit must not pass for a finished raster), and all outputs of one run are moved into
+place together at the end; a failure or cancel leaves the previous files as they were. Errors
+about the temporary files name the output they stand for.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
-from .errors import Cancelled, OutputError
+from .atomic import remove_stale_temporaries, temporary_folder
+from .errors import Cancelled, OutputError, RoadSegError
 from .params import RASTER_OUTPUT_SUFFIXES, InferenceParams, VectoriseParams, check_threshold, read_model_info
 from .vector_io import driver_for
 
@@ -51,10 +57,10 @@ class RoadsResult:
         warnings: what the user should know (resampling, value stretch, no georeferencing...).
     """
 
-    lines: "gpd.GeoDataFrame"
+    lines: gpd.GeoDataFrame
     lines_path: Path | None
     prob_path: Path | None
-    segment: "SegmentResult | None"
+    segment: SegmentResult | None
     threshold: float
     warnings: list[str] = field(default_factory=list)
 
@@ -81,15 +87,21 @@ def _check_cancel(is_cancelled: Callable[[], bool] | None) -> None:
 # ----------------------------------------------------------------------- output checks
 
 def dataset_file(name: str | os.PathLike) -> Path | None:
-    """The local file behind a raster name: a path, or the file of `DRIVER:file:layer` names."""
+    """The local file behind a raster name: a path, or the file of `DRIVER:file:layer` names.
+
+    The file part may hold colons itself (GPKG:C:\\data\\r.gpkg:table), so the longest part
+    after the driver that names an existing file wins.
+    """
     text = os.fspath(name)
     if os.path.exists(text):
         return Path(text)
-    parts = text.split(":")
-    if len(parts) >= 2 and parts[0].isupper():  # GPKG:/data/r.gpkg:layer, NETCDF:"f.nc":var
-        candidate = parts[1].strip('"')
-        if os.path.exists(candidate):
-            return Path(candidate)
+    driver, sep, rest = text.partition(":")
+    if sep and driver.isupper():  # GPKG:/data/r.gpkg:layer, NETCDF:"f.nc":var
+        parts = rest.split(":")
+        for end in range(len(parts), 0, -1):
+            candidate = ":".join(parts[:end]).strip('"')
+            if candidate and os.path.exists(candidate):
+                return Path(candidate)
     return None
 
 
@@ -142,6 +154,69 @@ def check_probability_output(path: Path | None) -> None:
                           "name it something.tif")
 
 
+def clear_stale_temporaries(*outputs: Path | None) -> None:
+    """Remove the temporaries that killed runs left beside these outputs (see `atomic`)."""
+    for path in outputs:
+        if path is not None:
+            remove_stale_temporaries(path)
+
+
+@contextmanager
+def staging_folder(output: Path | None) -> Iterator[Path]:
+    """A temporary folder beside `output` named after it (the system's temporary folder when the
+    run keeps no file); removed with everything in it on leaving."""
+    if output is not None and os.access(output.parent, os.W_OK):
+        tmp = temporary_folder(output)
+    else:
+        tmp = Path(tempfile.mkdtemp(prefix="roadseg-"))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def _named_output(tmp: Path, output: Path | None, role: str | None) -> Iterator[None]:
+    """Errors about files in the staging folder `tmp` name `output`, the file they stand for.
+
+    `role` None: the probability raster is only an intermediate of the road lines `output`.
+    """
+    try:
+        yield
+    except RoadSegError as exc:
+        if output is None or not exc.path.startswith(str(tmp)):
+            raise
+        what = role or "the probability raster made for these lines"
+        problem = exc.problem.replace(exc.path, str(output)).replace(str(tmp), str(output.parent))
+        raise OutputError(output, f"{what}: {problem}",
+                          exc.fix or "check the free disk space; earlier outputs are unchanged") from None
+
+
+def check_written_raster(path: Path, width: int, height: int) -> None:
+    """The engine's GeoTIFF opens, has the run's size and every block of its band on disk.
+
+    GDAL reports a failed write when the file is closed only through messages, not errors: with
+    the disk full or a file size limit reached the file is left without its directory, or (when
+    space came back mid-run) with blocks missing, which would read as "no road".
+
+    Raises:
+        OutputError: the raster is incomplete.
+    """
+    import rasterio
+    from rasterio.errors import RasterBlockError, RasterioError
+
+    fix = "free some disk space (or raise the file size limit) and run again"
+    try:
+        with rasterio.open(path) as src:
+            if (src.width, src.height) != (width, height):
+                raise OutputError(path, f"was written as {src.width} x {src.height} px, not {width} x {height}", fix)
+            for (i, j), _ in src.block_windows(1):
+                if src.block_size(1, i, j) <= 0:
+                    raise RasterBlockError(f"block {i},{j} is empty")
+    except (RasterioError, RasterBlockError):
+        raise OutputError(path, "not written completely (is the disk full?)", fix) from None
+
+
 # ------------------------------------------------------------------------------ the chain
 
 def extract_roads(source: Source, lines_out: str | os.PathLike | None, params: InferenceParams,
@@ -177,18 +252,21 @@ def extract_roads(source: Source, lines_out: str | os.PathLike | None, params: I
     meta = read_model_info(params.model)
     params.check_model(meta, params.model_path)
     _check_cancel(is_cancelled)
+    clear_stale_temporaries(lines_path, prob_path)
 
-    work_dir = (prob_path or lines_path or Path(tempfile.gettempdir())).parent
-    with tempfile.TemporaryDirectory(prefix=".roadseg-", dir=work_dir if os.access(work_dir, os.W_OK) else None) as tmp:
-        staged = Path(tmp) / "probability.tif"
-        segment = segment_raster(
-            source, staged, params.model, device=params.device, backend=params.backend, tile=params.tile,
-            overlap=params.overlap, batch_size=params.batch_size, bands=list(params.bands) if params.bands else None,
-            threshold=params.threshold, binary=params.binary, tta=params.tta, **_reading(source, params),
-            on_progress=_stage(on_progress, 0.0, SEGMENT_SHARE), is_cancelled=is_cancelled)
-        _check_cancel(is_cancelled)
-        lines = _vectorise(staged, segment.threshold, vectorise_params,
-                           _stage(on_progress, SEGMENT_SHARE, SEGMENT_SHARE + VECTORISE_SHARE), is_cancelled)
+    with staging_folder(prob_path or lines_path) as tmp:
+        staged = tmp / "probability.tif"
+        with _named_output(tmp, prob_path or lines_path, "the probability raster" if prob_path else None):
+            segment = segment_raster(
+                source, staged, params.model, device=params.device, backend=params.backend, tile=params.tile,
+                overlap=params.overlap, batch_size=params.batch_size,
+                bands=list(params.bands) if params.bands else None, threshold=params.threshold,
+                binary=params.binary, tta=params.tta, **_reading(source, params),
+                on_progress=_stage(on_progress, 0.0, SEGMENT_SHARE), is_cancelled=is_cancelled)
+            check_written_raster(staged, segment.width, segment.height)
+            _check_cancel(is_cancelled)
+            lines = _vectorise(staged, segment.threshold, vectorise_params,
+                               _stage(on_progress, SEGMENT_SHARE, SEGMENT_SHARE + VECTORISE_SHARE), is_cancelled)
         _check_cancel(is_cancelled)
         _commit(lines, lines_path, vectorise_params, staged, prob_path)
     if on_progress is not None:
@@ -216,6 +294,7 @@ def vectorise_file(mask: str | os.PathLike, lines_out: str | os.PathLike | None,
     if lines_path is not None:
         driver_for(lines_path, vectorise_params.format)
     check_outputs({"road lines": lines_path}, [mask])
+    clear_stale_temporaries(lines_path)
     if threshold is None:
         threshold = stored_threshold(mask) or DEFAULT_VECTORISE_THRESHOLD
     lines = _vectorise(Path(mask), threshold, vectorise_params, _stage(on_progress, 0.0, 0.98), is_cancelled)
@@ -239,14 +318,14 @@ def stored_threshold(mask: str | os.PathLike) -> float | None:
 
 
 def _vectorise(raster: Path, threshold: float, params: VectoriseParams, on_progress: Progress | None,
-               is_cancelled: Callable[[], bool] | None) -> "gpd.GeoDataFrame":
+               is_cancelled: Callable[[], bool] | None) -> gpd.GeoDataFrame:
     from .vectorise import vectorise_raster
 
     return vectorise_raster(raster, threshold=threshold, on_progress=on_progress, is_cancelled=is_cancelled,
                             **params.kwargs())
 
 
-def _commit(lines: "gpd.GeoDataFrame", lines_path: Path | None, params: VectoriseParams,
+def _commit(lines: gpd.GeoDataFrame, lines_path: Path | None, params: VectoriseParams,
             staged_prob: Path | None, prob_path: Path | None) -> None:
     """Move every output into place; the probability raster only once the lines are written."""
     from .vector_io import write_lines

@@ -3,6 +3,12 @@
 The engine only talks to the `RasterReader` protocol, so a QGIS data provider can be wrapped
 in a reader and passed straight in. `open_raster` gives the rasterio implementation, which
 also resamples to the model's ground sampling distance (GSD) when the raster's differs.
+
+A raster placed by ground control points (GCPs) instead of a geotransform is read through a
+WarpedVRT that warps it with its GCPs (GDAL's polynomial GCP transformer, bilinear) onto a
+north-up grid in the GCPs' CRS, so its output lands where the image is; pixels outside the
+image are invalid. GCPs without a CRS, and RPCs without a geotransform, are refused rather than
+processed in pixel coordinates.
 """
 from __future__ import annotations
 
@@ -76,13 +82,15 @@ class RasterioReader:
                  native_gsd_m: float | None = None) -> None:
         self.name = str(path)
         self.warnings: list[str] = []
-        self._src = _open_dataset(path)
+        self._file = self._src = _open_dataset(path)
+        self._local_grid = False  # True: a raster without georeferencing placed at `native_gsd_m`
         try:
             self._check(bands)
+            self._src = self._placed_by_gcps()
             src_transform, gsd = self._source_grid(native_gsd_m)
             self._ds = self._target(src_transform, gsd, gsd_m, extent)
         except BaseException:
-            self._src.close()
+            self._close_sources()
             raise
         self.width, self.height, self.count = self._ds.width, self._ds.height, self._src.count
         self.crs = self._src.crs
@@ -91,8 +99,37 @@ class RasterioReader:
         self.alpha_bands = tuple(i for i, ci in enumerate(self._src.colorinterp, 1) if ci == ColorInterp.alpha)
         self.nodata = self._src.nodata
         self.gsd_m = mean_gsd_m(self.crs, self.transform, self.width, self.height)
-        if self.gsd_m is None and native_gsd_m and src_transform is not self._src.transform:
+        if self.gsd_m is None and self._local_grid:
             self.gsd_m = abs(self.transform.a)  # local grid in metres (see `_source_grid`)
+
+    def _placed_by_gcps(self) -> rasterio.io.DatasetReaderBase:
+        """The file, or for a raster placed by GCPs only a WarpedVRT of it on a north-up grid.
+
+        Raises:
+            RasterError: GCPs without a CRS, RPCs only, or GCPs GDAL cannot warp with.
+        """
+        src = self._file
+        if _is_georeferenced(src):
+            return src
+        gcps, gcp_crs = src.gcps
+        if not gcps:
+            if src.rpcs:
+                raise RasterError(self.name, "the raster is placed by RPCs only (a satellite scene that is not "
+                                  "orthorectified)", "orthorectify it first, e.g. gdalwarp -rpc -t_srs EPSG:<code>")
+            return src
+        if gcp_crs is None:
+            raise RasterError(self.name, f"the raster has {len(gcps)} ground control points but no CRS for them",
+                              "set their CRS (gdal_translate -a_srs EPSG:<code>) or warp it with gdalwarp")
+        alpha = any(ci == ColorInterp.alpha for ci in src.colorinterp)
+        try:
+            vrt = WarpedVRT(src, src_crs=gcp_crs, crs=gcp_crs, resampling=Resampling.bilinear,
+                            add_alpha=not alpha)
+        except RasterioError as exc:
+            raise RasterError(self.name, f"cannot warp the raster with its {len(gcps)} ground control points "
+                              f"({str(exc).splitlines()[0][:100]})", "warp it with gdalwarp first") from None
+        self.warnings.append(f"{self.name}: placed by {len(gcps)} ground control points; warped to a north-up "
+                             f"grid in {gcp_crs} ({vrt.width} x {vrt.height} px) and the output is on that grid")
+        return vrt
 
     def _source_grid(self, native_gsd_m: float | None) -> tuple[affine.Affine, tuple[float, float] | None]:
         """The raster's transform and its metres per pixel (x, y); None when unknown.
@@ -105,6 +142,7 @@ class RasterioReader:
         if native_gsd_m and not _is_georeferenced(src):
             self.warnings.append(f"{self.name}: no georeferencing; read as {native_gsd_m:g} m pixels and the "
                                  "output is in metres from the image's top-left corner (y up)")
+            self._local_grid = True
             return affine.Affine(native_gsd_m, 0.0, 0.0, 0.0, -native_gsd_m, 0.0), (native_gsd_m, native_gsd_m)
         if native_gsd_m:
             self.warnings.append(f"{self.name}: the raster is georeferenced; the pixel size given "
@@ -125,7 +163,7 @@ class RasterioReader:
             fx, fy = gsd[0] / gsd_m, gsd[1] / gsd_m
         width, height = max(1, round((c1 - c0) * fx)), max(1, round((r1 - r0) * fy))
         if (c0, r0, c1, r1) == (0, 0, src.width, src.height) and (fx, fy) == (1.0, 1.0) \
-                and src_transform is src.transform:
+                and not self._local_grid:
             return src
         transform = src_transform * affine.Affine.translation(c0, r0) * affine.Affine.scale(
             (c1 - c0) / width, (r1 - r0) / height)
@@ -138,7 +176,7 @@ class RasterioReader:
         else:
             resampling = Resampling.nearest  # a crop on the raster's own pixels: exact values
         masked_by_file = src.mask_flag_enums[0] == [MaskFlags.per_dataset]
-        own = src_transform is src.transform
+        own = not self._local_grid
         return WarpedVRT(src, src_transform=None if own else src_transform, crs=src.crs, transform=transform,
                          width=width, height=height, resampling=resampling, add_alpha=masked_by_file)
 
@@ -150,7 +188,7 @@ class RasterioReader:
             return 0, 0, src.width, src.height
         xmin, ymin, xmax, ymax = extent
         inverse = ~transform
-        cols, rows = zip(*(inverse * (x, y) for x in (xmin, xmax) for y in (ymin, ymax)))
+        cols, rows = zip(*(inverse * (x, y) for x in (xmin, xmax) for y in (ymin, ymax)), strict=True)
         c0, c1 = max(0, math.floor(min(cols) + 1e-9)), min(src.width, math.ceil(max(cols) - 1e-9))
         r0, r1 = max(0, math.floor(min(rows) + 1e-9)), min(src.height, math.ceil(max(rows) - 1e-9))
         if c1 <= c0 or r1 <= r0:
@@ -202,7 +240,7 @@ class RasterioReader:
             else:
                 valid = self._ds.read_masks(bands[0], **kw) > 0
         except RasterioError as exc:
-            raise RasterError(self.name, f"reading failed ({str(exc).splitlines()[0][:100]})",
+            raise RasterError(self.name, f"reading failed ({gdal_reason(exc)})",
                               "the file may be truncated or damaged; copy or export it again") from None
         return data, valid
 
@@ -233,13 +271,27 @@ class RasterioReader:
     def close(self) -> None:
         if self._ds is not self._src:
             self._ds.close()
-        self._src.close()
+        self._close_sources()
 
-    def __enter__(self) -> "RasterioReader":
+    def _close_sources(self) -> None:
+        if self._src is not self._file:
+            self._src.close()
+        self._file.close()
+
+    def __enter__(self) -> RasterioReader:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def gdal_reason(exc: BaseException) -> str:
+    """The first line of the GDAL message behind a rasterio error (which may only say "Read
+    failed. See previous exception for details.")."""
+    reason = exc
+    while "previous exception" in str(reason) and (behind := reason.__cause__ or reason.__context__) is not None:
+        reason = behind
+    return (str(reason).strip().splitlines() or [type(reason).__name__])[0][:120]
 
 
 def _open_dataset(path: str | os.PathLike) -> rasterio.DatasetReader:

@@ -9,10 +9,15 @@ CRS's units (`gsd.pixel_size_m`; for a geographic CRS, at the centre of the mask
 CRS, map units are taken as metres; without a transform, pixels are 1 m and coordinates are pixel
 coordinates (x = column + 0.5, y = row + 0.5, y pointing down).
 
-Attributes: `id` 1..n; `length_m` of the final line in metres; `width_m` the mean over the
-line's skeleton pixels of 2 * d - 1 px (d: distance to the nearest background pixel, as
-scipy's EDT), in metres; `mean_prob` the mean probability over the same pixels, NaN when no
-probability is given (0 would read as "certainly not a road"; NaN is written as null).
+Attributes: `id` 1..n; `length_m` the length of the line as written, measured in the output
+CRS: its planar length times the CRS's metres per unit (`gsd.metres_per_unit`), or for a
+geographic CRS the sum of the geodesic lengths of its segments on the CRS's ellipsoid (pyproj),
+so a rotated or sheared transform gives the same length as measuring the file in a GIS;
+`width_m` the mean over the line's skeleton pixels of 2 * d - 1 px (d: distance to the nearest
+background pixel, as scipy's EDT), times the side of a square of the pixel's ground area (the
+transform's determinant in square metres, at the centre latitude for degrees); `mean_prob` the
+mean probability over the same pixels, NaN when no probability is given (0 would read as
+"certainly not a road"; NaN is written as null).
 
 Writers live in `vector_io`; `apls` reuses `road_graph` so skeleton -> graph has one home.
 """
@@ -20,19 +25,31 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import networkx as nx
 import numpy as np
 import shapely
 
 from .errors import RasterError
+from .gsd import centre_latitude, metres_per_unit
 from .gsd import pixel_size_m as _pixel_size_m  # private: the old vectorise.pixel_size_m had other arguments
 from .road_graph import (  # noqa: F401 - constants and road_graph re-exported for existing importers
-    AUTO_BLOCK_PIXELS, BLOCK_SIZE, GAP_M, HALO_PX, MIN_LENGTH_M, SPUR_LENGTH_M, _array_reader, _as_mask, _check,
-    _graph, road_graph)
+    AUTO_BLOCK_PIXELS,
+    BLOCK_SIZE,
+    GAP_M,
+    HALO_PX,
+    MIN_LENGTH_M,
+    SPUR_LENGTH_M,
+    _array_reader,
+    _as_mask,
+    _check,
+    _graph,
+    road_graph,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +86,37 @@ def _scale(transform, crs, shape: tuple[int, int]) -> tuple[float, float]:
     return y_m, x_m
 
 
+def _pixel_side_m(transform, crs, shape: tuple[int, ...]) -> float:
+    """The side of a square with a pixel's ground area, in metres (the transform's determinant)."""
+    from affine import Affine
+
+    t = Affine.identity() if transform is None else transform
+    fx, fy = metres_per_unit(crs, centre_latitude(t, shape[1], shape[0]))
+    return math.sqrt(abs(t.a * t.e - t.b * t.d) * fx * fy)
+
+
+def _geographic(crs) -> Any:
+    """The pyproj Geod of a geographic `crs` (degrees), else None."""
+    if crs is None:
+        return None
+    from pyproj import CRS
+
+    pcrs = CRS.from_user_input(crs)
+    return pcrs.get_geod() if pcrs.is_geographic else None
+
+
+def _lengths_m(xy: np.ndarray, idx: np.ndarray, crs, n: int) -> np.ndarray:
+    """Metres along each of `n` lines given as map coordinates `xy` with line numbers `idx`."""
+    same = idx[1:] == idx[:-1]
+    a, b = xy[:-1][same], xy[1:][same]
+    geod = _geographic(crs)
+    if geod is not None:  # lists: pyproj would take 1-element arrays for scalars
+        step = np.asarray(geod.inv(a[:, 0].tolist(), a[:, 1].tolist(), b[:, 0].tolist(), b[:, 1].tolist())[2])
+    else:
+        step = np.hypot(b[:, 0] - a[:, 0], b[:, 1] - a[:, 1]) * metres_per_unit(crs)[0]
+    return np.bincount(idx[1:][same], step, minlength=n)
+
+
 # ------------------------------------------------------------------------ lines, frames
 
 def _chaikin(xy: np.ndarray, passes: int = _SMOOTH_PASSES) -> np.ndarray:
@@ -103,7 +151,7 @@ def _linestrings(coords: list[np.ndarray]) -> np.ndarray:
                                                                          [len(c) for c in coords]))
 
 
-def _frame(graph: nx.MultiGraph, transform, crs, scale: tuple[float, float], tolerance: float,
+def _frame(graph: nx.MultiGraph, transform, crs, shape: tuple[int, ...], tolerance: float,
            smooth: bool, has_prob: bool):
     import geopandas as gpd
     from affine import Affine
@@ -118,24 +166,22 @@ def _frame(graph: nx.MultiGraph, transform, crs, scale: tuple[float, float], tol
         return gpd.GeoDataFrame({"id": np.zeros(0, np.int64), **{f: np.zeros(0) for f in FIELDS[1:]}},
                                 geometry=gpd.GeoSeries([], crs=crs), crs=crs)
     lines = _linestrings(_corners([pts[:, ::-1] + 0.5 for *_, pts, _ in paths]))  # (x, y) = (col, row) + 0.5
-    tol_px = tolerance / math.sqrt(scale[0] * scale[1])
+    px = _pixel_side_m(transform, crs, shape)
+    tol_px = tolerance / px
     if tol_px > 0:  # Douglas-Peucker keeps line ends; only rings could collapse (13x slower guard)
         ring = shapely.is_closed(lines)
         lines[ring] = shapely.simplify(lines[ring], tol_px, preserve_topology=True)
         lines[~ring] = shapely.simplify(lines[~ring], tol_px, preserve_topology=False)
     if smooth:
         lines = _linestrings([_chaikin(shapely.get_coordinates(g)) for g in lines])
-    xy, idx = shapely.get_coordinates(lines, return_index=True)
-    step = np.diff(xy, axis=0) * (scale[1], scale[0])
-    same = idx[1:] == idx[:-1]
-    length = np.bincount(idx[1:][same], np.hypot(step[same, 0], step[same, 1]), minlength=len(data))
     n = np.array([d["n"] for d in data])
-    px = math.sqrt(scale[0] * scale[1])
     width = np.where(n > 0, np.array([d["sw"] for d in data]) / np.maximum(n, 1) * px, np.nan)
     prob = np.array([d["sp"] for d in data]) / np.maximum(n, 1) if has_prob else np.full(len(data), np.nan)
     t = transform if transform is not None else Affine.identity()
     lines = shapely.transform(lines, lambda c: np.column_stack([t.a * c[:, 0] + t.b * c[:, 1] + t.c,
                                                                 t.d * c[:, 0] + t.e * c[:, 1] + t.f]))
+    xy, idx = shapely.get_coordinates(lines, return_index=True)
+    length = _lengths_m(xy, idx, crs, len(data))
     return gpd.GeoDataFrame({"id": np.arange(1, len(data) + 1, dtype=np.int64), "length_m": length,
                              "width_m": width, "mean_prob": prob}, geometry=lines, crs=crs)
 
@@ -172,7 +218,7 @@ def vectorise_mask(mask: np.ndarray, transform=None, crs=None, prob: np.ndarray 
     graph = _graph(read, mask.shape, scale, prob_scale, min_length=min_length, spur_length=spur_length,
                    gap=gap, block_size=block_size, halo=halo, on_progress=on_progress,
                    is_cancelled=is_cancelled)
-    return _frame(graph, transform, crs, scale, tolerance, smooth, prob is not None)
+    return _frame(graph, transform, crs, mask.shape, tolerance, smooth, prob is not None)
 
 
 def _raster_is_binary(src, band: int) -> bool:
@@ -205,45 +251,71 @@ def vectorise_raster(path: str | Path, *, threshold: float = 0.5, band: int = 1,
     Memory is bounded by `block_size` (+ halo); see `vectorise_mask` for the other arguments.
 
     Raises:
-        RasterError: the file cannot be opened or the band does not exist.
+        RasterError: the file cannot be opened or read (truncated, damaged), the band does not
+            exist, or it is placed by ground control points or RPCs only (warp it first).
     """
     import rasterio
-    from rasterio.windows import Window
 
     _check(min_length, spur_length, gap, tolerance, block_size, halo)
     try:
         src = rasterio.open(path)
     except (rasterio.errors.RasterioIOError, OSError) as exc:
-        raise RasterError(path, f"cannot open the raster ({exc})",
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+        raise RasterError(path, f"cannot open the raster ({first})",
                           "check the path and that it is a GeoTIFF (or another GDAL raster)") from exc
     with src:
-        if not 1 <= band <= src.count:
-            raise RasterError(path, f"band {band} does not exist (the raster has {src.count})",
-                              f"choose a band between 1 and {src.count}")
-        dtype = np.dtype(src.dtypes[band - 1])
-        nodata = src.nodatavals[band - 1]
-        if dtype == np.uint8:
-            mode = "binary" if _raster_is_binary(src, band) else "prob"
-            cut, prob_scale = (threshold if threshold > 1 else threshold * 255.0), 1 / 255
-        else:
-            mode = "prob" if dtype.kind == "f" else "binary"
-            cut, prob_scale = threshold, 1.0
+        _check_georeferencing(src, path)
+        try:
+            frame = _vectorise_dataset(src, band, threshold, dict(
+                min_length=min_length, spur_length=spur_length, gap=gap, block_size=block_size or BLOCK_SIZE,
+                halo=halo, on_progress=on_progress, is_cancelled=is_cancelled), tolerance, smooth)
+        except rasterio.errors.RasterioError as exc:
+            from .readers import gdal_reason
 
-        def read(r0: int, r1: int, c0: int, c1: int) -> tuple[np.ndarray, np.ndarray | None]:
-            raw = src.read(band, window=Window(c0, r0, c1 - c0, r1 - r0))
-            road = raw != 0 if mode == "binary" else raw > cut
-            if nodata is not None:
-                road &= ~np.isnan(raw) if np.isnan(nodata) else raw != nodata
-            return road, (raw if mode == "prob" else None)
-
-        crs = None
-        if src.crs is not None:
-            epsg = src.crs.to_epsg()
-            crs = f"EPSG:{epsg}" if epsg else src.crs.to_wkt()
-        scale = _scale(src.transform, src.crs, src.shape)
-        graph = _graph(read, src.shape, scale, prob_scale, min_length=min_length, spur_length=spur_length,
-                       gap=gap, block_size=block_size or BLOCK_SIZE, halo=halo, on_progress=on_progress,
-                       is_cancelled=is_cancelled)
-        frame = _frame(graph, src.transform, crs, scale, tolerance, smooth, mode == "prob")
+            raise RasterError(path, f"reading failed ({gdal_reason(exc)})",
+                              "the file may be truncated or damaged; copy or export it again") from None
     log.info("%s: %d road lines, %.1f km", path, len(frame), frame["length_m"].sum() / 1000)
     return frame
+
+
+def _check_georeferencing(src, path) -> None:
+    """Refuse a raster placed by GCPs or RPCs only: its lines would silently be in pixel units."""
+    from affine import Affine
+
+    if src.transform != Affine.identity() or src.crs is not None:
+        return
+    if src.gcps[0] or src.rpcs:
+        kind = "ground control points" if src.gcps[0] else "RPCs"
+        raise RasterError(path, f"the raster is placed by {kind} only, without a geotransform",
+                          "warp it to a map grid first (gdalwarp), or segment the image again")
+
+
+def _vectorise_dataset(src, band: int, threshold: float, graph_options: dict, tolerance: float, smooth: bool):
+    """`vectorise_raster` on an open dataset (rasterio errors propagate)."""
+    from rasterio.windows import Window
+
+    if not 1 <= band <= src.count:
+        raise RasterError(src.name, f"band {band} does not exist (the raster has {src.count})",
+                          f"choose a band between 1 and {src.count}")
+    dtype = np.dtype(src.dtypes[band - 1])
+    nodata = src.nodatavals[band - 1]
+    if dtype == np.uint8:
+        mode = "binary" if _raster_is_binary(src, band) else "prob"
+        cut, prob_scale = (threshold if threshold > 1 else threshold * 255.0), 1 / 255
+    else:
+        mode = "prob" if dtype.kind == "f" else "binary"
+        cut, prob_scale = threshold, 1.0
+
+    def read(r0: int, r1: int, c0: int, c1: int) -> tuple[np.ndarray, np.ndarray | None]:
+        raw = src.read(band, window=Window(c0, r0, c1 - c0, r1 - r0))
+        road = raw != 0 if mode == "binary" else raw > cut
+        if nodata is not None:
+            road &= ~np.isnan(raw) if np.isnan(nodata) else raw != nodata
+        return road, (raw if mode == "prob" else None)
+
+    crs = None
+    if src.crs is not None:
+        epsg = src.crs.to_epsg()
+        crs = f"EPSG:{epsg}" if epsg else src.crs.to_wkt()
+    graph = _graph(read, src.shape, _scale(src.transform, src.crs, src.shape), prob_scale, **graph_options)
+    return _frame(graph, src.transform, crs, src.shape, tolerance, smooth, mode == "prob")

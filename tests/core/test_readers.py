@@ -167,3 +167,54 @@ def test_vrt_and_world_file_jpeg_are_read(tmp_path):
     with open_raster(tmp_path / "photo.jpg", gsd_m=1.0) as reader:
         assert reader.transform == from_origin(10, 20, 0.5, 0.5) and reader.width == 50
         assert any("no coordinate reference system" in w for w in reader.warnings)
+
+
+def gcp_tif(path: Path, placed, crs, size: int = 60, rpcs: bool = False) -> Path:
+    """A raster placed by 9 GCPs of the affine `placed` (or by RPCs), without a geotransform."""
+    from rasterio.control import GroundControlPoint
+
+    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8") as dst:
+        dst.write(rgb(size, size))
+        if rpcs:
+            from rasterio.rpc import RPC
+
+            dst.rpcs = RPC(height_off=0, height_scale=100, lat_off=45, lat_scale=0.01, line_den_coeff=[1] + [0] * 19,
+                           line_num_coeff=[0, 0, -1] + [0] * 17, line_off=30, line_scale=30, long_off=7,
+                           long_scale=0.01, samp_den_coeff=[1] + [0] * 19, samp_num_coeff=[0, 1] + [0] * 18,
+                           samp_off=30, samp_scale=30)
+        else:
+            dst.gcps = ([GroundControlPoint(row=r, col=c, x=(placed * (c, r))[0], y=(placed * (c, r))[1])
+                         for r in (0, size / 2, size) for c in (0, size / 2, size)], crs or CRS())
+    return path
+
+
+def test_gcp_raster_is_warped_north_up_where_its_gcps_put_it(tmp_path):
+    from affine import Affine
+
+    placed = Affine.translation(500000, 6000000) * Affine.rotation(-30) * Affine.scale(1.0, -1.0)
+    corners = np.array([placed * (c, r) for c in (0, 60) for r in (0, 60)])
+    with open_raster(gcp_tif(tmp_path / "gcp.tif", placed, "EPSG:32631")) as reader:
+        assert reader.crs.to_epsg() == 32631 and reader.transform.b == reader.transform.d == 0
+        assert reader.gsd_m == pytest.approx(1.0, rel=0.01)
+        left, top = reader.transform * (0, 0)
+        right, bottom = reader.transform * (reader.width, reader.height)
+        np.testing.assert_allclose([left, bottom, right, top], [*corners.min(axis=0), *corners.max(axis=0)], atol=1.5)
+        data, valid = reader.read(Window(0, 0, reader.width, reader.height), choose_bands(reader, 3))
+        assert 0.45 < valid.mean() < 0.8 and (data[:, valid] == 100).mean() > 0.95  # the corners are outside
+        assert reader.alpha_bands == (4,) and any("ground control points" in w for w in reader.warnings)
+    with open_raster(tmp_path / "gcp.tif", gsd_m=2.0) as coarse:  # resampled on top of the warp
+        assert coarse.transform.a == pytest.approx(2.0) and coarse.width == pytest.approx(reader.width / 2, abs=1)
+
+
+def test_gcps_without_a_crs_and_rpcs_only_are_refused(tmp_path):
+    from affine import Affine
+
+    with pytest.raises(RasterError, match="9 ground control points but no CRS"):
+        open_raster(gcp_tif(tmp_path / "nocrs.tif", Affine.identity(), None))
+    with pytest.raises(RasterError, match="placed by RPCs only"):
+        open_raster(gcp_tif(tmp_path / "rpc.tif", None, None, rpcs=True))
+
+
+def test_a_georeferenced_file_is_read_directly(tmp_path):
+    with open_raster(write_tif(tmp_path / "a.tif", rgb())) as reader:
+        assert reader._ds is reader._src is reader._file  # no WarpedVRT when nothing changes

@@ -42,7 +42,7 @@ def test_round_trip_keeps_crs_fields_and_lines(tmp_path, roads, name):
     assert list(back["id"]) == [1, 2, 3, 4]
     np.testing.assert_allclose(back["length_m"], roads["length_m"])
     np.testing.assert_allclose(back["mean_prob"].astype(float), 0.75)
-    assert all(a.equals_exact(b, 1e-6) for a, b in zip(back.geometry, roads.geometry))
+    assert all(a.equals_exact(b, 1e-6) for a, b in zip(back.geometry, roads.geometry, strict=True))
     assert not [n for n in only(tmp_path) if n.startswith(".")]  # no temporary leftovers
 
 
@@ -143,3 +143,52 @@ def test_field_names_longer_than_ten_characters_are_refused(tmp_path, roads):
     with pytest.raises(OutputError, match="longer than 10"):
         write_lines(roads.rename(columns={"mean_prob": "mean_probability"}), tmp_path / "roads.shp")
     assert only(tmp_path) == []
+
+
+def test_temporary_folder_is_named_after_the_target_and_the_process(tmp_path, roads, monkeypatch):
+    seen = []
+    original = gpd.GeoDataFrame.to_file
+
+    def spy(self, path, *args, **kwargs):
+        seen.append(Path(path))
+        return original(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(gpd.GeoDataFrame, "to_file", spy)
+    write_lines(roads, tmp_path / "roads.gpkg")
+    assert seen[0].name == "roads.gpkg"
+    assert seen[0].parent.name.startswith(f".roads.gpkg.{os.getpid()}-") and seen[0].parent.name.endswith(".tmp")
+    assert only(tmp_path) == ["roads.gpkg"]
+
+
+def test_geopackage_without_its_spatial_index_is_a_failed_write(tmp_path, roads, monkeypatch):
+    """GDAL builds the R-tree when it closes the file and says nothing when that fails (full disk)."""
+    target = tmp_path / "roads.gpkg"
+    write_lines(roads, target)
+    before = target.read_bytes()
+    original = gpd.GeoDataFrame.to_file
+    monkeypatch.setattr(gpd.GeoDataFrame, "to_file",
+                        lambda self, path, *a, **kw: original(self, path, *a, SPATIAL_INDEX="NO", **kw))
+    with pytest.raises(OutputError, match=r"roads.gpkg: writing the GPKG layer failed \(the spatial index was not"):
+        write_lines(roads, target)
+    assert target.read_bytes() == before
+    assert only(tmp_path) == ["roads.gpkg"]
+
+
+def test_missing_features_are_a_failed_write(tmp_path, roads, monkeypatch):
+    original = gpd.GeoDataFrame.to_file
+    monkeypatch.setattr(gpd.GeoDataFrame, "to_file",
+                        lambda self, path, *a, **kw: original(self.iloc[:2], path, *a, **kw))
+    with pytest.raises(OutputError, match=r"roads.fgb: .*\(2 of 4 features were written\)"):
+        write_lines(roads, tmp_path / "roads.fgb")
+    assert only(tmp_path) == []
+
+
+def test_gdal_messages_name_the_target_not_the_temporary(tmp_path, roads, monkeypatch):
+    def fail(self, path, *args, **kwargs):
+        raise RuntimeError(f"Failed to write features to dataset {path}\nsecond line")
+
+    monkeypatch.setattr(gpd.GeoDataFrame, "to_file", fail)
+    with pytest.raises(OutputError) as err:
+        write_lines(roads, tmp_path / "roads.fgb")
+    assert f"(Failed to write features to dataset {tmp_path / 'roads.fgb'});" in str(err.value)
+    assert ".tmp" not in str(err.value) and "second line" not in str(err.value)

@@ -345,3 +345,50 @@ def test_faint_probability_map_from_the_engine_is_not_read_as_a_mask(tmp_path):
     with rasterio.open(path, "r+") as dst:
         dst.update_tags(ROADSEG_VALUES="binary road mask (1 road, 0 background)")
     assert len(vectorise_raster(path)) == 1
+
+
+@pytest.mark.parametrize("transform", [Affine(0.6, 0.3, 330000.0, 0.1, -0.6, 4690000.0),  # sheared
+                                       Affine.translation(330000.0, 4690000.0) * Affine.rotation(30)
+                                       * Affine.scale(0.6, -0.6)], ids=["sheared", "rotated"])
+def test_length_is_the_written_line_measured_in_its_crs(transform):
+    mask = horizontal()
+    segment(mask, (10, 150), (90, 150))  # a crossing road: lines in two directions
+    gdf = vectorise_mask(mask, transform, "EPSG:32619", min_length=5)
+    assert len(gdf) >= 3
+    np.testing.assert_allclose(gdf["length_m"], gdf.geometry.length, rtol=1e-9)
+    side = math.sqrt(abs(transform.determinant))  # the side of a square of the pixel's area
+    assert gdf["width_m"].median() == pytest.approx(7 * side, rel=0.1)
+
+
+def test_length_in_feet_is_the_written_line_in_metres():
+    feet = Affine(2.0, 0.5, 700000.0, 0.0, -2.0, 3000000.0)  # EPSG:2249, US survey feet, sheared
+    gdf = vectorise_mask(horizontal(), feet, "EPSG:2249", min_length=5)
+    np.testing.assert_allclose(gdf["length_m"], gdf.geometry.length * 0.3048006096, rtol=1e-9)
+
+
+def test_geographic_length_is_geodesic():
+    from pyproj import Geod
+
+    deg = 1e-5
+    rotated = Affine.translation(-70.0, 45.0) * Affine.rotation(20) * Affine.scale(deg, -deg)
+    gdf = vectorise_mask(horizontal(), rotated, "EPSG:4326", min_length=5)
+    geod = Geod(ellps="WGS84")
+    expected = [geod.geometry_length(g) for g in gdf.geometry]
+    np.testing.assert_allclose(gdf["length_m"], expected, rtol=1e-9)
+
+
+def test_truncated_raster_and_gcp_only_raster_are_raster_errors(tmp_path):
+    from rasterio.control import GroundControlPoint
+
+    path = write_tif(tmp_path / "p.tif", np.tile(horizontal().astype(np.uint8) * 200, (4, 4)))
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+    with pytest.raises(RasterError, match="p.tif: (reading failed|cannot open)"):
+        vectorise_raster(path)
+    gcps = [GroundControlPoint(row=r, col=c, x=330000 + c, y=4690000 - r) for r, c in ((0, 0), (0, 300), (100, 0))]
+    gcp_only = tmp_path / "gcp.tif"
+    with rasterio.open(gcp_only, "w", driver="GTiff", width=300, height=100, count=1, dtype="uint8") as dst:
+        dst.write(horizontal().astype(np.uint8)[None])
+        dst.gcps = (gcps, "EPSG:32619")
+    with pytest.raises(RasterError, match="ground control points only"):
+        vectorise_raster(gcp_only)

@@ -57,6 +57,7 @@ class OnnxRuntimeBackend:
                                   "export it again with `python -m roadseg_plugin export-onnx`") from None
         self.path = Path(path)
         self.meta = meta_from_properties(properties, path)
+        self.fixed = _fixed_input(self.session.get_inputs()[0].shape, self.meta, path)
         self.name = "onnxruntime-int8" if PRECISION_KEY in properties else "onnxruntime"
         self.device = "cuda" if device.startswith("cuda") else "cpu"
         self.notes: list[str] = []
@@ -69,5 +70,36 @@ class OnnxRuntimeBackend:
         return cls(path if path.suffix.lower() == ".onnx" else export_onnx(path), device)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """(N, C, t, t) normalised float32 -> (N, t, t) probabilities."""
+        """(N, C, t, t) normalised float32 -> (N, t, t) probabilities.
+
+        Raises:
+            CheckpointError: the graph takes tiles of a fixed size other than t.
+        """
+        size = self.fixed[2:]
+        if any(f is not None and f != t for f, t in zip(size, batch.shape[2:], strict=True)):
+            raise CheckpointError(self.path, f"the model takes only {size[0]} x {size[1]} px tiles, not "
+                                  f"{batch.shape[2]} x {batch.shape[3]}", f"run it with --tile {size[0]}")
         return self.session.run(None, {"image": np.ascontiguousarray(batch, dtype=np.float32)})[0]
+
+
+def _fixed_input(shape: list, meta, path: str | os.PathLike) -> tuple[int | None, ...]:
+    """The (N, C, H, W) sizes the graph fixes (None where free), checked against the metadata.
+
+    Raises:
+        CheckpointError: not 4 dimensions, a band count or fixed tile size other than the
+            metadata's, or a fixed batch size (RoadSeg runs batches of any size).
+    """
+    fix = "export it with `python -m roadseg_plugin export-onnx` (dynamic batch and tile size)"
+    if len(shape) != 4:
+        raise CheckpointError(path, f"its input has {len(shape)} dimensions, not 4 (batch, bands, rows, columns)",
+                              fix)
+    fixed = tuple(d if isinstance(d, int) and d > 0 else None for d in shape)
+    if fixed[1] is not None and fixed[1] != meta.in_channels:
+        raise CheckpointError(path, f"the model takes {fixed[1]} band(s) but its RoadSeg metadata says "
+                              f"{meta.in_channels}", fix)
+    if fixed[0] is not None:
+        raise CheckpointError(path, f"the model takes batches of exactly {fixed[0]} tile(s)", fix)
+    if any(d is not None and d != meta.tile for d in fixed[2:]):
+        raise CheckpointError(path, f"the model takes only {fixed[2]} x {fixed[3]} px tiles but its RoadSeg "
+                              f"metadata says {meta.tile}", fix)
+    return fixed
