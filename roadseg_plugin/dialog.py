@@ -41,7 +41,15 @@ from qgis.PyQt.QtWidgets import (
 
 from .core.params import BUNDLED_MODEL, VECTOR_EXTENSIONS, InferenceParams, VectoriseParams, describe
 from .params import SegmentParams
-from .processing.base import MODEL_FILTER, band_numbers, devices, option_choices, option_kind, option_label
+from .processing.base import (
+    MODEL_FILTER,
+    band_numbers,
+    devices,
+    option_choices,
+    option_kind,
+    option_label,
+    qgis_message,
+)
 
 EXTENT_LAYER = "layer"
 EXTENT_CANVAS = "canvas"
@@ -330,7 +338,7 @@ class SegmentDialog(QDialog):
         try:
             self.params()
         except ValueError as exc:
-            self.error_label.setText(str(exc))
+            self.error_label.setText(qgis_message(exc))
             self.error_label.show()
             return
         self.error_label.hide()

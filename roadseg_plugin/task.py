@@ -24,32 +24,23 @@ from typing import Any
 
 from qgis.core import (
     Qgis,
-    QgsColorRampShader,
-    QgsLineSymbol,
     QgsMapLayer,
     QgsProcessingUtils,
     QgsProject,
     QgsProviderRegistry,
     QgsRasterDataProvider,
     QgsRasterLayer,
-    QgsRasterShader,
     QgsRectangle,
-    QgsSimpleLineSymbolLayer,
-    QgsSingleBandPseudoColorRenderer,
     QgsTask,
-    QgsUnitTypes,
     QgsVectorLayer,
 )
-from qgis.PyQt.QtCore import Qt
-from qgis.PyQt.QtGui import QColor
 
 from .core.errors import Cancelled, RoadSegError
 from .core.params import InferenceParams
 from .params import SegmentParams
 from .plugin import PLUGIN_NAME, log
-
-ROAD_COLOUR = QColor(255, 127, 0)
-ROAD_WIDTH_MM = 0.8
+from .processing.base import qgis_message
+from .styles import style_probability, style_roads
 
 
 class Status(Enum):
@@ -133,7 +124,7 @@ class RoadSegTask(QgsTask):
         except Cancelled:
             self.outcome = TaskOutcome(Status.CANCELLED, "Segment roads was cancelled; nothing was written.")
         except (RoadSegError, ValueError) as exc:  # bad input or option: the message says what to change
-            self.outcome = TaskOutcome(Status.FAILED, str(exc))
+            self.outcome = TaskOutcome(Status.FAILED, qgis_message(exc))  # options by their dialog labels
         except Exception as exc:  # noqa: BLE001 - a bug must still end the task with a message
             log(traceback.format_exc(), Qgis.Critical)
             first = str(exc).splitlines()[0] if str(exc) else ""
@@ -236,41 +227,6 @@ class RoadSegTask(QgsTask):
 
             iface = utils.iface
         return iface.messageBar() if iface is not None else None
-
-
-def style_roads(layer: QgsVectorLayer) -> None:
-    """Orange 0.8 mm lines over a thin dark casing, readable on aerial imagery."""
-    casing = QgsSimpleLineSymbolLayer(QColor(40, 40, 40, 200), ROAD_WIDTH_MM + 0.5)
-    casing.setWidthUnit(QgsUnitTypes.RenderMillimeters)
-    casing.setPenCapStyle(Qt.RoundCap)
-    casing.setPenJoinStyle(Qt.RoundJoin)
-    line = QgsSimpleLineSymbolLayer(ROAD_COLOUR, ROAD_WIDTH_MM)
-    line.setWidthUnit(QgsUnitTypes.RenderMillimeters)
-    line.setPenCapStyle(Qt.RoundCap)
-    line.setPenJoinStyle(Qt.RoundJoin)
-    symbol = QgsLineSymbol()
-    symbol.changeSymbolLayer(0, casing)  # the symbol takes ownership (a list in the constructor would not)
-    symbol.appendSymbolLayer(line)
-    layer.renderer().setSymbol(symbol)
-    layer.triggerRepaint()
-
-
-def style_probability(layer: QgsRasterLayer, maximum: int = 255) -> None:
-    """Probability x 255 (or a 0/1 mask, `maximum` 1): transparent below ~0.2, then yellow to red."""
-    ramp = QgsColorRampShader(0, maximum, None, QgsColorRampShader.Interpolated)
-    ramp.setColorRampItemList([
-        QgsColorRampShader.ColorRampItem(0, QColor(255, 255, 0, 0), "0"),
-        QgsColorRampShader.ColorRampItem(0.2 * maximum, QColor(255, 255, 0, 0), "0.2"),
-        QgsColorRampShader.ColorRampItem(0.5 * maximum, QColor(255, 200, 0, 140), "0.5"),
-        QgsColorRampShader.ColorRampItem(maximum, QColor(230, 0, 0, 200), "1"),
-    ])
-    shader = QgsRasterShader()
-    shader.setRasterShaderFunction(ramp)
-    renderer = QgsSingleBandPseudoColorRenderer(layer.dataProvider(), 1, shader)
-    renderer.setClassificationMin(0)
-    renderer.setClassificationMax(maximum)
-    layer.setRenderer(renderer)
-    layer.triggerRepaint()
 
 
 def layer_source(layer: QgsRasterLayer, params: InferenceParams) -> Any:

@@ -245,6 +245,30 @@ def gdal_cache_mb(reader: RasterReader) -> int:
     return 16 + int(reader.width * (512 * input_row + OUTPUT_BLOCK * 2) / 2**20)
 
 
+def check_written(path: Path, width: int, height: int, name: Path) -> None:
+    """The GeoTIFF at `path` opens, has the run's size and every block of its band on disk.
+
+    GDAL reports a failed write when the file is closed only through messages, not errors: with
+    the disk full or a file size limit reached the file is left without its directory, or (when
+    space came back mid-run) with blocks missing, which would read as "no road".
+
+    Raises:
+        OutputError: the raster is incomplete; the message names `name`, the file it stands for.
+    """
+    from rasterio.errors import RasterBlockError
+
+    fix = "free some disk space (or raise the file size limit) and run again"
+    try:
+        with rasterio.open(path) as src:
+            if (src.width, src.height) != (width, height):
+                raise OutputError(name, f"was written as {src.width} x {src.height} px, not {width} x {height}", fix)
+            for (i, j), _ in src.block_windows(1):
+                if src.block_size(1, i, j) <= 0:
+                    raise RasterBlockError(f"block {i},{j} is empty")
+    except (RasterioError, RasterBlockError):
+        raise OutputError(name, "not written completely (is the disk full?)", fix) from None
+
+
 def _temporary_output(dst: Path) -> Path:
     if dst.is_dir():
         raise OutputError(dst, "is a folder", "give a file name such as roads.tif")
@@ -343,6 +367,7 @@ def segment_raster(src: str | os.PathLike | RasterReader, dst: str | os.PathLike
                                   on_progress, is_cancelled)
                 finally:
                     sink.close()
+            check_written(tmp, reader.width, reader.height, dst)
             os.replace(tmp, dst)
         finally:
             tmp.unlink(missing_ok=True)

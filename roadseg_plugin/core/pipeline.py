@@ -192,31 +192,6 @@ def _named_output(tmp: Path, output: Path | None, role: str | None) -> Iterator[
                           exc.fix or "check the free disk space; earlier outputs are unchanged") from None
 
 
-def check_written_raster(path: Path, width: int, height: int) -> None:
-    """The engine's GeoTIFF opens, has the run's size and every block of its band on disk.
-
-    GDAL reports a failed write when the file is closed only through messages, not errors: with
-    the disk full or a file size limit reached the file is left without its directory, or (when
-    space came back mid-run) with blocks missing, which would read as "no road".
-
-    Raises:
-        OutputError: the raster is incomplete.
-    """
-    import rasterio
-    from rasterio.errors import RasterBlockError, RasterioError
-
-    fix = "free some disk space (or raise the file size limit) and run again"
-    try:
-        with rasterio.open(path) as src:
-            if (src.width, src.height) != (width, height):
-                raise OutputError(path, f"was written as {src.width} x {src.height} px, not {width} x {height}", fix)
-            for (i, j), _ in src.block_windows(1):
-                if src.block_size(1, i, j) <= 0:
-                    raise RasterBlockError(f"block {i},{j} is empty")
-    except (RasterioError, RasterBlockError):
-        raise OutputError(path, "not written completely (is the disk full?)", fix) from None
-
-
 # ------------------------------------------------------------------------------ the chain
 
 def extract_roads(source: Source, lines_out: str | os.PathLike | None, params: InferenceParams,
@@ -263,7 +238,6 @@ def extract_roads(source: Source, lines_out: str | os.PathLike | None, params: I
                 bands=list(params.bands) if params.bands else None, threshold=params.threshold,
                 binary=params.binary, tta=params.tta, **_reading(source, params),
                 on_progress=_stage(on_progress, 0.0, SEGMENT_SHARE), is_cancelled=is_cancelled)
-            check_written_raster(staged, segment.width, segment.height)
             _check_cancel(is_cancelled)
             lines = _vectorise(staged, segment.threshold, vectorise_params,
                                _stage(on_progress, SEGMENT_SHARE, SEGMENT_SHARE + VECTORISE_SHARE), is_cancelled)

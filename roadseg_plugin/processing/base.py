@@ -1,12 +1,7 @@
-"""What every RoadSeg Processing algorithm shares: `tr`, `createInstance`, the group, the
-dependency check, error mapping, the QGIS <-> GeoDataFrame conversions, and the parameters
-generated from `core.params`.
-
-`add_parameters` makes one Processing parameter per field of `InferenceParams` /
-`VectoriseParams` (key: the field name in upper case; label, unit, help, default, choices and
-the advanced flag from the field's metadata) and `read_parameters` builds the dataclass back,
-so an option added to the core appears in the toolbox, qgis_process and the help panel without
-touching an algorithm. The device list (`devices`) is shared with the Segment roads dialog.
+"""What every RoadSeg Processing algorithm shares: `tr`, `createInstance`, the group, help,
+tags and help URL, the dependency check, error mapping, and the QGIS <-> GeoDataFrame
+conversions. The parameters generated from `core.params`, their help and the QGIS wording of
+the core's messages live in `parameters` and are re-exported here.
 
 Nothing here imports torch, rasterio or the heavy core at module level (`core.params` is plain
 Python): the provider must load (and list its algorithms) when those packages are missing;
@@ -15,15 +10,11 @@ running an algorithm then reports `deps.dependency_message()` as a `QgsProcessin
 from __future__ import annotations
 
 import importlib
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import Field, fields
-from importlib.util import find_spec
-from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from qgis.core import (
     QgsFeature,
@@ -33,62 +24,45 @@ from qgis.core import (
     QgsFields,
     QgsGeometry,
     QgsProcessingAlgorithm,
-    QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
-    QgsProcessingParameterBoolean,
-    QgsProcessingParameterDefinition,
-    QgsProcessingParameterEnum,
-    QgsProcessingParameterExtent,
-    QgsProcessingParameterFile,
-    QgsProcessingParameterNumber,
-    QgsProcessingParameterString,
     QgsWkbTypes,
 )
 from qgis.PyQt.QtCore import QCoreApplication, QVariant
 from qgis.PyQt.QtGui import QIcon
 
-from ..core.errors import ParamError
-from ..core.params import BUNDLED_MODEL, DEVICES, describe
-from ..deps import dependency_message, isolate_native_libraries, missing_dependencies, native_library_problem
+from ..deps import dependency_message, isolate_native_libraries, native_library_problem
+from .parameters import (  # noqa: F401  (re-exported: the algorithms and the dialog import them from here)
+    MODEL_FILTER,
+    PLUGIN_DIR,
+    add_parameters,
+    band_numbers,
+    cuda_available,
+    devices,
+    given,
+    lengths_note,
+    metres_per_unit,
+    option_choices,
+    option_kind,
+    option_label,
+    option_title,
+    options_help,
+    parameters_help,
+    project_url,
+    qgis_message,
+    qgis_words,
+    read_parameters,
+    set_help,
+)
 
 if TYPE_CHECKING:
     import geopandas as gpd
 
 T = TypeVar("T")
 
-PLUGIN_DIR = Path(__file__).resolve().parent.parent
 ICON = PLUGIN_DIR / "icon.png"
-MODEL_FILTER = "RoadSeg model (*.pt *.onnx)"
 LINE_FIELDS = (("id", QVariant.Int), ("length_m", QVariant.Double), ("width_m", QVariant.Double),
                ("mean_prob", QVariant.Double))
-
-
-def cuda_available(load: bool = False) -> bool:
-    """Whether to offer the `cuda` device.
-
-    Once torch is imported the answer is exact. `load` imports it first when it is installed
-    (the dialog, opened after the dependency check); without `load` torch is not imported, so
-    the provider lists its algorithms fast while QGIS starts, and a CUDA build of torch counts
-    (a machine without a GPU then gets the core's clear "no CUDA GPU" error).
-    """
-    if load and "torch" not in sys.modules and "torch" not in missing_dependencies():
-        try:
-            import torch  # noqa: F401
-        except Exception:  # noqa: BLE001 - a broken torch (missing CUDA libraries...) offers no GPU
-            return False
-    if "torch" in sys.modules:
-        return bool(sys.modules["torch"].cuda.is_available())
-    spec = find_spec("torch") if "torch" not in missing_dependencies() else None
-    if spec is None or not spec.submodule_search_locations:
-        return False
-    lib = Path(next(iter(spec.submodule_search_locations))) / "lib"
-    return any(lib.glob("*torch_cuda*"))
-
-
-def devices(load: bool = False) -> list[str]:
-    """`core.params.DEVICES`, without "cuda" when there is no GPU to offer (see `cuda_available`)."""
-    return [d for d in DEVICES if d != "cuda" or cuda_available(load)]
 
 
 def in_python_thread(work: Callable[[], T]) -> T:
@@ -131,7 +105,8 @@ def import_training(module: str) -> ModuleType:
 
 
 class RoadSegAlgorithm(QgsProcessingAlgorithm):
-    """Base of the RoadSeg algorithms; subclasses define constants, names, help and the two methods."""
+    """Base of the RoadSeg algorithms; subclasses define constants, names, `summary`, `tags` and the
+    two methods. The help panel is the summary and then every parameter (`parameters_help`)."""
 
     def tr(self, text: str) -> str:
         return QCoreApplication.translate("RoadSeg", text)
@@ -148,6 +123,20 @@ class RoadSegAlgorithm(QgsProcessingAlgorithm):
     def icon(self) -> QIcon:
         return QIcon(str(ICON))
 
+    def summary(self) -> str:
+        """What the algorithm does (paragraphs separated by blank lines)."""
+        return ""
+
+    def shortHelpString(self) -> str:
+        return self.summary() + "\n\n" + parameters_help(self)
+
+    def helpUrl(self) -> str:
+        url = project_url()
+        return f"{url.rstrip('/')}/blob/main/docs/QGIS.md#processing-algorithms" if "github.com" in url else url
+
+    def tags(self) -> list[str]:
+        return ["roads", "road network", "roadseg"]
+
     # ---- helpers for processAlgorithm ------------------------------------------------------
     @staticmethod
     def require_dependencies() -> None:
@@ -161,20 +150,18 @@ class RoadSegAlgorithm(QgsProcessingAlgorithm):
         if message:
             raise QgsProcessingException(message)
 
-    @staticmethod
     @contextmanager
-    def core_errors() -> Iterator[None]:
-        """Turn RoadSeg's user-facing errors and cancellation into QgsProcessingException."""
+    def core_errors(self) -> Iterator[None]:
+        """Turn RoadSeg's user-facing errors and cancellation into one QgsProcessingException,
+        worded for QGIS (`qgis_message`); QGIS shows it once (nothing else reports it)."""
         from ..core.errors import Cancelled, RoadSegError
 
         try:
             yield
-        except RoadSegError as exc:
-            raise QgsProcessingException(str(exc)) from exc
         except Cancelled as exc:
-            raise QgsProcessingException("Cancelled: nothing was written") from exc
-        except ValueError as exc:  # e.g. asking for cuda without a GPU: the core's message is user-facing
-            raise QgsProcessingException(str(exc)) from exc
+            raise QgsProcessingException(self.tr("Cancelled: nothing was written")) from exc
+        except (RoadSegError, ValueError) as exc:  # ValueError: e.g. cuda asked for without a GPU
+            raise QgsProcessingException(qgis_message(exc, self)) from exc
 
     @staticmethod
     def progress(feedback: QgsProcessingFeedback, start: float = 0.0, end: float = 100.0) -> Callable[[float], None]:
@@ -241,132 +228,3 @@ def layer_path(layer, what: str, temp_name: str, gsd_m: float | None = None) -> 
     return materialise(ProviderReader(layer, gsd_m=gsd_m), QgsProcessingUtils.generateTempFilename(temp_name))
 
 
-# ---- parameters generated from core.params ----------------------------------------------------
-_SPECIAL_KINDS = {"model": "model", "extent": "extent", "bands": "bands"}
-
-
-def option_kind(params_type: type, f: Field) -> str:
-    """How an option is edited: model, extent, bands, enum, bool, int or float.
-
-    Shared with the dialog. An option of a type no adapter knows fails here, loudly.
-    """
-    if f.name in _SPECIAL_KINDS:
-        return _SPECIAL_KINDS[f.name]
-    if f.metadata.get("choices"):
-        return "enum"
-    kind = str(f.type).split("|")[0].strip()  # annotations are strings: "int | None" -> "int"
-    if kind in ("bool", "int", "float"):
-        return kind
-    raise TypeError(f"{params_type.__name__}.{f.name}: no editor for an option of type {f.type}")
-
-
-def option_choices(params_type: type, name: str) -> list[str]:
-    """The values offered for an enum option; "cuda" only where there is a GPU (see `devices`)."""
-    return devices() if name == "device" else list(describe(params_type, name)["choices"])
-
-
-def option_label(params_type: type, name: str) -> str:
-    info = describe(params_type, name)
-    return f"{info['label']} ({info['unit']})" if info["unit"] else info["label"]
-
-
-def parameter_key(name: str) -> str:
-    return name.upper()
-
-
-def make_parameter(params_type: type, f: Field) -> QgsProcessingParameterDefinition:
-    """The Processing parameter of one option; an option without default is optional (empty: None)."""
-    info, key, label = describe(params_type, f.name), parameter_key(f.name), option_label(params_type, f.name)
-    default, kind = info["default"], option_kind(params_type, f)
-    if kind == "model":  # shown as the bundled model's path; emptied, it is still the bundled model
-        param = QgsProcessingParameterFile(key, label, QgsProcessingParameterFile.File, "", str(BUNDLED_MODEL),
-                                           True, MODEL_FILTER)
-    elif kind == "extent":
-        param = QgsProcessingParameterExtent(key, label, None, True)
-    elif kind == "bands":
-        param = QgsProcessingParameterString(key, label, None, False, True)
-    elif kind == "enum":
-        param = QgsProcessingParameterEnum(key, label, option_choices(params_type, f.name), False, default,
-                                           default is None, True)
-    elif kind == "bool":
-        param = QgsProcessingParameterBoolean(key, label, bool(default))
-    else:
-        number = QgsProcessingParameterNumber.Integer if kind == "int" else QgsProcessingParameterNumber.Double
-        maximum = 1.0 if info["unit"] == "0-1" else 1e12  # every option is a size, a length or a probability
-        param = QgsProcessingParameterNumber(key, label, number, default, default is None, 0.0, maximum)
-    param.setHelp(info["help"])
-    if info["advanced"]:
-        param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-    return param
-
-
-def add_parameters(alg: QgsProcessingAlgorithm, params_type: type, skip: tuple[str, ...] = ()) -> None:
-    """One Processing parameter per field of `params_type` (but `skip`), keys in upper case."""
-    for f in fields(params_type):
-        if f.name not in skip:
-            alg.addParameter(make_parameter(params_type, f))
-
-
-def given(parameters: dict[str, Any], key: str) -> bool:
-    """Whether `parameters` holds a value for `key` (an optional parameter left empty holds None)."""
-    value = parameters.get(key)
-    return not (value is None or value == "" or (hasattr(value, "isNull") and value.isNull()))
-
-
-def band_numbers(text: str) -> tuple[int, ...]:
-    """"3,2,1" -> (3, 2, 1); empty text -> (); anything else is a ParamError naming the option."""
-    try:
-        return tuple(int(part) for part in text.replace(" ", "").split(",") if part)
-    except ValueError:
-        raise ParamError("bands", text, "must be band numbers from 1, separated by commas", "e.g. 3,2,1") from None
-
-
-def _read(alg: QgsProcessingAlgorithm, params_type: type, f: Field, parameters: dict[str, Any],
-          context: QgsProcessingContext, crs: Any) -> Any:
-    key, kind = parameter_key(f.name), option_kind(params_type, f)
-    if kind == "model":
-        return alg.parameterAsFile(parameters, key, context) or None
-    if kind == "enum":
-        return alg.parameterAsEnumString(parameters, key, context) or None
-    if kind == "bool":
-        return alg.parameterAsBoolean(parameters, key, context)
-    if not given(parameters, key) and alg.parameterDefinition(key).defaultValue() is None:
-        return None  # an optional option left empty: the core's default (the model's, the raster's...)
-    if kind == "extent":
-        rect = (alg.parameterAsExtent(parameters, key, context, crs) if crs is not None
-                else alg.parameterAsExtent(parameters, key, context))
-        return None if rect.isNull() else (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
-    if kind == "bands":
-        return band_numbers(alg.parameterAsString(parameters, key, context)) or None
-    if kind == "int":
-        return alg.parameterAsInt(parameters, key, context)
-    return alg.parameterAsDouble(parameters, key, context)
-
-
-def read_parameters(alg: QgsProcessingAlgorithm, params_type: type, parameters: dict[str, Any],
-                    context: QgsProcessingContext, crs: Any = None) -> Any:
-    """The `params_type` described by the algorithm's parameters (see `add_parameters`).
-
-    Options the algorithm has no parameter for keep their defaults. `crs`: the CRS an extent
-    is wanted in (the input layer's).
-
-    Raises:
-        QgsProcessingException: a value the core refuses, with the core's one-line message.
-    """
-    try:
-        return params_type(**{f.name: _read(alg, params_type, f, parameters, context, crs)
-                              for f in fields(params_type) if alg.parameterDefinition(parameter_key(f.name))})
-    except ParamError as exc:
-        raise QgsProcessingException(str(exc)) from None
-
-
-def options_help(params_type: type, skip: tuple[str, ...] = ()) -> str:
-    """Help-panel text for the options of `params_type`: label, unit, what it does, default."""
-    lines = []
-    for f in fields(params_type):
-        if f.name in skip:
-            continue
-        info = describe(params_type, f.name)
-        default = "" if info["default"] in (None, False) else f" Default: {info['default']}."
-        lines.append(f"<b>{option_label(params_type, f.name)}</b>: {info['help']}.{default}")
-    return "<br>".join(lines)

@@ -1,8 +1,10 @@
 """roadseg:segmentroads: a raster layer in, road centre lines (and optionally probabilities) out.
 
 A thin translation: the options are generated from `InferenceParams` / `VectoriseParams`
-(`base.add_parameters`), read back into them, and handed with the layer to
-`core.pipeline.extract_roads`, the chain the CLI and the Segment roads task run too.
+(`base.add_parameters`; the clean-up lengths as distances linked to INPUT), read back into them,
+and handed with the layer to `core.pipeline.extract_roads`, the chain the CLI and the Segment
+roads task run too. Outputs QGIS loads on completion are named after the input layer and styled
+as the task styles them (`styles.style_on_load`).
 """
 from __future__ import annotations
 
@@ -20,14 +22,17 @@ from qgis.core import (
 )
 
 from ..core.params import InferenceParams, VectoriseParams
+from ..styles import style_on_load, style_probability, style_roads
 from .base import (
     RoadSegAlgorithm,
     add_lines,
     add_parameters,
     in_python_thread,
+    lengths_note,
     line_fields,
-    options_help,
+    qgis_message,
     read_parameters,
+    set_help,
 )
 
 # The feature sink writes the lines in the format QGIS picks from OUTPUT; the core's is unused.
@@ -45,24 +50,31 @@ class SegmentRoadsAlgorithm(RoadSegAlgorithm):
     def displayName(self) -> str:
         return self.tr("Segment roads")
 
-    def shortHelpString(self) -> str:
+    def summary(self) -> str:
         return self.tr(
             "Finds roads in an aerial image with a RoadSeg model and writes them as centre lines "
             "(fields id, length_m, width_m, mean_prob) in the image's CRS.\n\n"
             "Any raster layer works: files, VRTs, GeoPackage rasters and web map layers (give an extent "
             "for those). The image is read at the model's resolution (about 1 m per pixel for the "
-            "bundled model). The optional probability raster holds 0-255 road probabilities (0/1 with "
-            "the binary option). Options left empty take the model's or RoadSeg's default.\n\n"
-        ) + options_help(InferenceParams) + "<br>" + options_help(VectoriseParams, skip=SINK_OPTIONS)
+            "bundled model). Options left empty take the model's or RoadSeg's default. Lengths are in "
+            "the units of the image's CRS (metres for UTM and most projected CRSs; the dialog converts "
+            "other units); for an image in degrees they are metres.")
+
+    def tags(self) -> list[str]:
+        return super().tags() + ["segmentation", "extraction", "deep learning", "u-net", "aerial imagery",
+                                 "centre lines", "centerlines", "vectorise", "raster to vector"]
 
     def initAlgorithm(self, config: dict | None = None) -> None:
-        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Aerial image")))
+        self.addParameter(set_help(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Aerial image")), self.tr(
+            "any raster layer with the bands the model takes (8-bit RGB for the bundled model)")))
         add_parameters(self, InferenceParams)
-        add_parameters(self, VectoriseParams, skip=SINK_OPTIONS)
-        self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, self.tr("Road lines"),
-                                                            QgsProcessing.TypeVectorLine))
-        self.addParameter(QgsProcessingParameterRasterDestination(
-            self.MASK_OUTPUT, self.tr("Road probability raster"), optional=True, createByDefault=False))
+        add_parameters(self, VectoriseParams, skip=SINK_OPTIONS, parent=self.INPUT)
+        self.addParameter(set_help(QgsProcessingParameterFeatureSink(
+            self.OUTPUT, self.tr("Road lines"), QgsProcessing.TypeVectorLine), self.tr(
+            "road centre lines with id, length_m, width_m and mean_prob, in the image's CRS; any vector format")))
+        self.addParameter(set_help(QgsProcessingParameterRasterDestination(
+            self.MASK_OUTPUT, self.tr("Road probability raster"), optional=True, createByDefault=False), self.tr(
+            "optional GeoTIFF of road probabilities x 255 (0/1 with the binary mask option)")))
 
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:
@@ -74,7 +86,9 @@ class SegmentRoadsAlgorithm(RoadSegAlgorithm):
         if layer is None:
             raise QgsProcessingException(self.invalidRasterError(parameters, self.INPUT))
         params = read_parameters(self, InferenceParams, parameters, context, layer.crs())
-        vectorise = read_parameters(self, VectoriseParams, parameters, context)
+        vectorise = read_parameters(self, VectoriseParams, parameters, context, layer.crs())
+        if lengths_note(layer.crs()):
+            feedback.pushInfo(f"{lengths_note(layer.crs())}: minimum road length {vectorise.min_length:g} m")
         mask_path = self.parameterAsOutputLayer(parameters, self.MASK_OUTPUT, context) or None
 
         def work():  # in a Python thread: the reader and the vectoriser use pyproj
@@ -87,7 +101,7 @@ class SegmentRoadsAlgorithm(RoadSegAlgorithm):
         feedback.pushInfo(f"Segmented {seg.width}x{seg.height} px with {seg.backend} on {seg.device} "
                           f"in {seg.seconds:.1f} s (threshold {result.threshold:g})")
         for warning in result.warnings:
-            feedback.pushWarning(warning)
+            feedback.pushWarning(qgis_message(warning, self))
         sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, line_fields(),
                                              QgsWkbTypes.LineString, layer.crs())
         if sink is None:
@@ -95,7 +109,11 @@ class SegmentRoadsAlgorithm(RoadSegAlgorithm):
         count = add_lines(sink, result.lines, feedback)
         feedback.pushInfo(f"{count} road line(s), {result.length_km:.2f} km")
         feedback.setProgress(100)
+        style_on_load(context, dest_id, self.tr("Roads ({})").format(layer.name()), style_roads)
         outputs = {self.OUTPUT: dest_id}
         if mask_path:
+            maximum = 1 if params.binary else 255
+            style_on_load(context, mask_path, self.tr("Road probability ({})").format(layer.name()),
+                          lambda loaded: style_probability(loaded, maximum))
             outputs[self.MASK_OUTPUT] = mask_path
         return outputs

@@ -21,7 +21,15 @@ from qgis.core import (
 )
 
 from ..core.params import BUNDLED_MODEL, InferenceParams, describe
-from .base import RoadSegAlgorithm, devices, import_training, in_python_thread, layer_path, source_to_frame
+from .base import (
+    RoadSegAlgorithm,
+    devices,
+    import_training,
+    in_python_thread,
+    layer_path,
+    set_help,
+    source_to_frame,
+)
 
 
 class TrainFromLinesAlgorithm(RoadSegAlgorithm):
@@ -44,50 +52,56 @@ class TrainFromLinesAlgorithm(RoadSegAlgorithm):
     def displayName(self) -> str:
         return self.tr("Train model from drawn road lines")
 
-    def shortHelpString(self) -> str:
+    def summary(self) -> str:
         return self.tr(
             "Teaches a RoadSeg model your imagery: digitise road centre lines over one or more 8-bit images "
             "(any CRS), and this algorithm buffers them by the road half-width, cuts the images into "
             "training tiles and trains.\n\n"
-            "Area of interest (optional): polygons where you digitised every road. Only those areas are "
-            "used, and everything in them that is not a road is background. Without it, each image's "
-            "whole extent counts, so digitise every road in it.\n\n"
-            "The start model (default: the bundled one) is fine-tuned; clear it to train a new model from "
-            "scratch. Whole tiles are held back for validation. The best epoch is written to the output "
-            "model; the output folder receives loss.png, predictions.gif and history.csv.")
+            "Without an area of interest each image's whole extent counts, so digitise every road in it. "
+            "Whole tiles are held back for validation. The best epoch is written to the output model.")
+
+    def tags(self) -> list[str]:
+        return super().tags() + ["training", "fine-tuning", "deep learning", "u-net", "digitised lines",
+                                 "labels", "model"]
 
     def initAlgorithm(self, config: dict | None = None) -> None:
-        self.addParameter(QgsProcessingParameterMultipleLayers(self.RASTER, self.tr("Images"),
-                                                               QgsProcessing.TypeRaster))
-        self.addParameter(QgsProcessingParameterFeatureSource(self.LINES, self.tr("Digitised road lines"),
-                                                              [QgsProcessing.TypeVectorLine]))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.BUFFER, self.tr("Road half-width (m)"), QgsProcessingParameterNumber.Double,
-            defaultValue=3.5, minValue=0.1))
-        self.addParameter(QgsProcessingParameterFeatureSource(
-            self.AOI, self.tr("Area of interest (fully labelled polygons)"), [QgsProcessing.TypeVectorPolygon],
-            optional=True))
-        self.addParameter(QgsProcessingParameterFile(
-            self.INIT_MODEL, self.tr("Start model (.pt); empty to train from scratch"),
-            fileFilter="RoadSeg checkpoint (*.pt)",
-            defaultValue=str(BUNDLED_MODEL), optional=True))
-        self.addParameter(QgsProcessingParameterNumber(self.EPOCHS, self.tr("Epochs"),
-                                                       QgsProcessingParameterNumber.Integer, 20, minValue=1))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.VAL_FRACTION, self.tr("Validation fraction (of tiles)"), QgsProcessingParameterNumber.Double,
-            0.2, minValue=0.01, maxValue=0.9))
-        self.addParameter(QgsProcessingParameterNumber(self.TILE, self.tr("Training crop size (px)"),
-                                                       QgsProcessingParameterNumber.Integer, 256, minValue=32))
-        self.addParameter(QgsProcessingParameterNumber(self.BATCH_SIZE, self.tr("Batch size"),
-                                                       QgsProcessingParameterNumber.Integer, 8, minValue=1))
         device = describe(InferenceParams, "device")
-        self.addParameter(QgsProcessingParameterEnum(
-            self.DEVICE, self.tr(device["label"]), options=devices(), defaultValue=device["default"],
-            usesStaticStrings=True))
-        self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_MODEL, self.tr("Trained model"),
-                                                                "RoadSeg model (*.pt)"))
-        self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER,
-                                                                  self.tr("Training plots and history")))
+        for param, text in (
+            (QgsProcessingParameterMultipleLayers(self.RASTER, self.tr("Images"), QgsProcessing.TypeRaster),
+             "one or more 8-bit images (any CRS) the lines were digitised over"),
+            (QgsProcessingParameterFeatureSource(self.LINES, self.tr("Digitised road lines"),
+                                                 [QgsProcessing.TypeVectorLine]),
+             "road centre lines (any CRS); every road inside the area of interest"),
+            (QgsProcessingParameterNumber(self.BUFFER, self.tr("Road half-width (m)"),
+                                          QgsProcessingParameterNumber.Double, defaultValue=3.5, minValue=0.1),
+             "the lines are buffered by this many metres to make the road labels; 3.5 m suits a two-lane road"),
+            (QgsProcessingParameterFeatureSource(self.AOI, self.tr("Area of interest (fully labelled polygons)"),
+                                                 [QgsProcessing.TypeVectorPolygon], optional=True),
+             "polygons where you digitised every road: only they are used, and all in them that is not a "
+             "road is background; empty: each image's whole extent"),
+            (QgsProcessingParameterFile(self.INIT_MODEL, self.tr("Start model (.pt); empty to train from scratch"),
+                                        fileFilter="RoadSeg checkpoint (*.pt)", defaultValue=str(BUNDLED_MODEL),
+                                        optional=True),
+             "the checkpoint to fine-tune; clear it to train a new model from scratch"),
+            (QgsProcessingParameterNumber(self.EPOCHS, self.tr("Epochs"), QgsProcessingParameterNumber.Integer, 20,
+                                          minValue=1), "passes over the training tiles"),
+            (QgsProcessingParameterNumber(self.VAL_FRACTION, self.tr("Validation fraction (of tiles)"),
+                                          QgsProcessingParameterNumber.Double, 0.2, minValue=0.01, maxValue=0.9),
+             "share of the tiles held back, whole, to pick the best epoch"),
+            (QgsProcessingParameterNumber(self.TILE, self.tr("Training crop size (px)"),
+                                          QgsProcessingParameterNumber.Integer, 256, minValue=32),
+             "size of the random crops the model trains on"),
+            (QgsProcessingParameterNumber(self.BATCH_SIZE, self.tr("Batch size"), QgsProcessingParameterNumber.Integer,
+                                          8, minValue=1), "crops per training step"),
+            (QgsProcessingParameterEnum(self.DEVICE, self.tr(device["label"]), options=devices(),
+                                        defaultValue=device["default"], usesStaticStrings=True), device["help"]),
+            (QgsProcessingParameterFileDestination(self.OUTPUT_MODEL, self.tr("Trained model"),
+                                                   "RoadSeg model (*.pt)"),
+             "the best epoch's checkpoint; use it as the Model of Segment roads"),
+            (QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, self.tr("Training plots and history")),
+             "receives loss.png, predictions.gif and history.csv"),
+        ):
+            self.addParameter(set_help(param, self.tr(text)))
 
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:
@@ -96,7 +110,8 @@ class TrainFromLinesAlgorithm(RoadSegAlgorithm):
 
         layers = self.parameterAsLayerList(parameters, self.RASTER, context)
         if not layers:
-            raise QgsProcessingException(self.tr("RASTER: choose at least one image layer"))
+            raise QgsProcessingException(self.tr('"{}": choose at least one image layer').format(
+                self.parameterDefinition(self.RASTER).description()))
         lines_source = self.parameterAsSource(parameters, self.LINES, context)
         aoi_source = self.parameterAsSource(parameters, self.AOI, context) if parameters.get(self.AOI) else None
         buffer_m = self.parameterAsDouble(parameters, self.BUFFER, context)
@@ -106,7 +121,7 @@ class TrainFromLinesAlgorithm(RoadSegAlgorithm):
         scratch = Path(QgsProcessingUtils.generateTempFilename("roadseg_training"))
 
         def work():  # label tiles from the drawn lines, then train on them
-            rasters = [layer_path(layer, "RASTER", f"roadseg_image_{i}.tif") for i, layer in enumerate(layers)]
+            rasters = [layer_path(layer, layer.name(), f"roadseg_image_{i}.tif") for i, layer in enumerate(layers)]
             aoi = source_to_frame(aoi_source) if aoi_source is not None else None
             config.data = drawn_lines.make_label_dataset(rasters, source_to_frame(lines_source), scratch / "data",
                                                          buffer_m=buffer_m, aoi=aoi)

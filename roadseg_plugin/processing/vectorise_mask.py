@@ -1,7 +1,9 @@
 """roadseg:vectorisemask: a road mask or probability raster in, cleaned-up centre lines out.
 
-The clean-up options are generated from `VectoriseParams` (`base.add_parameters`) and the run is
-`core.pipeline.vectorise_file`, as for `python -m roadseg_plugin vectorise`.
+The clean-up options are generated from `VectoriseParams` (`base.add_parameters`; lengths as
+distances linked to INPUT) and the run is `core.pipeline.vectorise_file`, as for
+`python -m roadseg_plugin vectorise`. Lines QGIS loads on completion are named after the input
+and styled as the Segment roads task styles them.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from qgis.core import (
 )
 
 from ..core.params import VectoriseParams
+from ..styles import style_on_load, style_roads
 from .base import (
     RoadSegAlgorithm,
     add_lines,
@@ -26,9 +29,10 @@ from .base import (
     given,
     in_python_thread,
     layer_path,
+    lengths_note,
     line_fields,
-    options_help,
     read_parameters,
+    set_help,
 )
 from .segment_roads import SINK_OPTIONS
 
@@ -44,25 +48,31 @@ class VectoriseMaskAlgorithm(RoadSegAlgorithm):
     def displayName(self) -> str:
         return self.tr("Vectorise road mask")
 
-    def shortHelpString(self) -> str:
+    def summary(self) -> str:
         return self.tr(
             "Turns a road raster (a RoadSeg probability raster with values 0-255, or a 0/1 or 0/255 mask) "
             "into road centre lines with fields id, length_m, width_m and mean_prob.\n\n"
-            "Pixels at or above the threshold (a probability, 0-1) are road; left empty, it is the one "
-            "RoadSeg stored in a probability raster it wrote, else 0.5. The clean-up distances are in "
-            "metres.\n\n"
-        ) + options_help(VectoriseParams, skip=SINK_OPTIONS)
+            "Pixels at or above the threshold (a probability, 0-1) are road. Lengths are in the units "
+            "of the raster's CRS (metres for UTM and most projected CRSs; the dialog converts other "
+            "units); for a raster in degrees they are metres.")
+
+    def tags(self) -> list[str]:
+        return super().tags() + ["mask", "skeleton", "centre lines", "centerlines", "vectorise", "vectorize",
+                                 "raster to vector", "clean-up"]
 
     def initAlgorithm(self, config: dict | None = None) -> None:
-        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Road mask or probability raster")))
-        threshold = QgsProcessingParameterNumber(
+        self.addParameter(set_help(QgsProcessingParameterRasterLayer(
+            self.INPUT, self.tr("Road mask or probability raster")), self.tr(
+            "a RoadSeg probability raster (0-255), or a road mask with values 0/1 or 0/255")))
+        self.addParameter(set_help(QgsProcessingParameterNumber(
             self.THRESHOLD, self.tr("Road probability threshold (0-1)"), QgsProcessingParameterNumber.Double,
-            None, True, 0.0, 1.0)
-        threshold.setHelp(self.tr("empty: the threshold stored in a RoadSeg probability raster, else 0.5"))
-        self.addParameter(threshold)
-        add_parameters(self, VectoriseParams, skip=SINK_OPTIONS)
-        self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, self.tr("Road lines"),
-                                                            QgsProcessing.TypeVectorLine))
+            None, True, 0.0, 1.0), self.tr(
+            "pixels at or above this probability are road; empty: the threshold stored in a RoadSeg "
+            "probability raster, else 0.5")))
+        add_parameters(self, VectoriseParams, skip=SINK_OPTIONS, parent=self.INPUT)
+        self.addParameter(set_help(QgsProcessingParameterFeatureSink(
+            self.OUTPUT, self.tr("Road lines"), QgsProcessing.TypeVectorLine), self.tr(
+            "road centre lines with id, length_m, width_m and mean_prob, in the raster's CRS; any vector format")))
 
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:
@@ -72,12 +82,14 @@ class VectoriseMaskAlgorithm(RoadSegAlgorithm):
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         if layer is None:
             raise QgsProcessingException(self.invalidRasterError(parameters, self.INPUT))
-        vectorise = read_parameters(self, VectoriseParams, parameters, context)
+        vectorise = read_parameters(self, VectoriseParams, parameters, context, layer.crs())
+        if lengths_note(layer.crs()):
+            feedback.pushInfo(f"{lengths_note(layer.crs())}: minimum road length {vectorise.min_length:g} m")
         threshold = (self.parameterAsDouble(parameters, self.THRESHOLD, context)
                      if given(parameters, self.THRESHOLD) else None)  # None: the raster's own, else 0.5
 
         def work():
-            path = layer_path(layer, "INPUT", "roadseg_mask.tif")
+            path = layer_path(layer, self.parameterDefinition(self.INPUT).description(), "roadseg_mask.tif")
             feedback.setProgress(10)
             return vectorise_file(path, None, vectorise, threshold, on_progress=self.progress(feedback, 10, 80),
                                   is_cancelled=feedback.isCanceled)
@@ -92,4 +104,5 @@ class VectoriseMaskAlgorithm(RoadSegAlgorithm):
         count = add_lines(sink, result.lines, feedback)
         feedback.pushInfo(f"{count} road line(s), threshold {result.threshold:g}")
         feedback.setProgress(100)
+        style_on_load(context, dest_id, self.tr("Roads ({})").format(layer.name()), style_roads)
         return {self.OUTPUT: dest_id}

@@ -191,7 +191,7 @@ def test_advanced_options_and_a_bad_value(dialog):
     dialog.editors["bands"][0].setText("3,two,1")
     dialog.accept()
     assert dialog.result() != dialog.Accepted
-    assert dialog.error_label.text().startswith("bands 3,two,1:")
+    assert dialog.error_label.text().startswith("\"Bands\" = 3,two,1:")  # the label, as QGIS shows options
 
 
 def test_canvas_extent_is_reprojected_and_clipped(dialog, qgis_iface, road_raster_layer):

@@ -153,6 +153,7 @@ def test_every_option_has_a_parameter_from_its_metadata(roadseg_provider) -> Non
     from qgis.core import QgsApplication, QgsProcessingParameterDefinition
 
     from roadseg_plugin.core.params import BUNDLED_MODEL, InferenceParams, VectoriseParams, describe
+    from roadseg_plugin.processing.base import qgis_words
     from roadseg_plugin.processing.segment_roads import SINK_OPTIONS
 
     assert SINK_OPTIONS == ("format",)  # the only option the feature sink decides instead
@@ -169,8 +170,9 @@ def test_every_option_has_a_parameter_from_its_metadata(roadseg_provider) -> Non
         assert definition.defaultValue() == default, name
         assert bool(definition.flags() & QgsProcessingParameterDefinition.FlagOptional) == (info["default"] is None)
         assert bool(definition.flags() & QgsProcessingParameterDefinition.FlagAdvanced) == info["advanced"], name
-        assert definition.help() == info["help"] and info["label"] in definition.description()
-        assert info["help"] in alg.shortHelpString(), name
+        shown = qgis_words(info["help"])  # "unset" is "empty" in QGIS
+        assert definition.help() == shown and info["label"] in definition.description()
+        assert shown in alg.shortHelpString(), name
 
 
 def _as_parameter(name: str, value):
@@ -219,6 +221,7 @@ def test_empty_optional_parameters_are_the_core_defaults(roadseg_provider, road_
 
 def test_a_refused_option_is_the_cores_one_line_message(roadseg_provider, road_rasters, road_model,
                                                         tmp_path: Path) -> None:
+    """The core's message, naming the option by the parameter's label."""
     from qgis.core import QgsProcessingException
 
     from roadseg_plugin.core.errors import ParamError
@@ -230,7 +233,66 @@ def test_a_refused_option_is_the_cores_one_line_message(roadseg_provider, road_r
     with pytest.raises(QgsProcessingException) as info:
         run({"INPUT": str(path), "MODEL": str(road_model), "TILE": 64, "OVERLAP": 40,
              "OUTPUT": str(tmp_path / "roads.gpkg")})
-    assert str(info.value) == str(expected.value)
-    with pytest.raises(QgsProcessingException, match="^bands 1,x: "):
+    assert str(info.value) == f'"Tile overlap (px)" = 40: {expected.value.problem}'
+    with pytest.raises(QgsProcessingException, match='^"Bands" = 1,x: '):
         run({"INPUT": str(path), "BANDS": "1,x", "OUTPUT": str(tmp_path / "roads.gpkg")})
     assert not (tmp_path / "roads.gpkg").exists()
+
+
+def _loaded(name: str):
+    from qgis.core import QgsProject
+
+    layers = QgsProject.instance().mapLayersByName(name)
+    loaded = [layer.name() for layer in QgsProject.instance().mapLayers().values()]
+    assert len(layers) == 1, f"{name!r} not loaded once: {loaded}"
+    return layers[0]
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_loaded_outputs_are_named_and_styled_as_the_dialogs(roadseg_provider, road_rasters, road_model,
+                                                            qgis_new_project, binary: bool) -> None:
+    """processing.runAndLoadResults (and the toolbox) load the lines and the probability raster under
+    distinct names, styled by the layer post-processor as the Segment roads task styles them."""
+    import gc
+
+    import processing
+    from qgis.core import QgsRasterLayer, QgsSingleBandPseudoColorRenderer, QgsSingleSymbolRenderer
+
+    from roadseg_plugin.styles import CASING_COLOUR, ROAD_COLOUR, ROAD_WIDTH_MM
+
+    path, _ = road_rasters("area.tif", size=96, seed=3)
+    aerial = QgsRasterLayer(str(path), "aerial")
+    qgis_new_project.addMapLayer(aerial)
+    processing.runAndLoadResults("roadseg:segmentroads", {
+        "INPUT": aerial, "MODEL": str(road_model), "BINARY": binary, "OUTPUT": "TEMPORARY_OUTPUT",
+        "MASK_OUTPUT": "TEMPORARY_OUTPUT"})
+    gc.collect()
+    lines, probability = _loaded("Roads (aerial)"), _loaded("Road probability (aerial)")
+    renderer = lines.renderer()
+    assert isinstance(renderer, QgsSingleSymbolRenderer)
+    symbol = renderer.symbol()
+    assert symbol.symbolLayerCount() == 2
+    assert symbol.symbolLayer(0).color() == CASING_COLOUR and symbol.symbolLayer(1).color() == ROAD_COLOUR
+    assert symbol.symbolLayer(1).width() == pytest.approx(ROAD_WIDTH_MM)
+    raster = probability.renderer()
+    assert isinstance(raster, QgsSingleBandPseudoColorRenderer)
+    assert raster.classificationMax() == (1 if binary else 255)
+    items = raster.shader().rasterShaderFunction().colorRampItemList()
+    assert items[-1].color.red() == 230 and items[0].color.alpha() == 0
+
+
+def test_plain_run_loads_nothing(roadseg_provider, road_rasters, road_model, qgis_new_project,
+                                 tmp_path: Path) -> None:
+    from qgis.core import QgsProcessingContext, QgsProcessingFeedback
+
+    path, _ = road_rasters("area.tif", size=64)
+    context = QgsProcessingContext()
+    _, ok = processing_alg().run({"INPUT": str(path), "MODEL": str(road_model), "OUTPUT": str(tmp_path / "r.gpkg")},
+                                 context, QgsProcessingFeedback())
+    assert ok and not context.layersToLoadOnCompletion() and not qgis_new_project.mapLayers()
+
+
+def processing_alg():
+    from qgis.core import QgsApplication
+
+    return QgsApplication.processingRegistry().algorithmById("roadseg:segmentroads").create()

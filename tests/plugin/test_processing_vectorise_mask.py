@@ -88,6 +88,7 @@ def test_parameters_are_generated_from_vectorise_params(roadseg_provider) -> Non
     from qgis.core import QgsApplication, QgsProcessingParameterDefinition
 
     from roadseg_plugin.core.params import VectoriseParams, describe
+    from roadseg_plugin.processing.base import qgis_words
 
     alg = QgsApplication.processingRegistry().algorithmById("roadseg:vectorisemask")
     for f in fields(VectoriseParams):
@@ -99,7 +100,7 @@ def test_parameters_are_generated_from_vectorise_params(roadseg_provider) -> Non
         assert definition is not None, f"no parameter for {f.name}"
         assert definition.defaultValue() == info["default"], f.name
         assert bool(definition.flags() & QgsProcessingParameterDefinition.FlagAdvanced) == info["advanced"]
-        assert info["help"] in alg.shortHelpString()
+        assert qgis_words(info["help"]) in alg.shortHelpString()  # "unset" is "empty" in QGIS
 
 
 def test_threshold_stored_in_a_probability_raster_is_used(roadseg_provider, road_mask, tmp_path: Path) -> None:
@@ -113,3 +114,19 @@ def test_threshold_stored_in_a_probability_raster_is_used(roadseg_provider, road
     run({"INPUT": str(path), "THRESHOLD": 0.5, "OUTPUT": str(tmp_path / "given.gpkg")})
     stored, given = gpd.read_file(tmp_path / "stored.gpkg"), gpd.read_file(tmp_path / "given.gpkg")
     assert stored.total_bounds[0] >= 330000 + 95 and given.total_bounds[0] < 330000 + 50
+
+
+def test_loaded_lines_are_named_and_styled(roadseg_provider, road_mask, qgis_new_project, tmp_path: Path) -> None:
+    import processing
+    from qgis.core import QgsRasterLayer, QgsSingleSymbolRenderer
+
+    from roadseg_plugin.styles import ROAD_COLOUR
+
+    path = write_mask(tmp_path / "mask.tif", (road_mask * 255).astype("uint8"))
+    mask_layer = QgsRasterLayer(str(path), "my mask")
+    qgis_new_project.addMapLayer(mask_layer)
+    processing.runAndLoadResults("roadseg:vectorisemask", {"INPUT": mask_layer, "OUTPUT": "TEMPORARY_OUTPUT"})
+    loaded = qgis_new_project.mapLayersByName("Roads (my mask)")
+    assert len(loaded) == 1 and loaded[0].featureCount() >= 2
+    renderer = loaded[0].renderer()
+    assert isinstance(renderer, QgsSingleSymbolRenderer) and renderer.symbol().symbolLayer(1).color() == ROAD_COLOUR

@@ -21,7 +21,8 @@ from qgis.core import (  # noqa: E402
 from roadseg_plugin.core.errors import RoadSegError  # noqa: E402
 from roadseg_plugin.core.params import InferenceParams, VectoriseParams  # noqa: E402
 from roadseg_plugin.params import SegmentParams  # noqa: E402
-from roadseg_plugin.task import ROAD_WIDTH_MM, RoadSegTask, Status  # noqa: E402
+from roadseg_plugin.styles import ROAD_WIDTH_MM  # noqa: E402
+from roadseg_plugin.task import RoadSegTask, Status  # noqa: E402
 from tests.plugin.conftest import (  # noqa: E402
     UTM19_ORIGIN,
     assert_options_arrived,
