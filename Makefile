@@ -3,10 +3,14 @@ PY := .venv/bin/python
 DATA ?= ../shared/data/massachusetts-roads/train
 QGIS_PROFILE ?= $(HOME)/.local/share/QGIS/QGIS3/profiles/default
 
-.PHONY: setup test test-fast demo bench evaluate package install-plugin clean
+.PHONY: setup lint test test-fast demo bench evaluate package install-plugin clean
 
 setup:
 	@bash scripts/setup.sh
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 test: setup
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q
@@ -26,8 +30,10 @@ evaluate: setup
 package: setup
 	$(PY) scripts/package.py
 
+# the plugin into the profile, enabled, and the Python packages for QGIS's Python (/usr/bin/python3)
+# into PROFILE/python/roadseg-packages/py3.X: PACKAGES=cpu (default), training or none
 install-plugin: package
-	$(PY) scripts/install_plugin.py --profile "$(QGIS_PROFILE)"
+	$(PY) scripts/install_plugin.py --profile "$(QGIS_PROFILE)" --packages "$(or $(PACKAGES),cpu)"
 
 clean:
 	rm -rf dist build .pytest_cache demo_output

@@ -1,10 +1,11 @@
-"""Which Python packages RoadSeg needs, which are missing, and the command that installs them.
+"""Which Python packages RoadSeg is missing, the one line that says so, and native-library isolation.
 
-QGIS ships its own Python, so the packages RoadSeg needs (torch, rasterio, ...) are often absent
-inside QGIS even when they are installed elsewhere. Nothing here imports those packages: the
-check uses `importlib.util.find_spec`, so the plugin loads and can tell the user what to do.
-Neither QGIS nor Qt is imported either; the dialog and the Processing algorithms show
-`dependency_message()` themselves.
+The package sets, the folder RoadSeg installs them into and the pip commands live in
+`packages`; this module answers what the plugin and the Processing algorithms ask: is the
+CPU-inference set importable (`missing_dependencies`), the short message when it is not
+(`dependency_message`, which points at **Plugins > RoadSeg > Install packages...**), and the
+command for doing it by hand (`install_command`). Nothing here imports those packages (the
+check uses `importlib.util.find_spec`), QGIS or Qt, so the plugin loads without them.
 """
 from __future__ import annotations
 
@@ -13,118 +14,97 @@ import importlib
 import importlib.util
 import logging
 import os
-import shlex
-import shutil
 import sys
-import sysconfig
 from pathlib import Path
+
+from . import packages
+from .packages import python_executable
 
 log = logging.getLogger(__name__)
 
-# import name -> pip requirement; the pins match requirements.txt
-REQUIRED: dict[str, str] = {
-    "numpy": "numpy<2",
-    "torch": "torch==2.13.0",
-    "rasterio": "rasterio>=1.3",
-    "geopandas": "geopandas>=0.14",
-    "shapely": "shapely>=2.0",
-    "pyogrio": "pyogrio>=0.7",
-    "skimage": "scikit-image>=0.22",
-    "scipy": "scipy>=1.11",
-    "networkx": "networkx>=3.2",
-    "sknw": "sknw>=0.15",
-    "imageio": "imageio>=2.31",
-    "matplotlib": "matplotlib>=3.7",
-    "tqdm": "tqdm>=4.66",
-}
-# Faster CPU inference when present; RoadSeg works without it.
-OPTIONAL: dict[str, str] = {"onnxruntime": "onnxruntime>=1.17", "onnx": "onnx>=1.16"}  # onnx reads the model metadata
+MENU_ITEM = "Plugins > RoadSeg > Install packages..."
+# import name -> pip requirement: the CPU-inference set (Segment roads, segmentroads, vectorisemask)
+REQUIRED: dict[str, str] = {p.module: p.requirement for p in packages.CPU.packages}
+# import name -> pip requirement: what training, exporting and GPU inference add
+OPTIONAL: dict[str, str] = {p.module: p.requirement for p in packages.TRAINING_PACKAGES}
 
 
 def _installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):  # a broken parent package or a module with __spec__ None
-        return False
+    return packages.installed(module)
 
 
 def missing_dependencies() -> list[str]:
-    """Import names of the required packages that this Python cannot import (empty when all are there)."""
+    """Import names of the CPU-inference packages this Python cannot import (empty when all are there)."""
     return [name for name in REQUIRED if not _installed(name)]
 
 
 def missing_optional() -> list[str]:
-    """Import names of the optional packages that are absent (they only make things faster)."""
+    """Import names of the Training and GPU packages that are absent (torch, onnx, matplotlib, imageio)."""
     return [name for name in OPTIONAL if not _installed(name)]
 
 
-def python_executable() -> str:
-    """The Python interpreter QGIS (or this process) runs, as a path a shell can call.
-
-    Inside QGIS `sys.executable` is often the QGIS program itself (`/usr/bin/qgis`,
-    `qgis-bin.exe`, `QGIS.app/Contents/MacOS/QGIS`), which cannot run `-m pip`; the interpreter
-    of the same installation is then looked up beside it.
-    """
-    exe = sys.executable or ""
-    if Path(exe).name.lower().startswith("python"):
-        return exe
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    prefix = Path(sys.exec_prefix)
-    candidates = [
-        prefix / "python.exe", prefix / "python3.exe",  # OSGeo4W / standalone Windows installers
-        prefix / "bin" / f"python{version}", prefix / "bin" / "python3",  # Linux, macOS bundles
-    ]
-    if exe:
-        candidates += [Path(exe).parent / "python3", Path(exe).parent / "bin" / "python3"]
-    for candidate in candidates:
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    return shutil.which(f"python{version}") or shutil.which("python3") or "python3"
+def _pip_name(module: str) -> str:
+    requirement = {**REQUIRED, **OPTIONAL}.get(module, module)
+    return requirement.split("<")[0].split(">")[0].split("=")[0].split("!")[0].strip()
 
 
-def _quote(arg: str) -> str:
-    if os.name == "nt":
-        return f'"{arg}"' if any(c in arg for c in ' <>&|^') else arg
-    return shlex.quote(arg)
-
-
-def install_command(packages: list[str] | None = None) -> str:
-    """The shell command that installs `packages` (import names; default: the missing ones) for this Python.
-
-    Example: `/usr/bin/python3 -m pip install 'numpy<2' 'torch==2.13.0' scikit-image>=0.22`.
-    numpy is always pinned below 2 because QGIS's own GDAL bindings are built against numpy 1.
-    """
-    names = missing_dependencies() if packages is None else list(packages)
-    wanted = {**REQUIRED, **OPTIONAL}
-    reqs = [wanted.get(name, name) for name in names]
-    if reqs and REQUIRED["numpy"] not in reqs:
-        reqs.insert(0, REQUIRED["numpy"])
-    return " ".join([_quote(python_executable()), "-m", "pip", "install", *(_quote(r) for r in reqs)])
-
-
-def _externally_managed() -> bool:
-    """True for a distribution Python (Debian, Ubuntu) whose pip refuses system-wide installs (PEP 668)."""
-    if sys.prefix != sys.base_prefix:  # a virtual environment is never externally managed
-        return False
-    stdlib = sysconfig.get_paths().get("stdlib", "")
-    return bool(stdlib) and (Path(stdlib) / "EXTERNALLY-MANAGED").is_file()
-
-
-def dependency_message() -> str:
-    """One user-facing message: what is missing and the exact command to run; empty when nothing is."""
-    missing = missing_dependencies()
+def dependency_message(missing: list[str] | None = None) -> str:
+    """One line naming the missing packages and the menu item that installs them; "" when none are."""
+    missing = missing_dependencies() if missing is None else missing
     if not missing:
         return ""
-    pips = ", ".join(REQUIRED[name].split("<")[0].split(">")[0].split("=")[0] for name in missing)
-    lines = [
-        f"RoadSeg needs Python packages that QGIS's Python ({python_executable()}) cannot import: {pips}.",
-        "Install them with this command (in a terminal; on Windows the OSGeo4W Shell), then restart QGIS:",
-        f"    {install_command(missing)}",
-    ]
-    if _externally_managed():
-        lines.append("If pip answers 'externally-managed-environment', add --user --break-system-packages "
-                     "or see docs/QGIS.md for the virtual-environment route.")
-    return "\n".join(lines)
+    names = ", ".join(_pip_name(name) for name in missing)
+    return f"RoadSeg needs Python packages that are not installed: {names}. Install them with {MENU_ITEM}"
+
+
+def short_message(missing: list[str], shown: int = 3) -> str:
+    """The message bar's line (beside its "Install packages..." button): at most `shown` names."""
+    names = [_pip_name(name) for name in missing]
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f"needs Python packages that are not installed ({', '.join(names[:shown])}{more})."
+
+
+def install_command(kind: str = "cpu", profile: str | os.PathLike | None = None) -> str:
+    """The shell command that installs a package set ("cpu" or "training") for this QGIS's Python
+    into RoadSeg's package folder (see `packages.pip_commands`); for terminals and scripts."""
+    python = python_executable()
+    target = packages.packages_dir(profile)
+    package_set = packages.SETS[kind]
+    driver = packages.nvidia_driver() if kind == "training" else None
+    numpy = qgis_numpy(python, target)
+    return packages.command_line(packages.pip_commands(package_set, python, target, numpy, driver=driver))
+
+
+def qgis_numpy(python: str, target: str | os.PathLike) -> str | None:
+    """The version of QGIS's own numpy: the one this process loaded from outside RoadSeg's folder,
+    else the one `python` imports without that folder (None: it has none)."""
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and packages.FOLDER not in str(getattr(numpy, "__file__", "")):
+        return str(numpy.__version__)
+    return packages.qgis_numpy_version(python, target)
+
+
+def load_installed(modules: list[str]) -> dict[str, str]:
+    """Import freshly installed modules into this process: {module: error} of those that fail.
+
+    The wheels' native libraries are isolated from QGIS's first (`isolate_native_libraries`),
+    exactly as before a run. A module that fails here but imports in a fresh interpreter was
+    loaded earlier from another copy: QGIS must be restarted.
+    """
+    for folder in sys.path:
+        if packages.FOLDER in folder:
+            packages.refresh(folder)
+    errors = {}
+    try:
+        isolate_native_libraries()
+    except Exception as exc:  # noqa: BLE001  (numpy itself failed: reported below)
+        log.debug("isolation failed: %s", exc)
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001  (ImportError, OSError of a native library...)
+            errors[name] = f"{type(exc).__name__}: {exc}"[:300]
+    return errors
 
 
 # Packages whose pip wheels bundle their own GEOS / GDAL / PROJ / image libraries (see below).
@@ -199,9 +179,11 @@ def native_library_problem() -> str:
         return (f"shapely {shapely.__version__} does not work inside this QGIS ({exc}): its bundled GEOS clashes "
                 "with QGIS's because shapely was imported before RoadSeg could isolate it (by another plugin?). "
                 "Restart QGIS and run RoadSeg first, or install a shapely built for QGIS's GEOS: "
-                f"{_quote(python_executable())} -m pip install --force-reinstall --no-binary shapely 'shapely>=2.0'")
+                + packages.command_line([[python_executable(), "-m", "pip", "install", "--target",
+                                          str(packages.packages_dir()), "--upgrade", "--no-binary", "shapely",
+                                          "shapely>=2.0"]]))
 
 
-__all__ = ["NATIVE_PACKAGES", "OPTIONAL", "REQUIRED", "dependency_message", "install_command",
-           "isolate_native_libraries", "missing_dependencies", "missing_optional", "native_library_problem",
-           "python_executable"]
+__all__ = ["MENU_ITEM", "NATIVE_PACKAGES", "OPTIONAL", "REQUIRED", "dependency_message", "install_command",
+           "isolate_native_libraries", "load_installed", "missing_dependencies", "missing_optional",
+           "native_library_problem", "python_executable", "qgis_numpy", "short_message"]

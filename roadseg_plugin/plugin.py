@@ -1,8 +1,10 @@
-"""The QGIS plugin object: one "Segment roads" action (Raster menu + toolbar) and the Processing provider.
+"""The QGIS plugin object: the "Segment roads" action (Raster menu + toolbar), "Install packages..."
+(Plugins > RoadSeg) and the Processing provider.
 
 Nothing here imports torch, rasterio or the core at module import time, so QGIS loads the plugin
-fast and still loads it when those packages are missing; the dialog and the task are imported
-when the user runs the action.
+fast and still loads it when those packages are missing: it then shows one line in the message
+bar with an "Install packages..." button that opens the installer (`installer_dialog`). The
+dialog and the task are imported when the user runs the action.
 """
 from __future__ import annotations
 
@@ -10,8 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qgis.core import Qgis, QgsApplication, QgsMessageLog
+from qgis.PyQt import sip
 from qgis.PyQt.QtGui import QIcon
-from qgis.PyQt.QtWidgets import QAction
+from qgis.PyQt.QtWidgets import QAction, QPushButton
 
 if TYPE_CHECKING:
     from .task import RoadSegTask
@@ -19,6 +22,7 @@ if TYPE_CHECKING:
 PLUGIN_NAME = "RoadSeg"
 MENU = "&RoadSeg"
 ACTION_TEXT = "Segment roads"
+INSTALL_TEXT = "Install packages..."
 ICON_PATH = Path(__file__).resolve().parent / "icon.png"
 
 
@@ -33,8 +37,11 @@ class RoadSegPlugin:
     def __init__(self, iface: Any) -> None:
         self.iface = iface
         self.action: QAction | None = None
+        self.install_action: QAction | None = None
         self.toolbar = None
         self.provider = None
+        self.installer = None  # the open InstallerDialog
+        self.message = None  # the message bar item about missing packages, while it is shown
         self.tasks: list[RoadSegTask] = []  # keep Python wrappers alive while tasks run
 
     # ---------------------------------------------------------------- lifecycle
@@ -68,6 +75,11 @@ class RoadSegPlugin:
         self.toolbar = self.iface.addToolBar(PLUGIN_NAME)
         self.toolbar.setObjectName("RoadSegToolbar")
         self.toolbar.addAction(self.action)
+        self.install_action = QAction(INSTALL_TEXT, self.iface.mainWindow())
+        self.install_action.setObjectName("roadsegInstallPackages")
+        self.install_action.setToolTip("Install the Python packages RoadSeg needs into QGIS's Python")
+        self.install_action.triggered.connect(self.open_installer)
+        self.iface.addPluginToMenu(MENU, self.install_action)
         self.check_dependencies()
 
     def unload(self) -> None:
@@ -79,6 +91,16 @@ class RoadSegPlugin:
                 except RuntimeError:  # the task manager already deleted it
                     pass
         self.tasks = []
+        self._close_message()
+        if self.installer is not None and not sip.isdeleted(self.installer):
+            self.installer.cancel_install()
+            self.installer.close()
+        self.installer = None
+        if self.install_action is not None:
+            self.iface.removePluginMenu(MENU, self.install_action)
+            self.install_action.triggered.disconnect(self.open_installer)
+            self.install_action.deleteLater()
+            self.install_action = None
         if self.action is not None:
             self.iface.removePluginRasterMenu(MENU, self.action)
             if self.toolbar is not None:
@@ -96,19 +118,52 @@ class RoadSegPlugin:
 
     # ---------------------------------------------------------------- actions
     def check_dependencies(self) -> bool:
-        """True when torch & co. import; otherwise push one message with the install command."""
+        """True when the CPU-inference packages import; otherwise show the one-line message
+        with its "Install packages..." button (once: not again while it is still shown)."""
         from . import deps
 
         missing = deps.missing_dependencies()
         if not missing:
             return True
-        message = deps.dependency_message()
-        command = deps.install_command()
-        if command not in message:
-            message = f"{message} Install them with: {command}"
-        log(message, Qgis.Warning)
-        self.iface.messageBar().pushMessage(PLUGIN_NAME, message, Qgis.Warning, 0)
+        if self._message_shown():
+            return False
+        text = deps.dependency_message(missing)
+        log(text, Qgis.Warning)
+        bar = self.iface.messageBar()
+        item = bar.createMessage(PLUGIN_NAME, deps.short_message(missing))
+        button = QPushButton(INSTALL_TEXT, item)
+        button.setObjectName("roadsegInstallButton")
+        button.setToolTip(text)
+        button.clicked.connect(self.open_installer)
+        item.layout().addWidget(button)
+        bar.pushWidget(item, Qgis.Warning, 0)
+        self.message = item
         return False
+
+    def _message_shown(self) -> bool:
+        item = self.message
+        return item is not None and not sip.isdeleted(item) and item in self.iface.messageBar().items()
+
+    def _close_message(self) -> None:
+        if self._message_shown():
+            self.iface.messageBar().popWidget(self.message)
+        self.message = None
+
+    def open_installer(self) -> None:
+        """Show the package installer (one window; brought to the front when already open)."""
+        from .installer_dialog import InstallerDialog
+
+        if self.installer is None or sip.isdeleted(self.installer):
+            self.installer = InstallerDialog(parent=self.iface.mainWindow())
+            self.installer.installed.connect(self._installed)
+        self.installer.show()
+        self.installer.raise_()
+        self.installer.activateWindow()
+
+    def _installed(self, ready: bool) -> None:
+        """After an installation: drop the message once the packages work in this QGIS."""
+        if ready:
+            self._close_message()
 
     def check_geos(self) -> bool:
         """True when shapely works inside this QGIS; otherwise push one message with the fix.
@@ -153,3 +208,25 @@ class RoadSegPlugin:
         QgsApplication.taskManager().addTask(task)
         return task
 
+
+class UnsupportedPython:
+    """Stands in for the plugin in a QGIS whose Python is older than RoadSeg needs: one message."""
+
+    def __init__(self, iface: Any) -> None:
+        self.iface = iface
+
+    def initGui(self) -> None:  # noqa: N802 (QGIS API name)
+        import sys
+
+        from . import MIN_PYTHON
+
+        text = (f"RoadSeg needs Python {'.'.join(map(str, MIN_PYTHON))} or newer; this QGIS runs Python "
+                f"{sys.version_info[0]}.{sys.version_info[1]}. Use a newer QGIS (on Windows 3.34.5 or newer).")
+        log(text, Qgis.Critical)
+        self.iface.messageBar().pushMessage(PLUGIN_NAME, text, Qgis.Critical, 0)
+
+    def initProcessing(self) -> None:  # noqa: N802 (QGIS API name)
+        pass
+
+    def unload(self) -> None:
+        pass

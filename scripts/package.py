@@ -11,7 +11,12 @@ The zip holds one folder, `roadseg_plugin/`, which QGIS puts on its plugin path:
   is added to `sys.path` (a top-level `processing` package would clash with QGIS's own);
 - LICENSE, when the repository has one.
 
-Tests, caches, compiled files, ONNX exports and temporary files are left out.
+Tests, caches, compiled files and temporary files are left out, and so are ONNX files, except
+the exports of a shipped checkpoint: `<stem>.<sha12>.onnx` (fp32, what CPU inference runs where
+torch is not installed) and `<stem>.<sha12>.int8.onnx` beside `<stem>.pt`, when sha12 is the
+start of that checkpoint's SHA-256 (a stale export, made from an older checkpoint, is never used
+and is left out). Entries carry 0644 (files) and 0755 (folders) permissions, and every folder
+has its own entry.
 Usage: `python scripts/package.py [--out DIR] [--allow-missing-model]`.
 """
 from __future__ import annotations
@@ -19,9 +24,14 @@ from __future__ import annotations
 import argparse
 import configparser
 import fnmatch
+import hashlib
 import os
+import re
+import shutil
+import stat
 import sys
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -29,7 +39,23 @@ ROOT = Path(__file__).resolve().parent.parent
 PLUGIN = "roadseg_plugin"
 EXCLUDE_DIRS = {"__pycache__", "tests", "test", ".pytest_cache", ".mypy_cache", ".ruff_cache", ".git"}
 EXCLUDE_FILES = ("*.pyc", "*.pyo", "*.onnx", "*.tmp", ".*", "*~", "*.orig")
-KEEP_FILES = ("*.int8.onnx",)  # the shipped int8 model; plain .onnx files are per-machine caches
+EXPORT_NAME = re.compile(r"(?P<stem>.+)\.(?P<tag>[0-9a-f]{12})(\.int8)?\.onnx")
+
+
+def shipped_export(path: Path) -> bool:
+    """Whether `path` is the fp32 or int8 ONNX export of the checkpoint beside it (same hash)."""
+    found = EXPORT_NAME.fullmatch(path.name)
+    checkpoint = path.parent / f"{found['stem']}.pt" if found else None
+    if checkpoint is None or not checkpoint.is_file():
+        return False
+    sha = hashlib.sha256()
+    with open(checkpoint, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()[:12] == found["tag"]
+
+
+FILE_MODE, DIR_MODE = 0o644, 0o755  # in the zip, whatever the checkout's permissions
 
 
 def read_version(metadata: Path = ROOT / "metadata.txt") -> str:
@@ -47,10 +73,10 @@ def package_files(root: Path = ROOT) -> list[tuple[Path, str]]:
         for dirpath, dirnames, filenames in os.walk(folder):
             dirnames[:] = sorted(d for d in dirnames if d not in EXCLUDE_DIRS and not d.startswith("."))
             for name in sorted(filenames):
-                keep = any(fnmatch.fnmatch(name, pattern) for pattern in KEEP_FILES)
+                path = Path(dirpath) / name
+                keep = name.endswith(".onnx") and shipped_export(path)
                 if not keep and any(fnmatch.fnmatch(name, pattern) for pattern in EXCLUDE_FILES):
                     continue
-                path = Path(dirpath) / name
                 found.append((path, f"{prefix}/{path.relative_to(folder).as_posix()}"))
         return found
 
@@ -62,6 +88,24 @@ def package_files(root: Path = ROOT) -> list[tuple[Path, str]]:
             files.append((root / extra, f"{PLUGIN}/{extra}"))
             break
     return sorted(files, key=lambda item: item[1])
+
+
+def folders(arcnames: list[str]) -> list[str]:
+    """Every folder above the given zip paths, parents first ("roadseg_plugin/", "roadseg_plugin/core/"...)."""
+    found = {"/".join(name.split("/")[:i]) + "/" for name in arcnames for i in range(1, name.count("/") + 1)}
+    return sorted(found)
+
+
+def entry(arcname: str, mode: int, source: Path | None = None) -> zipfile.ZipInfo:
+    """A zip entry with Unix permissions `mode` (0644 files, 0755 folders), whatever the checkout's
+    own permissions: tools that apply them (unzip, file managers) give every user a readable plugin."""
+    info = (zipfile.ZipInfo.from_file(source, arcname) if source is not None
+            else zipfile.ZipInfo(arcname, time.localtime()[:6]))
+    is_dir = arcname.endswith("/")
+    info.external_attr = ((stat.S_IFDIR if is_dir else stat.S_IFREG) | mode) << 16 | (0x10 if is_dir else 0)
+    info.create_system = 3  # Unix, so that the mode bits count
+    info.compress_type = zipfile.ZIP_STORED if is_dir else zipfile.ZIP_DEFLATED
+    return info
 
 
 def build(out_dir: Path = ROOT / "dist", allow_missing_model: bool = False, root: Path = ROOT) -> Path:
@@ -80,8 +124,12 @@ def build(out_dir: Path = ROOT / "dist", allow_missing_model: bool = False, root
     os.close(fd)
     try:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for folder in folders([arcname for _, arcname in files]):
+                zf.writestr(entry(folder, DIR_MODE), b"")
             for source, arcname in files:
-                zf.write(source, arcname)
+                with open(source, "rb") as src, zf.open(entry(arcname, FILE_MODE, source), "w",
+                                                         force_zip64=source.stat().st_size > 2**31) as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -3,7 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PKGS=(qgis python3-qgis qgis-providers python3-venv xvfb xauth)
+# python3-pip: `make install-plugin` (and the plugin's installer) run QGIS's Python's pip to install
+# RoadSeg's packages into the QGIS profile; Debian's python3 has no pip and disables ensurepip
+APT_PKGS=(qgis python3-qgis qgis-providers python3-venv python3-pip xvfb xauth)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

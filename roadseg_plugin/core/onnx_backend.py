@@ -5,6 +5,10 @@ probabilities (the sigmoid is inside the graph). The checkpoint's `ModelMeta` tr
 file as JSON under the `roadseg_meta` metadata key, so an .onnx file alone is a usable model.
 The ONNX Runtime backends that run these files are in `backends/`; the int8 quantisation is in
 `quantize` (which needs the engine to read calibration tiles, so nothing here imports it).
+
+Nothing here imports torch at module level: exporting needs it, finding and running an
+existing export does not, so a checkpoint whose `.onnx` files lie beside it (the bundled model,
+every `best.pt` training writes) runs where torch is not installed.
 """
 from __future__ import annotations
 
@@ -63,21 +67,21 @@ def export_onnx(checkpoint: str | os.PathLike | None = None, out: str | os.PathL
         The path of the ONNX file.
 
     Raises:
-        CheckpointError: the checkpoint is missing or damaged.
+        CheckpointError: the checkpoint is missing or damaged, or torch (needed to export) is
+            not installed and no export of this checkpoint exists.
         OutputError: the ONNX file cannot be written.
     """
-    from .checkpoint import load_model
-
     checkpoint = Path(checkpoint) if checkpoint is not None else BUNDLED_MODEL
     if not checkpoint.is_file():
         raise CheckpointError(checkpoint, "model file not found", "check the path or pass --model")
     digest = checkpoint_digest(checkpoint)
     if out is not None:
-        return _export_to(*load_model(checkpoint), digest, Path(out))
-    cached = cached_onnx_path(checkpoint, digest)
-    if cached.is_file():
+        return _export_to(*_load_for_export(checkpoint), digest, Path(out))
+    cached = find_fp32(checkpoint, digest)
+    if cached is not None:
         return cached
-    net, meta = load_model(checkpoint)
+    cached = cached_onnx_path(checkpoint, digest)
+    net, meta = _load_for_export(checkpoint)
     try:
         return _export_to(net, meta, digest, cached)
     except OutputError:
@@ -85,6 +89,62 @@ def export_onnx(checkpoint: str | os.PathLike | None = None, out: str | os.PathL
         if fallback == cached:
             raise
         return fallback if fallback.is_file() else _export_to(net, meta, digest, fallback)
+
+
+def _load_for_export(checkpoint: Path) -> tuple[object, ModelMeta]:
+    """The network and metadata of a checkpoint; a CheckpointError saying what to install without torch."""
+    try:
+        from .checkpoint import load_model
+    except ImportError as exc:
+        if exc.name != "torch":
+            raise
+        raise CheckpointError(checkpoint, "has no ONNX export beside it and needs torch to export it to ONNX",
+                              "install the Training and GPU packages (Plugins > RoadSeg > Install packages...) "
+                              "or pass an .onnx model") from None
+    return load_model(checkpoint)
+
+
+def find_fp32(checkpoint: str | os.PathLike | None = None, digest: str | None = None) -> Path | None:
+    """The fp32 export of exactly this checkpoint (default: the bundled one) beside it or in the
+    user cache, or None. Needs no torch: the name carries the checkpoint's hash."""
+    checkpoint = Path(checkpoint) if checkpoint is not None else BUNDLED_MODEL
+    if not checkpoint.is_file():
+        return None
+    digest = digest or checkpoint_digest(checkpoint)
+    for path in (cached_onnx_path(checkpoint, digest), user_cache_dir() / f"{checkpoint.stem}.{digest[:12]}.onnx"):
+        if path.is_file():
+            return path
+    return None
+
+
+def remove_stale_exports(checkpoint: str | os.PathLike) -> list[Path]:
+    """Delete `<stem>.<sha12>[.int8].onnx` files beside `checkpoint` made from other versions of it
+    (a retrained `best.pt`); returns what was deleted. Other files are never touched."""
+    checkpoint = Path(checkpoint)
+    keep = checkpoint_digest(checkpoint)[:12] if checkpoint.is_file() else None
+    removed = []
+    for path in checkpoint.parent.glob(f"{checkpoint.stem}.*.onnx"):
+        tag = path.name[len(checkpoint.stem) + 1:].split(".")[0]
+        if len(tag) == 12 and all(c in "0123456789abcdef" for c in tag) and tag != keep:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def copy_with_exports(checkpoint: str | os.PathLike, target: str | os.PathLike) -> list[Path]:
+    """Copy a checkpoint and its fp32/int8 ONNX files (renamed after the target's stem, same
+    hash) so that the copy runs without torch too; returns the files written."""
+    import shutil
+
+    checkpoint, target = Path(checkpoint), Path(target)
+    digest = checkpoint_digest(checkpoint)[:12]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    written = [Path(shutil.copyfile(checkpoint, target))]
+    for suffix in (".onnx", ".int8.onnx"):
+        source = checkpoint.with_name(f"{checkpoint.stem}.{digest}{suffix}")
+        if source.is_file():
+            written.append(Path(shutil.copyfile(source, target.with_name(f"{target.stem}.{digest}{suffix}"))))
+    return written
 
 
 def _export_to(net: object, meta: ModelMeta, digest: str, out: Path) -> Path:

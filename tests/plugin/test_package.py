@@ -43,9 +43,8 @@ def test_version_comes_from_metadata() -> None:
     assert general["name"] == "RoadSeg" and general["qgisMinimumVersion"] == "3.22"
     assert general["hasProcessingProvider"] == "yes" and general["category"] == "Raster"
     assert general["icon"] == "icon.png" and (ROOT / "roadseg_plugin" / "icon.png").is_file()
-    for key in ("description", "about", "author", "email", "tags", "changelog", "homepage", "tracker", "repository"):
+    for key in ("description", "about", "author", "email", "tags", "changelog"):
         assert general.get(key, "").strip(), key
-    assert general["tracker"].startswith("https://github.com/roadseg/roadseg")
 
 
 def test_zip_content(plugin_zip: Path) -> None:
@@ -61,9 +60,15 @@ def test_zip_content(plugin_zip: Path) -> None:
         parts = name.split("/")
         assert "__pycache__" not in parts and "tests" not in parts, name
         assert not name.endswith((".pyc", ".tmp")), name
-        assert not name.endswith(".onnx") or name.endswith(".int8.onnx"), name
-    if BUNDLED_MODEL.is_file():
-        assert f"roadseg_plugin/models/{BUNDLED_MODEL.name}" in names
+    if BUNDLED_MODEL.is_file():  # the checkpoint and its two ONNX exports (CPU inference without torch)
+        import hashlib
+
+        tag = hashlib.sha256(BUNDLED_MODEL.read_bytes()).hexdigest()[:12]
+        shipped = [f"roadseg_plugin/models/{BUNDLED_MODEL.name}",
+                   f"roadseg_plugin/models/{BUNDLED_MODEL.stem}.{tag}.onnx",
+                   f"roadseg_plugin/models/{BUNDLED_MODEL.stem}.{tag}.int8.onnx"]
+        assert set(shipped) <= set(names)
+        assert [n for n in names if n.endswith(".onnx")] == shipped[1:][::-1]  # sorted: .int8.onnx first
 
 
 def test_model_and_card_are_packed_and_junk_left_out(tmp_path: Path) -> None:
@@ -76,9 +81,14 @@ def test_model_and_card_are_packed_and_junk_left_out(tmp_path: Path) -> None:
     models = root / "roadseg_plugin" / "models"
     models.mkdir(exist_ok=True)
     (models / "roadseg_default.pt").write_bytes(b"weights")
+    tag = package.hashlib.sha256(b"weights").hexdigest()[:12]
     (models / "MODEL_CARD.md").write_text("# card")
-    (models / "roadseg_default.0123456789ab.onnx").write_bytes(b"cache")
-    (models / "roadseg_default.0123456789ab.int8.onnx").write_bytes(b"int8 model")
+    (models / f"roadseg_default.{tag}.onnx").write_bytes(b"fp32 export")
+    (models / f"roadseg_default.{tag}.int8.onnx").write_bytes(b"int8 model")
+    (models / "roadseg_default.0123456789ab.onnx").write_bytes(b"stale export of an older checkpoint")
+    (models / "roadseg_default.0123456789ab.int8.onnx").write_bytes(b"stale int8")
+    (models / "other.onnx").write_bytes(b"not an export")
+    (root / "roadseg_plugin" / "core" / "cache.onnx").write_bytes(b"cache")
     (root / "roadseg_plugin" / "tests").mkdir()
     (root / "roadseg_plugin" / "tests" / "test_x.py").write_text("")
     (root / "roadseg_plugin" / "__pycache__").mkdir(exist_ok=True)
@@ -87,8 +97,9 @@ def test_model_and_card_are_packed_and_junk_left_out(tmp_path: Path) -> None:
     out = package.build(tmp_path / "dist", root=root)
     names = zipfile.ZipFile(out).namelist()
     assert "roadseg_plugin/models/roadseg_default.pt" in names and "roadseg_plugin/models/MODEL_CARD.md" in names
-    assert "roadseg_plugin/models/roadseg_default.0123456789ab.int8.onnx" in names
-    assert not [n for n in names if n.endswith((".pyc", "9ab.onnx")) or "/tests/" in n]
+    assert [n for n in names if n.endswith(".onnx")] == [f"roadseg_plugin/models/roadseg_default.{tag}.int8.onnx",
+                                                         f"roadseg_plugin/models/roadseg_default.{tag}.onnx"]
+    assert not [n for n in names if n.endswith(".pyc") or "/tests/" in n]
 
 
 def test_no_model_is_refused_unless_allowed(tmp_path: Path) -> None:

@@ -13,7 +13,6 @@ from qgis.core import Qgis, QgsApplication  # noqa: E402
 from qgis.PyQt.QtWidgets import QToolBar  # noqa: E402
 
 import roadseg_plugin  # noqa: E402
-from roadseg_plugin import deps  # noqa: E402
 from roadseg_plugin.params import SegmentParams  # noqa: E402
 from roadseg_plugin.plugin import ACTION_TEXT, MENU, RoadSegPlugin  # noqa: E402
 
@@ -74,28 +73,6 @@ def test_load_unload_twice(qgis_iface, qgis_processing):
     QgsApplication.processEvents()
     assert not [a for a in _toolbar_actions(qgis_iface) if a.text() == ACTION_TEXT]
     assert QgsApplication.processingRegistry().providerById("roadseg") is None
-
-
-def test_missing_dependencies_give_one_message_with_the_install_command(
-        qgis_iface, qgis_processing, qgis_new_project, monkeypatch):
-    real = deps._installed
-    monkeypatch.setattr(deps, "_installed", lambda name: name != "torch" and real(name))
-    assert deps.missing_dependencies() == ["torch"]
-    bar = qgis_iface.messageBar()
-    bar.clear_messages()
-    instance = roadseg_plugin.classFactory(qgis_iface)
-    instance.initGui()  # still loads
-    try:
-        assert instance.action is not None
-        warnings = bar.get_messages(Qgis.Warning)
-        assert len(warnings) == 1
-        assert deps.install_command() in warnings[0]
-        assert bar.get_messages(Qgis.Critical) == []
-        # Running the action repeats the advice instead of opening a dialog that cannot work.
-        instance.action.trigger()
-        assert len(bar.get_messages(Qgis.Warning)) == 2
-    finally:
-        instance.unload()
 
 
 def test_plugin_module_does_not_import_torch_or_rasterio():
