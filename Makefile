@@ -23,6 +23,7 @@ demo: setup
 
 bench: setup
 	$(PY) -m bench
+	$(PY) -m bench region
 
 evaluate: setup
 	$(PY) -m training evaluate --data $(DATA) --json out.json

@@ -1,4 +1,5 @@
 """`python -m bench [--size N] [--device auto] [--json PATH] [--model M]`: engine benchmarks.
+(`python -m bench region ...`: region runs on Dask workers, see bench/region.py.)
 
 Builds a synthetic N x N georeferenced RGB GeoTIFF and reports, in input-raster Mpx/s:
 reading + normalising alone, the model alone (the backend the engine picks, plus torch and fp32
@@ -63,6 +64,10 @@ def run(size: int, device: str, model: Path | None, work: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if (sys.argv[1:] if argv is None else argv)[:1] == ["region"]:  # `python -m bench region`: see bench/region.py
+        from .region import main as region_main
+
+        return region_main((sys.argv[1:] if argv is None else argv)[1:])
     args = parse_args(argv)
     from roadseg_plugin.core.backends import resolve_device
     from roadseg_plugin.core.checkpoint import BUNDLED_MODEL

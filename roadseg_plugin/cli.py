@@ -205,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     _vectorise_parser(sub)
     _export_parser(sub)
     _quantize_parser(sub)
+    from .region_cli import add_parser as region_parser  # imports this module: here, not at the top
+    region_parser(sub)
     return parser
 
 

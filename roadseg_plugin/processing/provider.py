@@ -6,6 +6,7 @@ from qgis.PyQt.QtGui import QIcon
 
 from .base import ICON
 from .evaluate_model import EvaluateModelAlgorithm
+from .segment_region import SegmentRegionAlgorithm
 from .segment_roads import SegmentRoadsAlgorithm
 from .train_from_lines import TrainFromLinesAlgorithm
 from .vectorise_mask import VectoriseMaskAlgorithm
@@ -16,7 +17,7 @@ class RoadSegProvider(QgsProcessingProvider):
 
     def getAlgs(self) -> list:
         return [SegmentRoadsAlgorithm(), VectoriseMaskAlgorithm(), TrainFromLinesAlgorithm(),
-                EvaluateModelAlgorithm()]
+                EvaluateModelAlgorithm(), SegmentRegionAlgorithm()]
 
     def loadAlgorithms(self) -> None:
         for algorithm in self.getAlgs():

@@ -8,10 +8,10 @@ import pytest
 
 from roadseg_plugin import deps
 
-ALGORITHMS = ("segmentroads", "vectorisemask", "trainfromlines", "evaluatemodel")
+ALGORITHMS = ("segmentroads", "vectorisemask", "trainfromlines", "evaluatemodel", "segmentregion")
 
 
-def test_provider_lists_the_four_algorithms(roadseg_provider) -> None:
+def test_provider_lists_its_algorithms(roadseg_provider) -> None:
     from qgis.core import QgsApplication
 
     registry = QgsApplication.processingRegistry()
@@ -83,14 +83,14 @@ def test_missing_dependency_is_a_processing_error(roadseg_provider, road_rasters
 
 def test_provider_loads_without_torch(tmp_path) -> None:
     """Listing the algorithms never imports torch, rasterio or the core (QGIS starts fast)."""
-    code = """
+    code = f"""
 import sys
 from qgis.core import QgsApplication
 app = QgsApplication([], False); app.initQgis()
 from roadseg_plugin.processing.provider import RoadSegProvider
 provider = RoadSegProvider()
 QgsApplication.processingRegistry().addProvider(provider)
-assert len(provider.algorithms()) == 4
+assert len(provider.algorithms()) == {len(ALGORITHMS)}
 print(sorted(m for m in ('torch', 'rasterio', 'geopandas', 'roadseg_plugin.core.engine') if m in sys.modules))
 """
     root = str(deps.__file__).rsplit("/roadseg_plugin/", 1)[0]
