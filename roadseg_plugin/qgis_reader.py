@@ -73,7 +73,7 @@ def local_file(layer: QgsRasterLayer) -> str | None:
 
 
 def raster_source(layer: QgsRasterLayer, extent: QgsRectangle | None = None,
-                  gsd_m: float | None = None) -> "str | ProviderReader":
+                  gsd_m: float | None = None) -> str | ProviderReader:
     """What to hand to `core.engine.segment_raster` for `layer`.
 
     Args:
@@ -206,7 +206,7 @@ class ProviderReader:
         return t.c, t.f + t.e * self.height, t.c + t.a * self.width, t.f
 
     # ---- reading ---------------------------------------------------------------------------
-    def read(self, window: Any, bands: list[int]) -> "tuple[np.ndarray, np.ndarray]":
+    def read(self, window: Any, bands: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """Raw values (len(bands), h, w) in `self.dtype` and a (h, w) valid mask for a grid window.
 
         The window may reach outside the grid (boundless read); those pixels are invalid.
@@ -246,7 +246,7 @@ class ProviderReader:
             raise RasterError(self.name, f"has no band {band} (it has {self.count})",
                               "choose bands that exist in the layer")
 
-    def _inside(self, row: int, col: int, h: int, w: int) -> "np.ndarray":
+    def _inside(self, row: int, col: int, h: int, w: int) -> np.ndarray:
         """Pixels whose centres lie on the grid and inside the layer extent."""
         import numpy as np
 
@@ -266,7 +266,7 @@ class ProviderReader:
                               "check that the layer's file or service is reachable")
         return block
 
-    def _read_band(self, band: int, rect: QgsRectangle, w: int, h: int) -> "tuple[np.ndarray, np.ndarray]":
+    def _read_band(self, band: int, rect: QgsRectangle, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
         """One band's values and its no-data mask, from the block's bytes (not per-pixel isNoData)."""
         import numpy as np
 
@@ -293,7 +293,7 @@ class ProviderReader:
         return data, nodata
 
     @staticmethod
-    def _in_range(data: "np.ndarray", rng: Any) -> "np.ndarray":
+    def _in_range(data: np.ndarray, rng: Any) -> np.ndarray:
         lo, hi, bounds = rng.min(), rng.max(), rng.bounds()
         lower = data > lo if bounds in (rng.Exclusive, rng.IncludeMax) else data >= lo
         upper = data < hi if bounds in (rng.Exclusive, rng.IncludeMin) else data <= hi
@@ -303,7 +303,7 @@ class ProviderReader:
             upper = np.ones_like(upper)
         return lower & upper
 
-    def _read_colour(self, rect: QgsRectangle, w: int, h: int) -> "tuple[np.ndarray, np.ndarray]":
+    def _read_colour(self, rect: QgsRectangle, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
         """RGB (3, h, w) uint8 and valid (alpha > 0) from a web-map style 0xAARRGGBB band."""
         import numpy as np
 

@@ -4,7 +4,8 @@
 import numpy as _np  # noqa: E402
 import pytest as _pytest  # noqa: E402
 
-from tests.conftest import draw_roads as _draw_roads, road_image as _road_image  # noqa: E402
+from tests.conftest import draw_roads as _draw_roads  # noqa: E402
+from tests.conftest import road_image as _road_image
 
 UTM19_ORIGIN = (330000.0, 4690000.0)  # a 1 m grid in EPSG:32619 (Massachusetts)
 
@@ -207,7 +208,6 @@ def option_table(model, extent) -> dict:
     here fails them all, so no adapter can forget it silently.
     """
     from roadseg_plugin.core.params import InferenceParams, VectoriseParams, describe
-
     from tests.option_values import NON_DEFAULT
 
     table = {**NON_DEFAULT, "model": str(model), "extent": extent}

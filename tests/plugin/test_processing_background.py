@@ -8,8 +8,7 @@ import geopandas as gpd
 
 
 def run_as_task(alg_id: str, params: dict, timeout: float = 300) -> dict:
-    from qgis.core import (QgsApplication, QgsProcessingAlgRunnerTask, QgsProcessingContext,
-                           QgsProcessingFeedback)
+    from qgis.core import QgsApplication, QgsProcessingAlgRunnerTask, QgsProcessingContext, QgsProcessingFeedback
     from qgis.PyQt.QtCore import QCoreApplication
 
     alg = QgsApplication.processingRegistry().algorithmById(alg_id).create()
