@@ -17,6 +17,7 @@ import json
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 from .atomic import temporary_sibling
 from .errors import CheckpointError, OutputError
@@ -161,7 +162,7 @@ def _export_to(net: object, meta: ModelMeta, digest: str, out: Path) -> Path:
     return out
 
 
-def _write_onnx(net: object, meta: ModelMeta, digest: str, path: Path) -> None:
+def _write_onnx(net: Any, meta: ModelMeta, digest: str, path: Path) -> None:
     import onnx
     import torch
 
@@ -177,7 +178,7 @@ def _write_onnx(net: object, meta: ModelMeta, digest: str, path: Path) -> None:
     axes = {"image": {0: "batch", 2: "height", 3: "width"}, "prob": {0: "batch", 1: "height", 2: "width"}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notes about the (constant) input-shape check
-        torch.onnx.export(Probabilities(net).eval(), example, str(path), opset_version=OPSET, dynamo=False,
+        torch.onnx.export(Probabilities(net).eval(), (example,), str(path), opset_version=OPSET, dynamo=False,
                           input_names=["image"], output_names=["prob"], dynamic_axes=axes)
     graph = onnx.load(str(path))
     for key, value in ((META_KEY, json.dumps(meta.to_dict())), (DIGEST_KEY, digest)):

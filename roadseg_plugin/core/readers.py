@@ -168,7 +168,7 @@ class RasterioReader:
         transform = src_transform * affine.Affine.translation(c0, r0) * affine.Affine.scale(
             (c1 - c0) / width, (r1 - r0) / height)
         coarser = width * height < (c1 - c0) * (r1 - r0)
-        if (fx, fy) != (1.0, 1.0):
+        if (fx, fy) != (1.0, 1.0) and gsd is not None:
             self.warnings.append(f"{self.name}: ground sampling distance {gsd[0]:.3g} x {gsd[1]:.3g} m differs "
                                  f"from the model's {gsd_m:g} m; resampled to {width} x {height} px and the output "
                                  "is written on that grid")

@@ -37,18 +37,18 @@ def driver_for(path: str | Path, driver: str | None = None) -> str:
     """
     path = Path(path)
     if driver is not None:
-        key = driver.strip().lower()
+        key = str(driver).strip().lower()
         for alias, (name, _) in VECTOR_FORMATS.items():
             if key in (alias, name.lower()):
                 if alias == "shp" and path.suffix.lower() != ".shp":
                     raise OutputError(path, "a Shapefile must end in .shp", "name the output something.shp")
                 return name
         raise OutputError(path, f"unknown vector format {driver!r}", f"use one of {_formats_text()}")
-    alias = VECTOR_EXTENSIONS.get(path.suffix.lower())
-    if alias is None:
+    suffix_alias = VECTOR_EXTENSIONS.get(path.suffix.lower())
+    if suffix_alias is None:
         raise OutputError(path, f"cannot tell the vector format from the extension {path.suffix!r}",
                           f"use one of {_formats_text()}, or pass driver=")
-    return VECTOR_FORMATS[alias][0]
+    return VECTOR_FORMATS[suffix_alias][0]
 
 
 def _check_fields(gdf, target: Path) -> None:

@@ -156,7 +156,7 @@ def _frame(graph: nx.MultiGraph, transform, crs, shape: tuple[int, ...], toleran
     import geopandas as gpd
     from affine import Affine
 
-    paths = []  # each line starts at its smaller end; lines sorted by it: same order whatever the blocks
+    paths: list[tuple] = []  # each line starts at its smaller end; lines sorted by it: same order whatever the blocks
     for _, _, d in graph.edges(data=True):
         pts = d["pts"] if tuple(d["pts"][0]) <= tuple(d["pts"][-1]) else d["pts"][::-1]
         paths.append((tuple(pts[0]) + tuple(pts[-1]), len(paths), pts, d))
@@ -213,9 +213,10 @@ def vectorise_mask(mask: np.ndarray, transform=None, crs=None, prob: np.ndarray 
     """
     mask = _as_mask(mask)
     _check(min_length, spur_length, gap, tolerance, block_size, halo)
-    scale = _scale(transform, crs, mask.shape)
+    shape = (int(mask.shape[0]), int(mask.shape[1]))
+    scale = _scale(transform, crs, shape)
     read, prob_scale = _array_reader(mask, prob)
-    graph = _graph(read, mask.shape, scale, prob_scale, min_length=min_length, spur_length=spur_length,
+    graph = _graph(read, shape, scale, prob_scale, min_length=min_length, spur_length=spur_length,
                    gap=gap, block_size=block_size, halo=halo, on_progress=on_progress,
                    is_cancelled=is_cancelled)
     return _frame(graph, transform, crs, mask.shape, tolerance, smooth, prob is not None)

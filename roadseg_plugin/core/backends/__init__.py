@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import CheckpointError, OutputError
 from ..onnx_backend import find_int8
@@ -131,7 +131,7 @@ def load_backend(model: str | os.PathLike | None = None, device: str = "auto", b
                               "install the CPU inference packages (Plugins > RoadSeg > Install packages...)")
     else:
         loaded = _load_torch(path, where)
-    return DihedralTTA(loaded) if tta else loaded
+    return cast(Backend, DihedralTTA(loaded)) if tta else loaded
 
 
 def _onnxruntime_else_torch(path: Path) -> Backend:

@@ -41,7 +41,8 @@ class TorchBackend:
     def __init__(self, model: nn.Module, meta: ModelMeta, device: str | torch.device = "auto") -> None:
         self.torch_device = resolve_device(device)
         self.device = str(self.torch_device)
-        self.model = model.to(self.torch_device).eval().to(memory_format=torch.channels_last)
+        self.model = model.to(self.torch_device).eval()
+        self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch stubs lack it
         self.cuda = self.torch_device.type == "cuda"
         self.meta = meta
         self.notes: list[str] = []
