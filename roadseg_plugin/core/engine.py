@@ -35,12 +35,14 @@ from .atomic import temporary_sibling
 from .backends import BatchRunner, load_backend
 from .errors import Cancelled, OutputError
 from .model_meta import ModelMeta
-from .normalise import InputNormaliser
+from .normalise import InputNormaliser, Radiometry, choose_stretch, data_valid
 from .params import DEFAULT_BATCH
-from .readers import RasterReader, band_stretch, choose_bands, open_raster, read_rows
-from .tiling import RollingBlend, TileGrid, cut_tile
+from .readers import ColumnView, RasterReader, band_stretch, choose_bands, open_raster, read_rows
+from .tiling import GridView, RollingBlend, TileGrid, cut_tile, touching
 
 OUTPUT_BLOCK = 256
+STRIP_WIDTH = 64 * OUTPUT_BLOCK  # wider rasters are predicted in column strips (bounded memory)
+Window4 = tuple[int, int, int, int]  # rows r0:r1, columns c0:c1 of the grid the engine predicts on
 
 
 @dataclass
@@ -84,36 +86,79 @@ class TileBatch:
     finished: list[int | None]
 
 
+class _DataOnly:
+    """A reader whose reads also flag the engine's own no-data (all-white 8-bit pixels, see
+    `readers.read_rows`) invalid, so raster statistics leave it out."""
+
+    def __init__(self, reader: RasterReader) -> None:
+        self._reader = reader
+        if hasattr(reader, "read_overview"):
+            self.read_overview = lambda bands, max_size=1024: self._data(*reader.read_overview(bands, max_size))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reader, name)
+
+    def read(self, window: Window, bands: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        return self._data(*self._reader.read(window, bands))
+
+    @staticmethod
+    def _data(data: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return data, data_valid(data, valid)
+
+
 def make_normaliser(reader: RasterReader, meta: ModelMeta, bands: list[int]) -> tuple[InputNormaliser, list[str]]:
-    """The raw-values -> model-input function for `reader`, and warnings about the stretch."""
-    if reader.dtype == "uint8":
+    """The raw-values -> model-input function for `reader`, and notes about any value stretch.
+
+    Non-8-bit values are stretched per band from their 2-98 percentiles; 8-bit ones only when
+    the model's radiometric normalisation asks for it (`normalise.Radiometry`), from statistics
+    of an overview (or a sample) of the whole raster without its no-data.
+    """
+    radiometry = Radiometry.from_meta(meta)
+    if reader.dtype == "uint8" and radiometry.mode == "off":
         return InputNormaliser(meta, "uint8"), []
-    limits = band_stretch(reader, bands)
-    note = (f"{reader.name}: {reader.dtype} values stretched per band (2-98 percentile: "
-            + ", ".join(f"{lo:g}-{hi:g}" for lo, hi in limits) + ") to the model's 0-255 input range")
-    return InputNormaliser(meta, reader.dtype, limits), [note]
+    source = _DataOnly(reader) if reader.dtype == "uint8" else reader
+    limits = band_stretch(source, bands, radiometry.low, radiometry.high)
+    stretch = choose_stretch(meta, reader.dtype, limits, reader.name)
+    return InputNormaliser(meta, reader.dtype, stretch.source, stretch.target), stretch.notes
+
+
+def window_tiles(grid: TileGrid, window: Window4 | None = None) -> tuple[list[int], list[int]]:
+    """The row and column tile origins of `grid` that touch `window` (the whole grid by default)."""
+    r0, r1, c0, c1 = window or (0, grid.height, 0, grid.width)
+    return (touching(grid.row_origins, grid.margin, grid.tile, r0, r1),
+            touching(grid.col_origins, grid.margin, grid.tile, c0, c1))
 
 
 def iter_tile_batches(reader: RasterReader, grid: TileGrid, bands: list[int], normalise: InputNormaliser,
-                      batch_size: int) -> Iterator[TileBatch]:
-    """Batches of normalised tiles in row-major order, reading one strip per tile row."""
-    origins = [(r, c) for r in grid.row_origins for c in grid.col_origins]
-    row_done = {r: grid.raster_rows(nxt)[0] for r, nxt in pairwise(grid.row_origins)}
-    row_done[grid.row_origins[-1]] = grid.height
-    last_col, strip_row, data, valid = grid.col_origins[-1], None, None, None
-    t = grid.tile
+                      batch_size: int, window: Window4 | None = None) -> Iterator[TileBatch]:
+    """Batches of normalised tiles in row-major order, reading one strip per tile row.
+
+    With `window` (rows r0:r1, columns c0:c1) only the whole grid's tiles that touch it are cut
+    (from the columns they span), their origins and finished rows relative to the window: blended
+    into a `RollingBlend` over `GridView(grid, *window)`, they give the window's pixels exactly
+    as the whole raster's run does.
+    """
+    r0, r1, c0, c1 = window or (0, grid.height, 0, grid.width)
+    rows, cols = window_tiles(grid, window)
+    t, m = grid.tile, grid.margin
+    xa, xb = max(cols[0] - m, 0), min(cols[-1] - m + t, grid.width)  # the columns these tiles span
+    columns, span = ColumnView(reader, xa, xb), GridView(grid, 0, grid.height, xa, xb)
+    view = GridView(grid, r0, r1, c0, c1)
+    done = {r: view.raster_rows(nxt - r0)[0] for r, nxt in pairwise(rows)}
+    done[rows[-1]] = view.height
+    origins = [(r, c) for r in rows for c in cols]
+    strip_row, data, valid = None, None, None
     for i in range(0, len(origins), batch_size):
-        chunk = origins[i:i + batch_size]
-        batch = TileBatch(np.empty((len(chunk), len(bands), t, t), np.float32),
-                          np.empty((len(chunk), t, t), bool), chunk,
-                          [row_done[r] if c == last_col else None for r, c in chunk])
-        for j, (r, c) in enumerate(chunk):
+        part = origins[i:i + batch_size]
+        batch = TileBatch(np.empty((len(part), len(bands), t, t), np.float32), np.empty((len(part), t, t), bool),
+                          [(r - r0, c - c0) for r, c in part], [done[r] if c == cols[-1] else None for r, c in part])
+        for j, (r, c) in enumerate(part):
             if r != strip_row:
                 data = valid = None  # free the previous strip before reading the next
-                data, valid = read_rows(reader, *grid.raster_rows(r), bands)
+                data, valid = read_rows(columns, *grid.raster_rows(r), bands)
                 strip_row = r
             assert data is not None and valid is not None
-            raw, batch.valid[j] = cut_tile(data, valid, grid, r, c)
+            raw, batch.valid[j] = cut_tile(data, valid, span, r, c - xa)
             normalise(raw, batch.valid[j], out=batch.tiles[j])
         yield batch
 
@@ -193,19 +238,19 @@ class RasterSink:
         while (item := self._queue.get()) is not None:
             if self.error is not None:
                 continue  # drain after a failure; the engine reports it
-            row, values, valid = item
-            window = Window(0, row, values.shape[1], values.shape[0])
+            row, col, values, valid = item
+            window = Window(col, row, values.shape[1], values.shape[0])
             try:
                 self.dataset.write(values, 1, window=window)
                 self.dataset.write_mask(valid.astype(np.uint8) * np.uint8(255), window=window)
             except BaseException as exc:
                 self.error = exc
 
-    def write(self, row: int, values: np.ndarray, valid: np.ndarray) -> None:
-        """Queue (rows, width) uint8 values and valid mask starting at raster row `row`
-        (blocks while the writer is a band behind)."""
+    def write(self, row: int, values: np.ndarray, valid: np.ndarray, col: int = 0) -> None:
+        """Queue (rows, width) uint8 values and valid mask starting at raster row `row`, column
+        `col` (blocks while the writer is a band behind)."""
         self._raise_error()
-        self._queue.put((row, values, valid))
+        self._queue.put((row, col, values, valid))
 
     def _raise_error(self) -> None:
         if self.error is not None:
@@ -234,7 +279,7 @@ def _encoder(binary: bool, threshold: float) -> Callable[[np.ndarray], np.ndarra
     return probability
 
 
-def gdal_cache_mb(reader: RasterReader) -> int:
+def gdal_cache_mb(reader: RasterReader, width: int | None = None) -> int:
     """A GDAL block cache for one 512-row band of input blocks (shared by consecutive strips)
     plus the output's block row.
 
@@ -242,7 +287,7 @@ def gdal_cache_mb(reader: RasterReader) -> int:
     read, so memory would grow with the raster; this bound only grows with its width.
     """
     input_row = reader.count * np.dtype(reader.dtype).itemsize * 1.25
-    return 16 + int(reader.width * (512 * input_row + OUTPUT_BLOCK * 2) / 2**20)
+    return 16 + int((width or reader.width) * (512 * input_row + OUTPUT_BLOCK * 2) / 2**20)
 
 
 def check_written(path: Path, width: int, height: int, name: Path) -> None:
@@ -278,12 +323,34 @@ def _temporary_output(dst: Path) -> Path:
         raise OutputError(dst, f"cannot write here ({exc.strerror})", "choose a writable folder") from None
 
 
-def _run_pipeline(reader: RasterReader, grid: TileGrid, bands: list[int], normaliser: InputNormaliser,
-                  runner: BatchRunner, sink: RasterSink, encode: Callable[[np.ndarray], np.ndarray],
-                  on_progress: Callable[[float], None] | None, is_cancelled: Callable[[], bool] | None) -> None:
-    blend = RollingBlend(grid, OUTPUT_BLOCK)
-    batches = Prefetcher(iter_tile_batches(reader, grid, bands, normaliser, runner.limit))
-    done = 0
+def column_strips(grid: TileGrid, width: int | None = None) -> list[Window4]:
+    """Windows of whole columns, `width` wide (a multiple of the output block), covering the grid.
+
+    The engine's memory grows with the width it blends at once (a band of rows of it); very wide
+    rasters are therefore predicted strip by strip, each exactly as the whole raster would be
+    (see `iter_tile_batches`), at the cost of the tiles that straddle two strips running twice.
+    """
+    width = width or STRIP_WIDTH
+    if grid.width <= width:
+        return [(0, grid.height, 0, grid.width)]
+    return [(0, grid.height, c, min(c + width, grid.width)) for c in range(0, grid.width, width)]
+
+
+def predict_window(reader: RasterReader, grid: TileGrid, window: Window4, bands: list[int],
+                   normaliser: InputNormaliser, runner: BatchRunner, sink: RasterSink,
+                   encode: Callable[[np.ndarray], np.ndarray], sink_origin: tuple[int, int] = (0, 0),
+                   on_tiles: Callable[[int], None] | None = None,
+                   is_cancelled: Callable[[], bool] | None = None) -> None:
+    """Predict the pixels of `window` and write them to `sink` at `sink_origin` (row, column).
+
+    Args:
+        on_tiles: called with the number of tiles just predicted (for progress).
+        is_cancelled: polled between batches; True raises `Cancelled`.
+    """
+    r0, r1, c0, c1 = window
+    blend = RollingBlend(GridView(grid, r0, r1, c0, c1), OUTPUT_BLOCK)
+    batches = Prefetcher(iter_tile_batches(reader, grid, bands, normaliser, runner.limit, window))
+    row0, col0 = sink_origin
     try:
         for batch in batches:
             if is_cancelled is not None and is_cancelled():
@@ -291,13 +358,29 @@ def _run_pipeline(reader: RasterReader, grid: TileGrid, bands: list[int], normal
             probs = runner(batch.tiles)
             for prob, valid, (r, c), finished in zip(probs, batch.valid, batch.origins, batch.finished, strict=True):
                 blend.add(prob, valid, r, c)
-                if finished is not None and (rows := blend.pop(finished, encode)) is not None:
-                    sink.write(*rows)
-            done += len(batch.origins)
-            if on_progress is not None:
-                on_progress(0.99 * done / grid.n_tiles)
+                if finished is not None and (out := blend.pop(finished, encode)) is not None:
+                    sink.write(row0 + out[0], out[1], out[2], col0)
+            if on_tiles is not None:
+                on_tiles(len(batch.origins))
     finally:
         batches.close()
+
+
+def _run_strips(reader: RasterReader, grid: TileGrid, bands: list[int], normaliser: InputNormaliser,
+                runner: BatchRunner, sink: RasterSink, encode: Callable[[np.ndarray], np.ndarray],
+                on_progress: Callable[[float], None] | None, is_cancelled: Callable[[], bool] | None) -> None:
+    strips = column_strips(grid)
+    total = sum(len(rows) * len(cols) for rows, cols in (window_tiles(grid, w) for w in strips))
+    done = [0]
+
+    def count(n: int) -> None:
+        done[0] += n
+        if on_progress is not None:
+            on_progress(0.99 * done[0] / total)
+
+    for window in strips:
+        predict_window(reader, grid, window, bands, normaliser, runner, sink, encode, (window[0], window[2]),
+                       count, is_cancelled)
 
 
 def segment_raster(src: str | os.PathLike | RasterReader, dst: str | os.PathLike,
@@ -360,11 +443,11 @@ def segment_raster(src: str | os.PathLike | RasterReader, dst: str | os.PathLike
         try:
             tags = {"ROADSEG_VALUES": "binary road mask (1 road, 0 background)" if binary
                     else "road probability x 255", "ROADSEG_THRESHOLD": f"{threshold:g}"}
-            with rasterio.Env(GDAL_CACHEMAX=gdal_cache_mb(reader)):
+            with rasterio.Env(GDAL_CACHEMAX=gdal_cache_mb(reader, min(reader.width, STRIP_WIDTH + tile))):
                 sink = RasterSink(tmp, reader, tags)
                 try:
-                    _run_pipeline(reader, grid, chosen, normaliser, runner, sink, _encoder(binary, threshold),
-                                  on_progress, is_cancelled)
+                    _run_strips(reader, grid, chosen, normaliser, runner, sink, _encoder(binary, threshold),
+                                on_progress, is_cancelled)
                 finally:
                     sink.close()
             check_written(tmp, reader.width, reader.height, dst)

@@ -112,6 +112,14 @@ class ModelMeta:
             raise bad("arch_config.depth", f"must be a whole number >= 1, not {depth!r}")
         if self.tile % 2**depth:
             raise bad("tile", f"({self.tile}) must be a multiple of {2**depth} for a depth-{depth} U-Net")
+        if not isinstance(self.extra, dict):
+            raise bad("extra", "is not a mapping")
+        from .normalise import NORMALISATION_KEY, Radiometry  # numpy: only once metadata is checked
+
+        try:  # radiometric normalisation (absent: "off", how every older checkpoint was trained)
+            Radiometry.from_dict(self.extra.get(NORMALISATION_KEY)).check(len(self.bands))
+        except ValueError as exc:
+            raise bad(f"extra.{NORMALISATION_KEY}", str(exc)) from None
 
 
 def _is_list(values: object, kind: type | tuple[type, ...]) -> bool:

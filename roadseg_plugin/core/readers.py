@@ -344,7 +344,18 @@ def choose_bands(reader: RasterReader, n_model: int, bands: list[int] | None = N
     return image_bands[:n_model]
 
 
-def read_rows(reader: RasterReader, first: int, stop: int, bands: list[int]) -> tuple[np.ndarray, np.ndarray]:
+class ColumnView:
+    """Columns c0:c1 of a reader, as a reader (for `read_rows`, which reads whole rows)."""
+
+    def __init__(self, reader: RasterReader, c0: int, c1: int) -> None:
+        self.reader, self.c0, self.width = reader, c0, c1 - c0
+
+    def read(self, window: Window, bands: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        return self.reader.read(Window(window.col_off + self.c0, window.row_off, window.width, window.height), bands)
+
+
+def read_rows(reader: RasterReader | ColumnView, first: int, stop: int,
+              bands: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """Raw values (C, rows, width) and valid mask of full raster rows [first, stop).
 
     Besides the reader's own mask, all-white uint8 pixels (every band 255) and non-finite

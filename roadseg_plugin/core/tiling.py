@@ -132,6 +132,26 @@ class TileGrid:
         return max(first, 0), min(first + self.tile, self.height)
 
 
+def touching(origins: list[int], margin: int, tile: int, lo: int, hi: int) -> list[int]:
+    """The tile origins (padded coordinates) whose raster span reaches into [lo, hi)."""
+    return [o for o in origins if o - margin < hi and o - margin + tile > lo]
+
+
+class GridView:
+    """The window rows r0:r1, columns c0:c1 of a `TileGrid`, in the shape `RollingBlend` and
+    `cut_tile` take a whole grid: tile origins are given shifted by the window's corner, and the
+    summed blend weights are the whole grid's, so a window blends exactly as the whole raster."""
+
+    def __init__(self, grid: TileGrid, r0: int, r1: int, c0: int, c1: int) -> None:
+        self.tile, self.overlap, self.margin = grid.tile, grid.overlap, grid.margin
+        self.height, self.width = r1 - r0, c1 - c0
+        self.row_weight, self.col_weight = grid.row_weight[r0:r1], grid.col_weight[c0:c1]
+
+    def raster_rows(self, row_origin: int) -> tuple[int, int]:
+        first = row_origin - self.margin
+        return max(first, 0), min(first + self.tile, self.height)
+
+
 class RollingBlend:
     """Blends tile predictions into a band of raster rows that rolls down the raster.
 
@@ -144,7 +164,7 @@ class RollingBlend:
         block: output block height; flushed rows are multiples of it.
     """
 
-    def __init__(self, grid: TileGrid, block: int = 256) -> None:
+    def __init__(self, grid: TileGrid | GridView, block: int = 256) -> None:
         self.grid, self.block = grid, block
         rows = min(grid.height, grid.tile + block)
         self.acc = np.zeros((rows, grid.width), dtype=np.float32)
@@ -207,7 +227,7 @@ class RollingBlend:
         self.valid[rows - n:] = False
 
 
-def cut_tile(data: np.ndarray, valid: np.ndarray, grid: TileGrid, row_origin: int,
+def cut_tile(data: np.ndarray, valid: np.ndarray, grid: TileGrid | GridView, row_origin: int,
              col_origin: int) -> tuple[np.ndarray, np.ndarray]:
     """One (C, tile, tile) tile cut from `data`, the full-width raster rows under its tile row.
 

@@ -137,8 +137,9 @@ class TrainFromLinesAlgorithm(RoadSegAlgorithm):
             raise QgsProcessingException(self.tr("Cancelled: no model was written"))
         if not (folder / "best.pt").is_file():
             raise QgsProcessingException(self.tr(f"Training finished without a model in {folder}"))
-        output_model.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(folder / "best.pt", output_model)
+        from ..core.onnx_backend import copy_with_exports
+
+        copy_with_exports(folder / "best.pt", output_model)  # with its ONNX files: runs without torch too
         for row in trainer.history[-1:]:
             feedback.pushInfo(trainer.summary(row))
         return {self.OUTPUT_MODEL: str(output_model), self.OUTPUT_FOLDER: str(folder)}
