@@ -3,7 +3,7 @@ PY := .venv/bin/python
 DATA ?= ../shared/data/massachusetts-roads/train
 QGIS_PROFILE ?= $(HOME)/.local/share/QGIS/QGIS3/profiles/default
 
-.PHONY: setup lint test test-fast demo bench evaluate package install-plugin clean
+.PHONY: setup lint test test-fast demo bench evaluate robustness package install-plugin clean
 
 setup:
 	@bash scripts/setup.sh
@@ -27,6 +27,11 @@ bench: setup
 
 evaluate: setup
 	$(PY) -m training evaluate --data $(DATA) --json out.json
+
+robustness: setup
+	$(PY) -m training robustness --data $(DATA) --json robustness.json \
+		--ood mass-extra=$(DATA)/../extra:1.0 --ood japan=$(DATA)/../../gsi-japan-roads:0.2 \
+		--ood shanghai=$(DATA)/../../spacenet3-shanghai:0.76
 
 package: setup
 	$(PY) scripts/package.py

@@ -1,4 +1,5 @@
-"""`python -m training train|evaluate`: thin commands over `train_model` and `evaluate_model`.
+"""`python -m training train|evaluate|robustness|add-normalisation`: thin commands over `train_model`,
+`evaluate_model`, `robustness.run_suite` and the radiometric statistics of a checkpoint.
 
 Bad options or data exit with status 2 and one line `error: <file or option>: <what is wrong>;
 <what to do>`, before anything is written; Ctrl-C exits 130 and SIGTERM 143, saying what the
@@ -28,7 +29,9 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--patience", type=int, default=15)
     p.add_argument("--tile", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="crops per optimiser step over all processes: under torchrun --nproc-per-node N each "
+                   "process trains on batch-size / N (a multiple of N), so runs with the same value compare")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--init", type=Path, help="fine-tune from this checkpoint")
@@ -37,7 +40,8 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split-seed", type=int, default=0, help="seed of the train/validation tile split")
     p.add_argument("--max-minutes", type=float, help="stop before this wall-clock budget is spent")
     p.add_argument("--no-augment", dest="augment", action="store_false")
-    p.add_argument("--scale-jitter", type=float, default=0.25, help="random zoom range, 0 disables")
+    p.add_argument("--scale-jitter", type=float, help="random zoom range, 0 disables (default: the recipe's, 0.25; "
+                   "robust 1.0 = 0.5-2x)")
     p.add_argument("--samples-per-epoch", type=int, help="crops per epoch (default: train area / tile^2)")
     p.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
     p.add_argument("--base-channels", type=int, default=16)
@@ -47,6 +51,40 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gsd", type=float, help="metres per pixel of the data (default: from the rasters, else 1.0)")
     p.add_argument("--skip-bad", action="store_true", help="warn about and skip unusable pairs")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (helps on CUDA)")
+    p.add_argument("--recipe", default="default", choices=("default", "robust"),
+                   help="robust: strong photometric augmentation + style transfer, scale jitter 0.5-2x, "
+                   "BCE+Dice+clDice, radiometric normalisation auto (see the model card)")
+    p.add_argument("--loss", choices=("bce_dice", "bce_cldice", "bce_lovasz"), help="default: the recipe's")
+    p.add_argument("--normalisation", choices=("off", "auto", "always"),
+                   help="radiometric normalisation stored in a new model (default: the recipe's, off / robust auto)")
+    p.add_argument("--freeze-encoder", action="store_true", help="train only the decoder and head")
+
+
+def _robustness_parser(sub: argparse._SubParsersAction) -> None:
+    from .robustness import SHIFTS
+
+    p = sub.add_parser("robustness", help="metrics of a model on held-out tiles under real-raster shifts, "
+                       "through the engine, and on out-of-domain sets")
+    p.add_argument("--data", type=Path, required=True, help="folder with images/ and masks/ at the model's GSD")
+    p.add_argument("--model", type=Path, help="checkpoint or .onnx (default: the bundled model)")
+    p.add_argument("--backend", default="auto", help="auto, torch, onnxruntime or onnxruntime-int8")
+    p.add_argument("--json", type=Path, help="write the figures to this JSON file")
+    p.add_argument("--only", help="comma-separated tile stems (default: the model's own validation tiles "
+                   "when its metadata names them and --data holds them, else all)")
+    p.add_argument("--tiles", type=int, help="at most this many tiles per set")
+    p.add_argument("--shifts", help=f"comma-separated, default all: {', '.join(SHIFTS)}")
+    p.add_argument("--ood", action="append", default=[], metavar="NAME=DIR:GSD",
+                   help="an out-of-domain set and its true pixel size in metres (repeatable)")
+    p.add_argument("--markdown", action="store_true", help="print the table as Markdown (for the model card)")
+
+
+def _normalisation_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("add-normalisation", help="store a radiometric normalisation in a copy of a checkpoint")
+    p.add_argument("--model", type=Path, help="checkpoint (default: the bundled model)")
+    p.add_argument("--data", type=Path, required=True, help="the model's training dataset folder")
+    p.add_argument("--exclude", help="comma-separated stems left out (e.g. the validation tiles)")
+    p.add_argument("--mode", default="auto", choices=("off", "auto", "always"))
+    p.add_argument("--out", type=Path, required=True, help="the checkpoint to write (never the input)")
 
 
 def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
@@ -61,13 +99,15 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .distributed import is_main
     from .train import RUN_FILES, TrainConfig, train_model
 
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k not in ("command", "func", "gsd")},
                       gsd_m=args.gsd)
     trainer = train_model(cfg)  # checks everything first; writes train.log itself
-    written = [name for name in (*RUN_FILES, "train.log") if (args.out / name).exists()]
-    print(f"done: {trainer.epoch} epoch(s); outputs in {args.out}/ ({', '.join(written)})")
+    if is_main():  # under torchrun: the one process that wrote the run folder
+        written = [name for name in (*RUN_FILES, "train.log") if (args.out / name).exists()]
+        print(f"done: {trainer.epoch} epoch(s); outputs in {args.out}/ ({', '.join(written)})")
     return 0
 
 
@@ -92,6 +132,57 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_robustness(args: argparse.Namespace) -> int:
+    from roadseg_plugin.core.errors import ParamError
+
+    from .robustness import SHIFTS, format_table, parse_ood, run_suite
+
+    shifts = args.shifts.split(",") if args.shifts else None
+    unknown = [s for s in shifts or [] if s not in SHIFTS]
+    if unknown:
+        raise ParamError("shifts", ",".join(unknown), "unknown shift", f"choose from {', '.join(SHIFTS)}")
+    try:
+        ood = parse_ood(args.ood)
+    except ValueError as exc:
+        raise ParamError("ood", args.ood, str(exc)) from None
+
+    def show(row: dict) -> None:
+        print(f"  {row['set']} {row['shift']}: iou={row['iou']:.3f} relaxed_f1={row['relaxed_f1']:.3f} "
+              f"apls={row['apls']:.3f} ({row['seconds']:.0f}s)", file=sys.stderr)
+
+    result = run_suite(args.data, args.model, args.backend, shifts, args.only.split(",") if args.only else None,
+                       args.tiles, ood, on_row=show)
+    print(format_table(result, markdown=args.markdown))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_add_normalisation(args: argparse.Namespace) -> int:
+    from roadseg_plugin.core.checkpoint import load_model, save_checkpoint
+    from roadseg_plugin.core.errors import OutputError
+    from roadseg_plugin.core.normalise import NORMALISATION_KEY
+    from roadseg_plugin.core.params import BUNDLED_MODEL
+    from roadseg_plugin.core.pipeline import same_file
+
+    from .datasets import load_tiles, radiometry_stats
+
+    source = args.model or BUNDLED_MODEL
+    if args.out.exists() and same_file(args.out, source):
+        raise OutputError(args.out, "is the input model", "write the copy elsewhere")
+    model, meta = load_model(source)
+    excluded = set(args.exclude.split(",")) if args.exclude else set()
+    tiles = [t for t in load_tiles(args.data, bands=meta.in_channels) if t.name not in excluded]
+    stats = radiometry_stats(tiles, args.mode, f"{len(tiles)} training tiles of {args.data.name} (median 2-98 % range)")
+    meta.extra = {**meta.extra, NORMALISATION_KEY: stats}
+    save_checkpoint(args.out, model, meta)
+    print(f"wrote {args.out}: normalisation {args.mode}, training range "
+          + ", ".join(f"{lo:g}-{hi:g}" for lo, hi in stats["target"]) + f", tolerance {stats['tolerance']} "
+          f"({len(tiles)} tiles)")
+    return 0
+
+
 def _interrupted(args: argparse.Namespace, how: str) -> str:
     if args.command != "train":
         return f"{how}; nothing was written"
@@ -109,13 +200,17 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     _evaluate_parser(sub)
+    _robustness_parser(sub)
+    _normalisation_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("rasterio").setLevel(logging.WARNING)  # GDAL's errors reach the user in our one line
     warnings.filterwarnings("ignore", message="skipping: ")  # --skip-bad: already logged, once
     previous = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM unwinds like Ctrl-C: files are closed
     try:
-        return {"train": cmd_train, "evaluate": cmd_evaluate}[args.command](args)
+        commands = {"train": cmd_train, "evaluate": cmd_evaluate, "robustness": cmd_robustness,
+                    "add-normalisation": cmd_add_normalisation}
+        return commands[args.command](args)
     except RoadSegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

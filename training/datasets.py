@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +21,13 @@ import rasterio
 import torch
 from rasterio.enums import ColorInterp
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
-from torch.nn import functional as F
+from torch.nn import functional as F  # noqa: N812 - PyTorch's own convention
 from torch.utils.data import Dataset
 
 from roadseg_plugin.core.errors import DatasetError
 from roadseg_plugin.core.gsd import mean_gsd_m
+from roadseg_plugin.core.model_meta import ModelMeta
+from roadseg_plugin.core.normalise import Radiometry, remap_image, training_radiometry
 
 from .augment import augment
 
@@ -165,6 +167,13 @@ def split_tiles(tiles: list[Tile], val_fraction: float, seed: int) -> tuple[list
     return train, val
 
 
+def radiometry_stats(tiles: list[Tile], mode: str, source: str = "") -> dict:
+    """`meta.extra["normalisation"]` for a model trained on `tiles`: the per-band median of their
+    2-98 percentile ranges and how far the tiles themselves go (`normalise.training_radiometry`)."""
+    return training_radiometry(((t.image, t.valid) for t in tiles), mode,
+                               source=source or f"{len(tiles)} training tiles (median 2-98 % range)").to_dict()
+
+
 def band_stats(tiles: list[Tile], scale: float = 1 / 255) -> tuple[list[float], list[float]]:
     """Per-band mean and std over valid pixels (sub-sampled), in model input units."""
     samples = [t.image[:, t.valid][:, ::97].astype(np.float64) * scale for t in tiles]
@@ -172,11 +181,33 @@ def band_stats(tiles: list[Tile], scale: float = 1 / 255) -> tuple[list[float], 
     return pixels.mean(axis=1).tolist(), np.maximum(pixels.std(axis=1), 1e-3).tolist()
 
 
+def normalised_tiles(tiles: list[Tile], meta: ModelMeta, announce: bool = True) -> list[Tile]:
+    """`tiles` as the model's radiometric normalisation maps them, each tile from its own
+    statistics, exactly as the engine maps a raster (`normalise.remap_image`); the same tiles
+    when the model has none ("off", every older checkpoint). Training crops are cut from these,
+    so training and inference agree; validation maps whole tiles itself (`normalise.normalise`)."""
+    if Radiometry.from_meta(meta).mode == "off":
+        return tiles
+    mapped = []
+    for t in tiles:
+        image = remap_image(t.image, meta, t.valid)
+        mapped.append(t if image is t.image else Tile(t.name, image, t.mask, t.valid, t.gsd_m))
+    changed = sum(m is not t for m, t in zip(mapped, tiles, strict=True))
+    if announce:
+        log.info("radiometric normalisation %r: %d of %d training tiles mapped onto the training range",
+                 Radiometry.from_meta(meta).mode, changed, len(tiles))
+    return mapped
+
+
 class RandomCropDataset(Dataset):
-    """`length` random crops per epoch, tiles chosen by area; deterministic per (seed, epoch, index)."""
+    """`length` random crops per epoch, tiles chosen by area; deterministic per (seed, epoch, index).
+
+    `augment` is True (the default augmentation), False, or a callable (sample, rng) -> sample.
+    """
 
     def __init__(self, tiles: list[Tile], tile: int, length: int, mean: list[float], std: list[float],
-                 augment: bool = True, scale_jitter: float = 0.0, seed: int = 0) -> None:
+                 augment: bool | Callable[[dict, np.random.Generator], dict] = True, scale_jitter: float = 0.0,
+                 seed: int = 0) -> None:
         self.tiles, self.tile, self.length = tiles, tile, length
         self.mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
         self.std = torch.tensor(std, dtype=torch.float32)[:, None, None]
@@ -214,7 +245,7 @@ class RandomCropDataset(Dataset):
         rng = np.random.default_rng((self.seed, self.epoch, index))
         sample = self.crop(rng)
         if self.augment:
-            sample = augment(sample, rng)
+            sample = self.augment(sample, rng) if callable(self.augment) else augment(sample, rng)
         sample["image"] = (sample["image"] - self.mean) / self.std
         return sample
 

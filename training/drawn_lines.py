@@ -15,34 +15,38 @@ import logging
 import math
 import shutil
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import rasterio
+from affine import Affine
 from rasterio import features
 from rasterio.crs import CRS
-from rasterio.enums import ColorInterp
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from roadseg_plugin.core.errors import DatasetError
+from roadseg_plugin.core.gsd import pixel_size_m
+from roadseg_plugin.core.readers import GSD_TOLERANCE
 
 if TYPE_CHECKING:
     import geopandas as gpd
-    from affine import Affine
 
 log = logging.getLogger(__name__)
 MIN_TILE = 64  # smallest tile make_label_dataset cuts while looking for a second tile
 
 
-def _shapes(frame: "gpd.GeoDataFrame") -> "gpd.GeoSeries":
+def _shapes(frame: gpd.GeoDataFrame) -> gpd.GeoSeries:
     geoms = frame.geometry
     return geoms[geoms.notna() & ~geoms.is_empty]
 
 
-def to_raster_crs(frame: "gpd.GeoDataFrame", crs: CRS | None, what: str = "lines") -> "gpd.GeoSeries":
+def to_raster_crs(frame: gpd.GeoDataFrame, crs: CRS | None, what: str = "lines") -> gpd.GeoSeries:
     """`frame`'s non-empty geometries in `crs` (a frame without a CRS is taken to be in `crs` already)."""
     geoms = _shapes(frame)
     if crs is None or frame.crs is None:
@@ -53,7 +57,7 @@ def to_raster_crs(frame: "gpd.GeoDataFrame", crs: CRS | None, what: str = "lines
     return geoms.to_crs(crs.to_wkt())
 
 
-def buffer_metres(lines: "gpd.GeoSeries", buffer_m: float, crs: CRS | None) -> "gpd.GeoSeries":
+def buffer_metres(lines: gpd.GeoSeries, buffer_m: float, crs: CRS | None) -> gpd.GeoSeries:
     """Lines (in `crs`) grown by `buffer_m` metres on each side, returned in `crs`.
 
     Projected CRSs buffer in their own units (converted from metres); geographic ones go through
@@ -68,7 +72,7 @@ def buffer_metres(lines: "gpd.GeoSeries", buffer_m: float, crs: CRS | None) -> "
     return lines.to_crs(utm).buffer(buffer_m).to_crs(crs.to_wkt())
 
 
-def rasterise_lines(lines: "gpd.GeoDataFrame", shape: tuple[int, int], transform: "Affine", crs: CRS | None,
+def rasterise_lines(lines: gpd.GeoDataFrame, shape: tuple[int, int], transform: Affine, crs: CRS | None,
                     buffer_m: float = 3.5) -> np.ndarray:
     """Boolean (H, W) road mask: `lines` (any CRS) buffered by `buffer_m` metres on the raster grid."""
     if buffer_m <= 0:
@@ -82,7 +86,7 @@ def rasterise_lines(lines: "gpd.GeoDataFrame", shape: tuple[int, int], transform
     return burnt.astype(bool)
 
 
-def rasterise_areas(areas: "gpd.GeoDataFrame", shape: tuple[int, int], transform: "Affine",
+def rasterise_areas(areas: gpd.GeoDataFrame, shape: tuple[int, int], transform: Affine,
                     crs: CRS | None) -> np.ndarray:
     """Boolean (H, W): pixels whose centre lies inside any of the polygons."""
     geoms = to_raster_crs(areas, crs, "areas of interest")
@@ -96,8 +100,8 @@ def tile_windows(width: int, height: int, tile: int) -> list[Window]:
     """Near-equal tiles of at most `tile` px covering the raster without overlap."""
     cols = np.linspace(0, width, max(1, math.ceil(width / tile)) + 1).round().astype(int)
     rows = np.linspace(0, height, max(1, math.ceil(height / tile)) + 1).round().astype(int)
-    return [Window(c0, r0, c1 - c0, r1 - r0) for r0, r1 in zip(rows[:-1], rows[1:])
-            for c0, c1 in zip(cols[:-1], cols[1:])]
+    return [Window(c0, r0, c1 - c0, r1 - r0) for r0, r1 in zip(rows[:-1], rows[1:], strict=True)
+            for c0, c1 in zip(cols[:-1], cols[1:], strict=True)]
 
 
 @dataclass
@@ -108,19 +112,35 @@ class _Labelled:
     roads: np.ndarray  # bool (H, W)
     labelled: np.ndarray  # bool (H, W): inside the AOI (everything when there is none)
     usable: np.ndarray  # bool (H, W): labelled and with image data (not no-data, not all-white)
+    gsd_m: float | None = None  # the grid: the raster's own, or resampled to this pixel size
 
 
 def _colour_bands(src: rasterio.DatasetReader) -> list[int]:
     return [i + 1 for i, ci in enumerate(src.colorinterp) if ci != ColorInterp.alpha]
 
 
-def _open(path: Path) -> rasterio.DatasetReader:
+def _open(path: Path, gsd_m: float | None = None) -> rasterio.DatasetReader:
+    """The raster, or with `gsd_m` a WarpedVRT of it at that pixel size when its own differs by
+    more than the engine's tolerance (as `readers.open_raster` resamples it for the model)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            return rasterio.open(path)
+            src = rasterio.open(path)
     except RasterioIOError as exc:
         raise DatasetError(path, f"cannot be read ({exc})", "choose a raster GDAL can open") from None
+    if gsd_m is None or src.crs is None:
+        return src
+    gx, gy = pixel_size_m(src.crs, src.transform, src.width, src.height)
+    if all(abs(g / gsd_m - 1.0) <= GSD_TOLERANCE for g in (gx, gy)):
+        return src
+    width, height = max(1, round(src.width * gx / gsd_m)), max(1, round(src.height * gy / gsd_m))
+    transform = src.transform * Affine.scale(src.width / width, src.height / height)
+    coarser = width * height < src.width * src.height
+    log.info("%s: %.3g m pixels resampled to the model's %g m (%d x %d px) for labelling", path.name, gx, gsd_m,
+             width, height)
+    return WarpedVRT(src, crs=src.crs, transform=transform, width=width, height=height,
+                     resampling=Resampling.average if coarser else Resampling.bilinear,
+                     add_alpha=src.mask_flag_enums[0] == [MaskFlags.per_dataset])
 
 
 def _image_valid(src: rasterio.DatasetReader, rows: int = 1024) -> np.ndarray:
@@ -134,8 +154,9 @@ def _image_valid(src: rasterio.DatasetReader, rows: int = 1024) -> np.ndarray:
     return valid
 
 
-def _label(path: Path, lines: "gpd.GeoDataFrame", aoi: "gpd.GeoDataFrame | None", buffer_m: float) -> _Labelled:
-    with _open(path) as src:
+def _label(path: Path, lines: gpd.GeoDataFrame, aoi: gpd.GeoDataFrame | None, buffer_m: float,
+           gsd_m: float | None = None) -> _Labelled:
+    with _open(path, gsd_m) as src:
         if src.dtypes[0] != "uint8":
             raise DatasetError(path, f"is {src.dtypes[0]}, training reads 8-bit images",
                                "convert it to 8-bit (Raster > Conversion > Translate, output type Byte)")
@@ -143,7 +164,7 @@ def _label(path: Path, lines: "gpd.GeoDataFrame", aoi: "gpd.GeoDataFrame | None"
         image_valid = _image_valid(src)
     roads = rasterise_lines(lines, shape, transform, crs, buffer_m)
     labelled = np.ones(shape, dtype=bool) if aoi is None else rasterise_areas(aoi, shape, transform, crs)
-    return _Labelled(path, roads, labelled, labelled & image_valid)
+    return _Labelled(path, roads, labelled, labelled & image_valid, gsd_m)
 
 
 def _windows(labels: list[_Labelled], tile: int) -> Iterator[tuple[int, _Labelled, Window]]:
@@ -156,7 +177,7 @@ def _windows(labels: list[_Labelled], tile: int) -> Iterator[tuple[int, _Labelle
 
 def _write_tile(lab: _Labelled, win: Window, name: str, out: Path) -> None:
     rows, cols = win.toslices()
-    with _open(lab.path) as src:
+    with _open(lab.path, lab.gsd_m) as src:
         bands = _colour_bands(src)
         image = src.read(bands, window=win)
         valid = lab.usable[rows, cols]
@@ -170,8 +191,9 @@ def _write_tile(lab: _Labelled, win: Window, name: str, out: Path) -> None:
         dst.write((lab.roads[rows, cols] * 255).astype(np.uint8)[None])
 
 
-def make_label_dataset(rasters: list[str | Path], lines: "gpd.GeoDataFrame", out_dir: str | Path,
-                       buffer_m: float = 3.5, aoi: "gpd.GeoDataFrame | None" = None, tile: int = 512) -> Path:
+def make_label_dataset(rasters: list[str | Path], lines: gpd.GeoDataFrame, out_dir: str | Path,
+                       buffer_m: float = 3.5, aoi: gpd.GeoDataFrame | None = None, tile: int = 512,
+                       gsd_m: float | None = None) -> Path:
     """Cut `rasters` into labelled training tiles under `out_dir/images` and `out_dir/masks`.
 
     Args:
@@ -182,6 +204,8 @@ def make_label_dataset(rasters: list[str | Path], lines: "gpd.GeoDataFrame", out
         aoi: polygons where labelling is complete; None means each raster's whole extent.
         tile: largest tile side in pixels; halved (down to 64) until there are at least 2 tiles,
             so training can hold one back for validation.
+        gsd_m: the model's metres per pixel: rasters whose pixel size differs by more than 25 %
+            are resampled to it first, so the model trains on the grid the engine feeds it.
 
     Returns:
         `out_dir`.
@@ -197,7 +221,7 @@ def make_label_dataset(rasters: list[str | Path], lines: "gpd.GeoDataFrame", out
     if aoi is not None and _shapes(aoi).empty:
         raise DatasetError("", "the area-of-interest layer has no polygons",
                            "draw polygons where every road is digitised, or leave the AOI out")
-    labels = [_label(Path(p), lines, aoi, buffer_m) for p in rasters]
+    labels = [_label(Path(p), lines, aoi, buffer_m, gsd_m) for p in rasters]
     names = ", ".join(lab.path.name for lab in labels)
     if not any(lab.roads.any() for lab in labels):
         raise DatasetError("", f"none of the {len(_shapes(lines))} road line(s) falls on the raster(s) {names}",
@@ -233,7 +257,7 @@ def make_label_dataset(rasters: list[str | Path], lines: "gpd.GeoDataFrame", out
     return out
 
 
-def mask_on_grid(path: str | Path, shape: tuple[int, int], transform: "Affine", crs: CRS | None) -> np.ndarray:
+def mask_on_grid(path: str | Path, shape: tuple[int, int], transform: Affine, crs: CRS | None) -> np.ndarray:
     """A reference road mask raster (0/1, 0/255 or 0-255 probabilities) resampled onto another grid.
 
     Road is any value above half the mask's maximum scale (0.5 for 0/1 masks, 127 otherwise).

@@ -15,18 +15,23 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from roadseg_plugin.core.backends import resolve_device
 from roadseg_plugin.core.checkpoint import ModelMeta, load_model
 from roadseg_plugin.core.errors import CheckpointError, DatasetError, OutputError, ParamError, RoadSegError
+from roadseg_plugin.core.normalise import MODES, NORMALISATION_KEY
 from roadseg_plugin.core.params import DEVICES, read_model_info
 from roadseg_plugin.core.pipeline import same_file
 from roadseg_plugin.core.unet import build_model
 
+from . import distributed
+from .augment import RobustAugment, band_quantiles
 from .callbacks import CSVLogger, EarlyStopping, LossPlot, ModelCheckpoint, PredictionGif
-from .datasets import RandomCropDataset, Tile, band_stats, load_tiles, split_tiles
+from .datasets import RandomCropDataset, Tile, band_stats, load_tiles, normalised_tiles, radiometry_stats, split_tiles
+from .losses import LOSSES, Loss
 from .trainer import FitConfig, Trainer
 
 log = logging.getLogger(__name__)
@@ -74,7 +79,7 @@ class TrainConfig:
     split_seed: int = 0  # separate from `seed`, so a continued run keeps the same validation tiles
     max_minutes: float | None = None
     augment: bool = True
-    scale_jitter: float = 0.25
+    scale_jitter: float | None = None  # None: the recipe's (0.25, robust 1.0: crops zoomed 0.5-2x)
     samples_per_epoch: int | None = None
     workers: int = 1
     base_channels: int = 16
@@ -83,6 +88,10 @@ class TrainConfig:
     skip_bad: bool = False
     compile: bool = False
     gsd_m: float | None = None
+    recipe: str = "default"  # "robust": see RECIPES
+    loss: str | None = None  # a name in losses.LOSSES; None: the recipe's
+    normalisation: str | None = None  # radiometric normalisation mode of a new model; None: the recipe's
+    freeze_encoder: bool = False  # train only the decoder and head (fine-tuning on few labels)
     description: str = ""
     callbacks: list = field(default_factory=list)
     on_progress: Callable[[float], None] | None = None
@@ -102,11 +111,16 @@ class TrainConfig:
                                  ("workers", 0, "0 loads the data in the main process"),
                                  ("base_channels", 1, "e.g. 16"), ("depth", 1, "e.g. 4")):
             _whole(name, getattr(self, name), least, fix)
+        distributed.check_batch_size(self.batch_size)  # the global batch, shared by torchrun's processes
         _whole("samples_per_epoch", self.samples_per_epoch, 1, "or leave it unset for the train area / tile^2",
                optional=True)
         _positive("lr", self.lr, "e.g. 0.001")
         _positive("max_minutes", self.max_minutes, "or leave it unset for no time limit")
         _positive("scale_jitter", self.scale_jitter, "e.g. 0.25; 0 disables it", zero_ok=True)
+        for name, value, valid in (("recipe", self.recipe, RECIPES), ("loss", self.loss, LOSSES),
+                                   ("normalisation", self.normalisation, MODES)):
+            if value is not None and value not in valid:
+                raise ParamError(name, value, f"is not one of {', '.join(valid)}")
         _positive("gsd_m", self.gsd_m, "metres per pixel, e.g. 0.5; or leave it unset")
         if not 0 < self.val_fraction < 1:  # also NaN
             raise ParamError("val_fraction", self.val_fraction, "must lie strictly between 0 and 1", "e.g. 0.15")
@@ -148,6 +162,37 @@ class TrainConfig:
                                   "copy it out of the run folder first, or choose another --out")
 
 
+# What `--recipe` changes; explicit options win. "robust": strong photometric augmentation with
+# histogram-matching style transfer (augment.RobustAugment), scale jitter 0.5-2x, BCE + Dice +
+# clDice, and radiometric normalisation "auto" (normalise.Radiometry) for a new model.
+RECIPES: dict[str, dict[str, Any]] = {
+    "default": {"scale_jitter": 0.25, "loss": "bce_dice", "normalisation": "off"},
+    "robust": {"scale_jitter": 1.0, "loss": "bce_cldice", "normalisation": "auto"},
+}
+
+
+def recipe_option(cfg: TrainConfig, name: str) -> Any:
+    """`cfg`'s option, or its recipe's when unset (None)."""
+    value = getattr(cfg, name)
+    return RECIPES[cfg.recipe][name] if value is None else value
+
+
+def _augmentation(cfg: TrainConfig, tiles: list[Tile]) -> bool | Callable:
+    if not cfg.augment or cfg.recipe != "robust":
+        return cfg.augment
+    return RobustAugment([band_quantiles(t.image, t.valid) for t in tiles])
+
+
+def _freeze_encoder(model: torch.nn.Module) -> None:
+    encoder = getattr(model, "encoder", None)
+    if encoder is None:
+        raise ParamError("freeze_encoder", True, f"the {type(model).__name__} model has no encoder to freeze")
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("encoder frozen: %d of %d parameters train", trainable, sum(p.numel() for p in model.parameters()))
+
+
 def _model_and_meta(cfg: TrainConfig, train_tiles: list[Tile]) -> tuple[torch.nn.Module, ModelMeta]:
     if cfg.init is not None:  # fine-tune: keep the architecture and normalisation of the start model
         model, meta = load_model(cfg.init)
@@ -157,21 +202,27 @@ def _model_and_meta(cfg: TrainConfig, train_tiles: list[Tile]) -> tuple[torch.nn
         return model, meta
     arch_config = {"in_channels": train_tiles[0].image.shape[0], "base_channels": cfg.base_channels,
                    "depth": cfg.depth, "upsampling": cfg.upsampling, "batch_norm": True}
+    extra: dict[str, Any] = {}
+    mode = recipe_option(cfg, "normalisation")
+    if mode != "off":  # the training range first: mean and std are those of the mapped tiles
+        extra[NORMALISATION_KEY] = radiometry_stats(train_tiles, mode)
+        train_tiles = normalised_tiles(train_tiles, ModelMeta(extra=extra), announce=False)
     mean, std = band_stats(train_tiles)
     gsds = [t.gsd_m for t in train_tiles if t.gsd_m]
     meta = ModelMeta(arch="unet", arch_config=arch_config, bands=list(range(1, len(mean) + 1)),
                      band_names=(["red", "green", "blue"] if len(mean) == 3
                                  else [f"band{i + 1}" for i in range(len(mean))]),
-                     mean=mean, std=std, gsd_m=cfg.gsd_m or (sum(gsds) / len(gsds) if gsds else 1.0))
+                     mean=mean, std=std, gsd_m=cfg.gsd_m or (sum(gsds) / len(gsds) if gsds else 1.0), extra=extra)
     torch.manual_seed(cfg.seed)
     return build_model("unet", **arch_config), meta
 
 
 def _device(name: str) -> torch.device:
     try:
-        return resolve_device(name)
+        device = resolve_device(name)
     except ValueError:  # the only refusal left after validate(): CUDA asked for, none here
         raise ParamError("device", name, "no CUDA GPU is available here", "use --device cpu or auto") from None
+    return distributed.device_for(device)  # under torchrun: this process's GPU
 
 
 def _load_data(cfg: TrainConfig) -> tuple[list[Tile], list[Tile]]:
@@ -203,10 +254,11 @@ def _logging_to(handler: logging.Handler) -> Iterator[None]:
     root, so that inside QGIS other plugins' messages stay out of train.log."""
     loggers = [logging.getLogger(name) for name in ("training", "roadseg_plugin")]
     levels = [lg.level for lg in loggers]
+    least = logging.INFO if distributed.is_main() else logging.WARNING  # torchrun: progress is rank 0's to tell
     for lg in loggers:
         lg.addHandler(handler)
-        if lg.level == logging.NOTSET or lg.level > logging.INFO:
-            lg.setLevel(logging.INFO)
+        if lg.level == logging.NOTSET or lg.level > least:
+            lg.setLevel(least)
     try:
         yield
     finally:
@@ -248,8 +300,11 @@ def _make_trainer(cfg: TrainConfig, model: torch.nn.Module, meta: ModelMeta, tra
                                     f"({shown} for validation)")
     area = sum(t.valid.sum() for t in train_tiles)
     length = cfg.samples_per_epoch or max(cfg.batch_size, math.ceil(area / cfg.tile**2))
-    data = RandomCropDataset(train_tiles, cfg.tile, length, meta.mean, meta.std, cfg.augment,
-                             cfg.scale_jitter, cfg.seed)
+    crops_from = normalised_tiles(train_tiles, meta)  # the start model's normalisation when fine-tuning
+    data = RandomCropDataset(crops_from, cfg.tile, length, meta.mean, meta.std, _augmentation(cfg, crops_from),
+                             recipe_option(cfg, "scale_jitter"), cfg.seed)
+    if cfg.freeze_encoder:
+        _freeze_encoder(model)
     callbacks = [ModelCheckpoint(out / "best.pt"), EarlyStopping(patience=cfg.patience),
                  CSVLogger(out / "history.csv"), LossPlot(out / "loss.png"),
                  PredictionGif(out / "predictions.gif", size=min(cfg.tile, 256)), *cfg.callbacks]
@@ -259,9 +314,26 @@ def _make_trainer(cfg: TrainConfig, model: torch.nn.Module, meta: ModelMeta, tra
     trainer = Trainer(model, meta, data, val_tiles, out, fit, device, callbacks)
     if cfg.resume:
         trainer.load_last()
-    log.info("training on %s: %d train tiles (%d crops/epoch), %d val tiles", device, len(train_tiles),
-             length, len(val_tiles))
+    log.info("training on %s: %d train tiles (%d crops/epoch), %d val tiles; recipe %s, loss %s", device,
+             len(train_tiles), length, len(val_tiles), cfg.recipe, recipe_option(cfg, "loss"))
     return trainer
+
+
+@contextmanager
+def _training_loss(loss: Loss) -> Iterator[None]:
+    """The loss `Trainer.train_epoch` minimises, for the duration of a fit.
+
+    The trainer calls `masked_bce_dice` by name; until `FitConfig` takes a loss this swaps that
+    name in the trainer's module (one fit at a time: the QGIS algorithm and the CLI run one).
+    """
+    from . import trainer as trainer_module
+
+    before = trainer_module.masked_bce_dice
+    trainer_module.masked_bce_dice = loss
+    try:
+        yield
+    finally:
+        trainer_module.masked_bce_dice = before
 
 
 def train_model(cfg: TrainConfig) -> Trainer:
@@ -277,21 +349,30 @@ def train_model(cfg: TrainConfig) -> Trainer:
     """
     cfg.validate()
     device = _device(cfg.device)
+    with distributed.process_group(device):  # under torchrun only; left again also on an error or Ctrl-C
+        return _train(cfg, device)
+
+
+def _train(cfg: TrainConfig, device: torch.device) -> Trainer:
     early = _Buffer()
     with _logging_to(early):
         train_tiles, val_tiles = _load_data(cfg)
         model, meta = _model_and_meta(cfg, train_tiles)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(out / "train.log", encoding="utf-8")  # appends: a resumed run continues its log
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    if distributed.is_main():  # under torchrun the other processes write nothing
+        out.mkdir(parents=True, exist_ok=True)
+        handler: logging.Handler = logging.FileHandler(out / "train.log", encoding="utf-8")  # appends on resume
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    else:
+        handler = logging.NullHandler()
     for record in early.records:
         handler.handle(record)
     trainer = None
     try:
         with _logging_to(handler):
             trainer = _make_trainer(cfg, model, meta, train_tiles, val_tiles, device)
-            trainer.fit()
+            with _training_loss(LOSSES[recipe_option(cfg, "loss")]):
+                trainer.fit()
     except BaseException as exc:
         _log_end(handler, cfg, trainer, exc)
         raise

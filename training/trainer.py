@@ -2,15 +2,20 @@
 
 The trainer knows nothing of GIFs, plots or early stopping: callbacks do one job each and
 read `trainer.history`, `trainer.model` and `trainer.meta`.
+
+Under torchrun every process runs this loop on its share of each batch and of the validation
+tiles (see `distributed`); callbacks, and so every file of the run, run on rank 0 only, and
+`trainer.model` is always the plain model (never the DDP wrapper).
 """
 from __future__ import annotations
 
 import logging
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import astuple, dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -19,10 +24,11 @@ from tqdm import tqdm
 
 from roadseg_plugin.core.checkpoint import ModelMeta, read_checkpoint, save_checkpoint
 from roadseg_plugin.core.errors import CheckpointError
-from roadseg_plugin.core.metrics import PixelCounts, best_threshold, pixel_counts
+from roadseg_plugin.core.metrics import PixelCounts, pixel_counts
 from roadseg_plugin.core.normalise import normalise
 from roadseg_plugin.core.tiling import predict_array
 
+from . import distributed
 from .datasets import RandomCropDataset, Tile
 from .losses import masked_bce_dice, prob_bce_dice
 
@@ -30,15 +36,15 @@ log = logging.getLogger(__name__)
 
 
 class Callback(Protocol):
-    def on_train_begin(self, trainer: "Trainer") -> None: ...
-    def on_epoch_end(self, trainer: "Trainer", logs: dict[str, float]) -> None: ...
-    def on_train_end(self, trainer: "Trainer") -> None: ...
+    def on_train_begin(self, trainer: Trainer) -> None: ...
+    def on_epoch_end(self, trainer: Trainer, logs: dict[str, float]) -> None: ...
+    def on_train_end(self, trainer: Trainer) -> None: ...
 
 
 @dataclass
 class FitConfig:
     epochs: int = 200
-    batch_size: int = 16
+    batch_size: int = 16  # the global batch: each of N torchrun processes trains on batch_size / N
     lr: float = 1e-3
     weight_decay: float = 1e-4
     workers: int = 1
@@ -74,7 +80,14 @@ class Trainer:
             self.optimizer, max_lr=config.lr, total_steps=total, pct_start=warmup, div_factor=10,
             final_div_factor=100)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.cuda and config.amp)
-        self.forward = torch.compile(model) if config.compile else model
+        self.world = distributed.world_size()
+        ddp = distributed.wrap_model(model, device)  # `model` itself without torchrun
+        self.model = distributed.unwrap(ddp)  # the same parameters; SyncBatchNorm layers on CUDA under torchrun
+        self.forward = torch.compile(ddp) if config.compile else ddp
+        if distributed.active():
+            log.info("DistributedDataParallel: %d processes (%s), global batch %d = %d x %d crops per process",
+                     self.world, torch.distributed.get_backend(), config.batch_size, self.world,
+                     config.batch_size // self.world)
         self.history: list[dict[str, float]] = []
         self.epoch = 0
         self.saved_epoch = 0  # the epoch last.pt holds: behind `epoch` while an epoch's callbacks run
@@ -117,11 +130,13 @@ class Trainer:
     # ---- loop ------------------------------------------------------------------------------
     def fit(self) -> list[dict[str, float]]:
         self.started, self._first_epoch = time.monotonic(), self.epoch
-        for cb in self.callbacks:
+        main = distributed.is_main()
+        callbacks = self.callbacks if main else []  # files and decisions are rank 0's
+        for cb in callbacks:
             cb.on_train_begin(self)
         try:
             while self.epoch < self.config.epochs and not self.stop_training:
-                if self._out_of_time():
+                if distributed.broadcast_flag(self._out_of_time()):  # rank 0's clock, so all stop together
                     log.info("stopping: --max-minutes budget reached")
                     break
                 t0 = time.monotonic()
@@ -132,12 +147,17 @@ class Trainer:
                         "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.monotonic() - t0}
                 self.epoch += 1
                 self.history.append(logs)
-                for cb in self.callbacks:
+                for cb in callbacks:
                     cb.on_epoch_end(self, logs)
-                self.save_last()
+                self.stop_training = distributed.broadcast_flag(self.stop_training)  # early stopping
+                if main:
+                    self.save_last()
                 log.info(self.summary(logs))
+        except Exception as exc:  # under torchrun: a peer that left on Ctrl-C breaks this rank's collective
+            distributed.raise_if_signalled(exc)
+            raise
         finally:  # also on Ctrl-C or an error, which go on to the caller (train.log and the exit status say so)
-            for cb in self.callbacks:
+            for cb in callbacks:
                 cb.on_train_end(self)
         return self.history
 
@@ -155,19 +175,21 @@ class Trainer:
 
     def train_epoch(self) -> float:
         self.model.train()
-        self.train_data.set_epoch(self.epoch)
-        loader = DataLoader(self.train_data, batch_size=self.config.batch_size, shuffle=False,
-                            num_workers=self.config.workers, pin_memory=self.cuda, drop_last=False)
+        self.train_data.set_epoch(self.epoch)  # the crops of (seed, epoch, index): new ones every epoch
+        sampler = distributed.BatchShardSampler(len(self.train_data), self.config.batch_size)
+        loader = DataLoader(self.train_data, batch_sampler=sampler, num_workers=self.config.workers,
+                            pin_memory=self.cuda)
         total, count = 0.0, 0
-        bar = tqdm(loader, desc=f"epoch {self.epoch + 1}", leave=False, unit="batch")
-        for batch in bar:
+        bar = tqdm(loader, desc=f"epoch {self.epoch + 1}", leave=False, unit="batch", disable=not distributed.is_main())
+        for step, batch in enumerate(bar):
             x, y, v = (batch[k].to(self.device, non_blocking=True) for k in ("image", "mask", "valid"))
             x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda", dtype=torch.float16, enabled=self.cuda and self.config.amp):
                 logits = self.forward(x)[:, 0]
             loss = masked_bce_dice(logits, y, v)
+            weighted = loss if self.world == 1 else loss * distributed.batch_weight(sampler, step, len(x))
             self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
+            self.scaler.scale(weighted).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
             if self.scheduler.last_epoch < self.scheduler.total_steps - 1:
@@ -176,13 +198,14 @@ class Trainer:
             count += len(x)
             bar.set_postfix(loss=f"{total / count:.4f}")
             if self.config.on_progress is not None:
-                done = self.epoch + count / len(self.train_data)
+                done = self.epoch + count * self.world / len(self.train_data)
                 self.config.on_progress(min(1.0, done / self.config.epochs))
-            if self.config.is_cancelled is not None and self.config.is_cancelled():
+            if self.config.is_cancelled is not None and distributed.any_flag(self.config.is_cancelled()):
                 log.warning("cancelled: stopping after this batch")
                 self.stop_training = True
                 break
-        return total / max(count, 1)
+        total, count = distributed.all_reduce_sum([total, count])  # the mean over every rank's crops
+        return float(total / max(count, 1))
 
     @torch.no_grad()
     def predict_tile(self, image: np.ndarray) -> np.ndarray:
@@ -198,18 +221,46 @@ class Trainer:
                              self.config.val_batch_size)
 
     def validate(self) -> dict[str, float]:
+        """Whole-tile metrics over `val_tiles`. Each rank predicts its share of the tiles; the
+        loss sum, the probability histograms that choose the threshold and the pixel counts
+        are summed over the ranks, so the figures are those of one process predicting all."""
         if not self.val_tiles:
             return {}
-        losses, probs, truths, preds = [], [], [], []
-        for t in self.val_tiles:
+        distributed.sync_buffers(self.model)  # every rank predicts with rank 0's BatchNorm statistics
+        mine = distributed.shard(self.val_tiles)
+        loss_sum, pos, neg, preds = 0.0, np.zeros(THRESHOLD_BINS), np.zeros(THRESHOLD_BINS), []
+        for t in mine:
             prob = self.predict_tile(t.image)
-            losses.append(prob_bce_dice(torch.from_numpy(prob)[None], torch.from_numpy(t.mask.astype(np.float32))[None],
-                                        torch.from_numpy(t.valid.astype(np.float32))[None]).item())
-            probs.append(prob[t.valid])
-            truths.append(t.mask[t.valid])
+            loss_sum += prob_bce_dice(torch.from_numpy(prob)[None], torch.from_numpy(t.mask.astype(np.float32))[None],
+                                      torch.from_numpy(t.valid.astype(np.float32))[None]).item()
+            tile_pos, tile_neg = threshold_histograms(prob[t.valid], t.mask[t.valid])
+            pos, neg = pos + tile_pos, neg + tile_neg
             preds.append(prob)
-        threshold, _ = best_threshold(np.concatenate(probs), np.concatenate(truths))
-        counts = sum((pixel_counts(p >= threshold, t.mask, t.valid) for p, t in zip(preds, self.val_tiles)),
+        sums = distributed.all_reduce_sum([loss_sum, *pos, *neg])
+        threshold = threshold_from_histograms(sums[1:1 + THRESHOLD_BINS], sums[1 + THRESHOLD_BINS:])
+        counts = sum((pixel_counts(p >= threshold, t.mask, t.valid) for p, t in zip(preds, mine, strict=True)),
                      PixelCounts())
+        counts = PixelCounts(*(int(c) for c in distributed.all_reduce_sum(astuple(counts))))
         metrics = {f"val_{k}": v for k, v in counts.metrics().items()}
-        return {"val_loss": float(np.mean(losses)), **metrics, "val_threshold": threshold}
+        return {"val_loss": float(sums[0] / len(self.val_tiles)), **metrics, "val_threshold": threshold}
+
+
+THRESHOLD_BINS = 100  # as `metrics.best_threshold`
+
+
+def threshold_histograms(prob: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Histograms of the probabilities of road and of background pixels (1-D arrays of valid
+    pixels): what `metrics.best_threshold` computes, summable over tiles and ranks."""
+    edges = np.linspace(0.0, 1.0, THRESHOLD_BINS + 1)
+    return np.histogram(prob[true], bins=edges)[0], np.histogram(prob[~true], bins=edges)[0]
+
+
+def threshold_from_histograms(pos: np.ndarray, neg: np.ndarray) -> float:
+    """The F1-best threshold of summed `threshold_histograms`: `metrics.best_threshold`'s choice
+    on all the pixels at once (the same sums and the same tie-breaking)."""
+    edges = np.linspace(0.0, 1.0, len(pos) + 1)
+    tp = np.cumsum(pos[::-1])[::-1]
+    fp = np.cumsum(neg[::-1])[::-1]
+    fn = pos.sum() - tp
+    f1 = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
+    return float(edges[int(np.argmax(f1[1:]) + 1)])

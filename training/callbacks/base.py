@@ -1,4 +1,9 @@
-"""Do-nothing base so each callback overrides only the hooks it needs."""
+"""Do-nothing base so each callback overrides only the hooks it needs.
+
+Under torchrun the trainer calls callbacks on rank 0 alone (`Trainer.fit`), so they write their
+files without rank guards, see the plain model (never the DDP wrapper), and what they decide
+(`trainer.stop_training`) reaches the other processes by broadcast.
+"""
 from __future__ import annotations
 
 from typing import Any
