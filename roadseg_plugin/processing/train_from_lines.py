@@ -10,6 +10,7 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
+    QgsProcessingOutputString,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterFile,
@@ -38,6 +39,8 @@ class TrainFromLinesAlgorithm(RoadSegAlgorithm):
     BUFFER = "BUFFER"
     AOI = "AOI"
     INIT_MODEL = "INIT_MODEL"
+    KEPT = "KEPT"
+    SUMMARY = "SUMMARY"
     EPOCHS = "EPOCHS"
     VAL_FRACTION = "VAL_FRACTION"
     TILE = "TILE"
@@ -58,7 +61,11 @@ class TrainFromLinesAlgorithm(RoadSegAlgorithm):
             "(any CRS), and this algorithm buffers them by the road half-width, cuts the images into "
             "training tiles and trains.\n\n"
             "Without an area of interest each image's whole extent counts, so digitise every road in it. "
-            "Whole tiles are held back for validation. The best epoch is written to the output model.")
+            "With a start model (the default: the bundled one) this is a guarded fine-tune: whole tiles of the "
+            "labelled area are held back for validation, the start model is measured there first, and the "
+            "fine-tuned model is kept only when it does better there (IoU, relaxed F1, APLS); otherwise the start "
+            "model is written to the output, and the log says so with both sets of figures. Without a start "
+            "model a new one is trained and its best epoch written.")
 
     def tags(self) -> list[str]:
         return super().tags() + ["training", "fine-tuning", "deep learning", "u-net", "digitised lines",
@@ -102,6 +109,8 @@ class TrainFromLinesAlgorithm(RoadSegAlgorithm):
              "receives loss.png, predictions.gif and history.csv"),
         ):
             self.addParameter(set_help(param, self.tr(text)))
+        self.addOutput(QgsProcessingOutputString(self.KEPT, self.tr("Model kept (fine-tuned, start or trained)")))
+        self.addOutput(QgsProcessingOutputString(self.SUMMARY, self.tr("Start vs. fine-tuned on the validation area")))
 
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:
@@ -120,9 +129,15 @@ class TrainFromLinesAlgorithm(RoadSegAlgorithm):
         config = self.config(parameters, context, feedback, folder, layers)
         scratch = Path(QgsProcessingUtils.generateTempFilename("roadseg_training"))
 
-        def work():  # label tiles from the drawn lines, then train on them
+        def work():  # label tiles from the drawn lines, then fine-tune (guarded) or train on them
             rasters = [layer_path(layer, layer.name(), f"roadseg_image_{i}.tif") for i, layer in enumerate(layers)]
             aoi = source_to_frame(aoi_source) if aoi_source is not None else None
+            if config.init is not None:  # never worse without saying so: see training.finetune
+                finetune = import_training("finetune")
+                return finetune.finetune_from_lines(finetune.FinetuneConfig(
+                    rasters=rasters, lines=source_to_frame(lines_source), aoi=aoi, buffer_m=buffer_m, out=folder,
+                    init=config.init, epochs=config.epochs, batch_size=config.batch_size, crop=config.tile,
+                    device=config.device, on_progress=config.on_progress, is_cancelled=config.is_cancelled))
             config.data = drawn_lines.make_label_dataset(rasters, source_to_frame(lines_source), scratch / "data",
                                                          buffer_m=buffer_m, aoi=aoi)
             feedback.pushInfo(f"{len(list((config.data / 'images').iterdir()))} labelled tiles in {config.data}")
@@ -130,19 +145,30 @@ class TrainFromLinesAlgorithm(RoadSegAlgorithm):
 
         try:
             with self.core_errors():
-                trainer = in_python_thread(work)
+                outcome = in_python_thread(work)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         if feedback.isCanceled():
             raise QgsProcessingException(self.tr("Cancelled: no model was written"))
-        if not (folder / "best.pt").is_file():
-            raise QgsProcessingException(self.tr(f"Training finished without a model in {folder}"))
         from ..core.onnx_backend import copy_with_exports
 
-        copy_with_exports(folder / "best.pt", output_model)  # with its ONNX files: runs without torch too
-        for row in trainer.history[-1:]:
-            feedback.pushInfo(trainer.summary(row))
-        return {self.OUTPUT_MODEL: str(output_model), self.OUTPUT_FOLDER: str(folder)}
+        if hasattr(outcome, "kept"):  # a fine-tune: start vs. tuned on the validation area, and which was kept
+            for message in outcome.messages:
+                if message.startswith("warning:"):
+                    feedback.reportError(message, False)
+                else:
+                    feedback.pushInfo(message)
+            feedback.pushInfo(outcome.summary())
+            copy_with_exports(outcome.model, output_model)  # with its ONNX files: runs without torch too
+            return {self.OUTPUT_MODEL: str(output_model), self.OUTPUT_FOLDER: str(folder), self.KEPT: outcome.kept,
+                    self.SUMMARY: outcome.summary()}
+        if not (folder / "best.pt").is_file():
+            raise QgsProcessingException(self.tr(f"Training finished without a model in {folder}"))
+        copy_with_exports(folder / "best.pt", output_model)
+        for row in outcome.history[-1:]:
+            feedback.pushInfo(outcome.summary(row))
+        return {self.OUTPUT_MODEL: str(output_model), self.OUTPUT_FOLDER: str(folder), self.KEPT: "trained",
+                self.SUMMARY: outcome.summary(outcome.history[-1]) if outcome.history else ""}
 
     def config(self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback,
                folder: Path, layers: list) -> Any:
