@@ -43,3 +43,9 @@ install-plugin: package
 
 clean:
 	rm -rf dist build .pytest_cache demo_output
+
+# The GPU check (docs/GPU.md), no `setup`: on the GPU machine `make gpu-check OUT=$OUT` with wheels/
+# carried (scripts/gpu_wheels.sh fills it here); `make gpu-check OUT=DIR REHEARSAL=1` rehearses it on the CPU.
+.PHONY: gpu-check
+gpu-check:
+	bash scripts/gpu_check.sh $(if $(REHEARSAL),--cpu-rehearsal) $(if $(SIZE),--size $(SIZE)) "$(or $(OUT),$(error make gpu-check OUT=DIR))"
