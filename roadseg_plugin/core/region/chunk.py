@@ -86,15 +86,8 @@ def segment_chunk(task: ChunkTask) -> dict[str, Any]:
 
     from ..atomic import temporary_sibling
     from ..backends import BatchRunner
-    from ..engine import (
-        RasterSink,
-        _encoder,
-        check_written,
-        gdal_cache_mb,
-        make_normaliser,
-        predict_window,
-        window_tiles,
-    )
+    from ..engine import make_normaliser, predict_window, window_tiles
+    from ..probability_raster import RasterSink, check_written, encoder_for, gdal_cache_mb
     from ..readers import choose_bands, open_raster
     from ..tiling import TileGrid
     from .parts import finish_part
@@ -128,7 +121,7 @@ def segment_chunk(task: ChunkTask) -> dict[str, Any]:
                 sink = RasterSink(staged, grid_of_part, tags)
                 try:  # the engine's own windowed prediction: the part holds the whole run's values
                     predict_window(reader, grid, task.window, chosen, normalise, runner, sink,
-                                   _encoder(p.binary, threshold))
+                                   encoder_for(p.binary, threshold))
                 finally:
                     sink.close()
             check_written(staged, c1 - c0, r1 - r0, final)
