@@ -37,6 +37,8 @@ VECTOR_FORMATS = {
 VECTOR_EXTENSIONS = {".gpkg": "gpkg", ".shp": "shp", ".geojson": "geojson", ".json": "geojson", ".fgb": "fgb"}
 RASTER_OUTPUT_SUFFIXES = (".tif", ".tiff")  # the probability raster is always a GeoTIFF
 
+MASK_THRESHOLD = 0.5  # a mask or probability raster that records no threshold of its own
+
 # Vectoriser clean-up defaults (metres) and its internal block layout (pixels).
 MIN_LENGTH_M = 20.0  # drop connected pieces of network shorter than this
 SPUR_LENGTH_M = 10.0  # prune dead-end branches shorter than this

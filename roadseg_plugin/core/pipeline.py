@@ -26,7 +26,14 @@ from typing import TYPE_CHECKING, Any
 
 from .atomic import remove_stale_temporaries, temporary_folder
 from .errors import Cancelled, OutputError, RoadSegError
-from .params import RASTER_OUTPUT_SUFFIXES, InferenceParams, VectoriseParams, check_threshold, read_model_info
+from .params import (
+    MASK_THRESHOLD,
+    RASTER_OUTPUT_SUFFIXES,
+    InferenceParams,
+    VectoriseParams,
+    check_threshold,
+    read_model_info,
+)
 from .vector_io import driver_for
 
 if TYPE_CHECKING:
@@ -40,11 +47,24 @@ Source = Any  # a raster path / GDAL dataset name, or a `readers.RasterReader`
 # Share of the progress bar per stage: segmentation dominates the run time.
 SEGMENT_SHARE = 0.88
 VECTORISE_SHARE = 0.10
-DEFAULT_VECTORISE_THRESHOLD = 0.5  # a mask or probability raster that records no threshold of its own
+
+
+class LinesSummary:
+    """Count and length of a result's `lines` (a GeoDataFrame with `length_m`)."""
+
+    lines: gpd.GeoDataFrame
+
+    @property
+    def n_lines(self) -> int:
+        return len(self.lines)
+
+    @property
+    def length_km(self) -> float:
+        return float(self.lines["length_m"].sum()) / 1000 if len(self.lines) else 0.0
 
 
 @dataclass
-class RoadsResult:
+class RoadsResult(LinesSummary):
     """What one run produced.
 
     Attributes:
@@ -63,14 +83,6 @@ class RoadsResult:
     segment: SegmentResult | None
     threshold: float
     warnings: list[str] = field(default_factory=list)
-
-    @property
-    def n_lines(self) -> int:
-        return len(self.lines)
-
-    @property
-    def length_km(self) -> float:
-        return float(self.lines["length_m"].sum()) / 1000 if len(self.lines) else 0.0
 
 
 def _stage(on_progress: Progress | None, lo: float, hi: float) -> Progress | None:
@@ -270,7 +282,7 @@ def vectorise_file(mask: str | os.PathLike, lines_out: str | os.PathLike | None,
     check_outputs({"road lines": lines_path}, [mask])
     clear_stale_temporaries(lines_path)
     if threshold is None:
-        threshold = stored_threshold(mask) or DEFAULT_VECTORISE_THRESHOLD
+        threshold = stored_threshold(mask) or MASK_THRESHOLD
     lines = _vectorise(Path(mask), threshold, vectorise_params, _stage(on_progress, 0.0, 0.98), is_cancelled)
     _check_cancel(is_cancelled)
     _commit(lines, lines_path, vectorise_params, None, None)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,42 +36,13 @@ import shapely
 from .errors import RasterError
 from .gsd import centre_latitude, metres_per_unit
 from .gsd import pixel_size_m as _pixel_size_m  # private: the old vectorise.pixel_size_m had other arguments
-from .road_graph import (  # noqa: F401 - constants and road_graph re-exported for existing importers
-    AUTO_BLOCK_PIXELS,
-    BLOCK_SIZE,
-    GAP_M,
-    HALO_PX,
-    MIN_LENGTH_M,
-    SPUR_LENGTH_M,
-    _array_reader,
-    _as_mask,
-    _check,
-    _graph,
-    road_graph,
-)
+from .params import BLOCK_SIZE, GAP_M, HALO_PX, MASK_THRESHOLD, MIN_LENGTH_M, SPUR_LENGTH_M, TOLERANCE_M
+from .road_graph import _array_reader, _as_mask, _check, _graph
 
 log = logging.getLogger(__name__)
 
-TOLERANCE_M = 1.0  # Douglas-Peucker tolerance
 FIELDS = ("id", "length_m", "width_m", "mean_prob")  # <= 10 characters: Shapefile-safe
 _SMOOTH_PASSES = 2
-
-
-@dataclass(frozen=True)
-class VectoriseParams:
-    """Clean-up settings (Qt-free, shared by the CLI, the QGIS dialog and Processing)."""
-
-    min_length: float = MIN_LENGTH_M
-    spur_length: float = SPUR_LENGTH_M
-    gap: float = GAP_M
-    tolerance: float = TOLERANCE_M
-    smooth: bool = False
-    block_size: int | None = None
-    halo: int = HALO_PX
-
-    def kwargs(self) -> dict:
-        """Keyword arguments for `vectorise_mask` / `vectorise_raster`."""
-        return asdict(self)
 
 
 # ----------------------------------------------------------------------------- units
@@ -201,7 +171,7 @@ def vectorise_mask(mask: np.ndarray, transform=None, crs=None, prob: np.ndarray 
         min_length, spur_length, gap, tolerance: clean-up lengths in metres (see module).
         smooth: Chaikin-smooth the simplified lines (end points and junctions stay put).
         block_size: process in blocks of this many pixels (default: blocks of BLOCK_SIZE
-            only above AUTO_BLOCK_PIXELS); results do not break at block edges.
+            only above `road_graph.AUTO_BLOCK_PIXELS`); results do not break at block edges.
         halo: block overlap in pixels; roads wider than about `halo` may differ near edges.
         on_progress: called with the fraction of blocks done.
         is_cancelled: polled per block; when it returns True, `Cancelled` is raised.
@@ -237,7 +207,7 @@ def _raster_is_binary(src, band: int) -> bool:
     return True
 
 
-def vectorise_raster(path: str | Path, *, threshold: float = 0.5, band: int = 1,
+def vectorise_raster(path: str | Path, *, threshold: float = MASK_THRESHOLD, band: int = 1,
                      min_length: float = MIN_LENGTH_M, spur_length: float = SPUR_LENGTH_M, gap: float = GAP_M,
                      tolerance: float = TOLERANCE_M, smooth: bool = False, block_size: int | None = BLOCK_SIZE,
                      halo: int = HALO_PX, on_progress: Callable[[float], None] | None = None,

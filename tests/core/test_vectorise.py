@@ -11,7 +11,8 @@ import shapely
 from affine import Affine
 
 from roadseg_plugin.core.errors import Cancelled, RasterError
-from roadseg_plugin.core.vectorise import FIELDS, VectoriseParams, vectorise_mask, vectorise_raster
+from roadseg_plugin.core.params import VectoriseParams
+from roadseg_plugin.core.vectorise import FIELDS, vectorise_mask, vectorise_raster
 from tests.conftest import SHARED_DATA, needs_shared_data
 
 UTM = Affine(0.6, 0.0, 330000.0, 0.0, -0.6, 4690000.0)  # EPSG:32619, 0.6 m pixels

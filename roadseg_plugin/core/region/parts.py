@@ -17,16 +17,9 @@ import numpy as np
 
 from ..atomic import temporary_sibling
 from ..errors import OutputError
+from ..onnx_backend import checkpoint_digest as sha256  # one file hash for models and parts
 
 COG_OPTIONS = {"compress": "DEFLATE", "predictor": "YES", "blocksize": "256", "bigtiff": "IF_SAFER"}
-
-
-def sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _has_cog() -> bool:

@@ -24,6 +24,7 @@ from typing import Any
 
 from ..errors import Cancelled, OutputError, ParamError
 from ..params import VECTOR_FORMATS, InferenceParams, VectoriseParams, read_model_info
+from ..pipeline import LinesSummary
 from .cluster import DEFAULT_TIMEOUT, connect, dashboard_link
 from .job import Job, RegionProgress
 from .manifest import Manifest, input_identity, options_identity
@@ -34,7 +35,7 @@ __all__ = ["RegionProgress", "RegionResult", "segment_region"]
 
 
 @dataclass
-class RegionResult:
+class RegionResult(LinesSummary):
     """What a region run produced and how fast (figures of this call; resumed parts not timed).
 
     `segment_seconds`: from the first chunk sent (the model loaded on every worker) to the last
@@ -56,14 +57,6 @@ class RegionResult:
     workers: int
     dashboard: str | None
     warnings: list[str] = field(default_factory=list)
-
-    @property
-    def n_lines(self) -> int:
-        return len(self.lines)
-
-    @property
-    def length_km(self) -> float:
-        return float(self.lines["length_m"].sum()) / 1000 if len(self.lines) else 0.0
 
     @property
     def mpx_s(self) -> float:
