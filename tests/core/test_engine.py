@@ -41,12 +41,12 @@ def read_out(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
         return src.read(1), src.dataset_mask(), src.profile
 
 
-@pytest.fixture
-def contrast_checkpoint(tmp_path: Path) -> Path:
+def write_contrast_checkpoint(path: Path) -> Path:
     """The tiny U-Net with an amplified head, so its probabilities vary across the image."""
     import torch
 
-    from roadseg_plugin.core.checkpoint import ModelMeta, save_checkpoint
+    from roadseg_plugin.core.checkpoint import save_checkpoint
+    from roadseg_plugin.core.model_meta import ModelMeta
     from roadseg_plugin.core.unet import build_model
 
     torch.manual_seed(0)
@@ -55,9 +55,13 @@ def contrast_checkpoint(tmp_path: Path) -> Path:
     with torch.no_grad():
         model.head.weight *= 100
         model.head.bias.zero_()
-    path = tmp_path / "contrast.pt"
     save_checkpoint(path, model, ModelMeta(arch_config=config, tile=64, overlap=16))
     return path
+
+
+@pytest.fixture
+def contrast_checkpoint(tmp_path: Path) -> Path:
+    return write_contrast_checkpoint(tmp_path / "contrast.pt")
 
 
 def reference(image: np.ndarray, checkpoint: Path) -> np.ndarray:

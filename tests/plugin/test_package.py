@@ -30,6 +30,17 @@ def build(out: Path) -> Path:
     return out / f"roadseg_plugin-{VERSION}.zip"
 
 
+def source_copy(root: Path, *ignore: str) -> Path:
+    """The files `scripts/package.py` packs (plugin, training package, metadata) copied to `root`,
+    without caches and `ignore` (default: the model files)."""
+    ignore = ignore or ("*.pt", "*.onnx")
+    shutil.copytree(ROOT / "roadseg_plugin", root / "roadseg_plugin",
+                    ignore=shutil.ignore_patterns("__pycache__", *ignore))
+    shutil.copytree(ROOT / "training", root / "training", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "metadata.txt", root / "metadata.txt")
+    return root
+
+
 @pytest.fixture(scope="module")
 def plugin_zip(tmp_path_factory) -> Path:
     return build(tmp_path_factory.mktemp("dist"))
@@ -73,11 +84,7 @@ def test_zip_content(plugin_zip: Path) -> None:
 
 def test_model_and_card_are_packed_and_junk_left_out(tmp_path: Path) -> None:
     """On a copy of the source tree that has a model, a card, caches, tests and an ONNX export."""
-    root = tmp_path / "src"
-    shutil.copytree(ROOT / "roadseg_plugin", root / "roadseg_plugin",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pt", "*.onnx"))
-    shutil.copytree(ROOT / "training", root / "training", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "metadata.txt", root / "metadata.txt")
+    root = source_copy(tmp_path / "src")
     models = root / "roadseg_plugin" / "models"
     models.mkdir(exist_ok=True)
     (models / "roadseg_default.pt").write_bytes(b"weights")
@@ -103,11 +110,7 @@ def test_model_and_card_are_packed_and_junk_left_out(tmp_path: Path) -> None:
 
 
 def test_no_model_is_refused_unless_allowed(tmp_path: Path) -> None:
-    root = tmp_path / "src"
-    shutil.copytree(ROOT / "roadseg_plugin", root / "roadseg_plugin",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pt"))
-    shutil.copytree(ROOT / "training", root / "training", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "metadata.txt", root / "metadata.txt")
+    root = source_copy(tmp_path / "src", "*.pt")
     with pytest.raises(SystemExit, match="no bundled model"):
         package.build(tmp_path / "dist", root=root)
     assert package.build(tmp_path / "dist", allow_missing_model=True, root=root).is_file()

@@ -12,16 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.plugin.test_package import ROOT, package
+from tests.plugin.test_package import ROOT, package, source_copy
 
 
 def test_entries_are_0644_files_and_0755_folders(tmp_path: Path) -> None:
     """On a copy of the tree with odd permissions (0600 files, 0700 folders, an executable file)."""
-    root = tmp_path / "src"
-    shutil.copytree(ROOT / "roadseg_plugin", root / "roadseg_plugin",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pt", "*.onnx"))
-    shutil.copytree(ROOT / "training", root / "training", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "metadata.txt", root / "metadata.txt")
+    root = source_copy(tmp_path / "src")
     for folder, _, files in os.walk(root):
         os.chmod(folder, 0o700)
         for name in files:
@@ -55,11 +51,7 @@ def test_entries_are_0644_files_and_0755_folders(tmp_path: Path) -> None:
 
 
 def test_contents_are_unchanged_by_the_permissions(tmp_path: Path) -> None:
-    root = tmp_path / "src"
-    shutil.copytree(ROOT / "roadseg_plugin", root / "roadseg_plugin",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pt", "*.onnx"))
-    shutil.copytree(ROOT / "training", root / "training", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "metadata.txt", root / "metadata.txt")
+    root = source_copy(tmp_path / "src")
     out = package.build(tmp_path / "dist", allow_missing_model=True, root=root)
     with zipfile.ZipFile(out) as zf:
         assert zf.testzip() is None

@@ -26,6 +26,7 @@ import rasterio
 from affine import Affine
 
 from tests.conftest import draw_roads, road_image
+from tests.core.test_engine import write_contrast_checkpoint
 
 resource = pytest.importorskip("resource", reason="POSIX only: file size limits, SIGKILL")
 
@@ -86,28 +87,11 @@ def scene(size: int, seed: int = 0) -> np.ndarray:
     return road_image(draw_roads(size, rng, n=5), rng)
 
 
-def tiny_model(path: Path) -> Path:
-    """The tiny U-Net with an amplified head (probabilities vary across the image)."""
-    import torch
-
-    from roadseg_plugin.core.checkpoint import ModelMeta, save_checkpoint
-    from roadseg_plugin.core.unet import build_model
-
-    torch.manual_seed(0)
-    config = {"in_channels": 3, "base_channels": 4, "depth": 2}
-    model = build_model("unet", **config)
-    with torch.no_grad():
-        model.head.weight *= 100
-        model.head.bias.zero_()
-    save_checkpoint(path, model, ModelMeta(arch_config=config, tile=64, overlap=16))
-    return path
-
-
 @pytest.fixture(scope="module")
 def small(tmp_path_factory) -> dict[str, Path]:
     """A 200 px and a 512 px image, the tiny model, and a probability raster and lines of the 512 px one."""
     root = tmp_path_factory.mktemp("small")
-    files = {"model": tiny_model(root / "tiny.pt"), "image": write_tif(root / "img.tif", scene(200)),
+    files = {"model": write_contrast_checkpoint(root / "tiny.pt"), "image": write_tif(root / "img.tif", scene(200)),
              "large": write_tif(root / "large.tif", scene(512, seed=1))}
     files["prob"], files["lines"] = root / "prob.tif", root / "lines.gpkg"
     done = cli("segment", files["large"], "--model", files["model"], *TORCH, "--out", files["lines"],
