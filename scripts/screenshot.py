@@ -240,6 +240,27 @@ def qgis_environment(extra: list[Path]) -> dict[str, str]:
     return env
 
 
+def run_desktop(startup: Path, profiles: Path, env: dict[str, str], cwd: Path, log: Path, timeout: float,
+                qgis: str = "qgis") -> bool:
+    """Run the QGIS desktop under Xvfb with `startup` as its `--code` script, in its own session.
+
+    Returns True when QGIS quit by itself within `timeout` seconds; otherwise stops xvfb-run,
+    Xvfb and QGIS together and returns False.
+    """
+    cmd = ["xvfb-run", "-a", "-s", f"-screen 0 {SCREEN[0]}x{SCREEN[1]}x24", qgis,
+           "--profiles-path", str(profiles), "--nologo", "--noversioncheck", "--code", str(startup)]
+    print("running:", " ".join(cmd), flush=True)
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            proc.wait(timeout=timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGTERM)  # our own session: xvfb-run, Xvfb and QGIS
+            proc.wait(timeout=60)
+            return False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="RoadSeg checkpoint (.pt)")
@@ -282,16 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         startup = work / "startup.py"
         startup.write_text(STARTUP.replace("__CONFIG__", json.dumps(config)))
-        cmd = ["xvfb-run", "-a", "-s", f"-screen 0 {SCREEN[0]}x{SCREEN[1]}x24", "qgis",
-               "--profiles-path", str(profiles), "--nologo", "--noversioncheck", "--code", str(startup)]
-        print("running:", " ".join(cmd), flush=True)
-        proc = subprocess.Popen(cmd, env=env, cwd=work, start_new_session=True,
-                                stdout=(work / "qgis.log").open("w"), stderr=subprocess.STDOUT)
-        try:
-            proc.wait(timeout=args.timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGTERM)  # our own session: xvfb-run, Xvfb and QGIS
-            proc.wait(timeout=30)
+        if not run_desktop(startup, profiles, env, work, work / "qgis.log", args.timeout):
             print(f"QGIS did not quit within {args.timeout} s; stopped it", file=sys.stderr)
         state = json.loads(status.read_text()) if status.is_file() else {"error": "QGIS wrote no status"}
         print(json.dumps(state, indent=2))

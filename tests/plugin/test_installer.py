@@ -562,11 +562,17 @@ QTimer.singleShot(CFG["start_delay_ms"], start)
 '''
 
 
-def georeferenced_tile(path: Path) -> Path:
-    """A real Massachusetts tile crop (scripts/screenshot.py's), else the shipped sample, as a GeoTIFF."""
+def desktop():
+    """scripts/screenshot.py: how the project drives the real QGIS desktop under Xvfb."""
     sys.path.insert(0, str(ROOT / "scripts"))
     import screenshot
 
+    return screenshot
+
+
+def georeferenced_tile(path: Path) -> Path:
+    """A real Massachusetts tile crop (scripts/screenshot.py's), else the shipped sample, as a GeoTIFF."""
+    screenshot = desktop()
     tile = screenshot.DATA / screenshot.DEFAULT_TILE
     if tile.is_file():
         return screenshot.write_georeferenced_tile(tile, path, screenshot.DEFAULT_CROP)
@@ -601,15 +607,7 @@ def test_real_qgis_user_installs_the_packages_and_segments_roads(tmp_path):
               "start_delay_ms": 3000}
     startup = tmp_path / "startup.py"
     startup.write_text(STARTUP.replace("__CONFIG__", json.dumps(config)))
-    with open(tmp_path / "qgis.log", "w") as log:
-        proc = subprocess.Popen(["xvfb-run", "-a", "-s", "-screen 0 1600x1000x24", "/usr/bin/qgis", "--profiles-path",
-                                 str(profiles), "--nologo", "--noversioncheck", "--code", str(startup)],
-                                env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            proc.wait(timeout=1500)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 15)
-            proc.wait(timeout=60)
+    desktop().run_desktop(startup, profiles, env, tmp_path, tmp_path / "qgis.log", 1500, qgis="/usr/bin/qgis")
     state = json.loads((tmp_path / "status.json").read_text()) if (tmp_path / "status.json").is_file() else {}
     keep = os.environ.get("ROADSEG_SCREENSHOTS")
     if keep:
