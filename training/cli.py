@@ -160,11 +160,11 @@ def cmd_robustness(args: argparse.Namespace) -> int:
 
 
 def cmd_add_normalisation(args: argparse.Namespace) -> int:
+    from roadseg_plugin.core.atomic import same_file
     from roadseg_plugin.core.checkpoint import load_model, save_checkpoint
     from roadseg_plugin.core.errors import OutputError
     from roadseg_plugin.core.normalise import NORMALISATION_KEY
     from roadseg_plugin.core.params import BUNDLED_MODEL
-    from roadseg_plugin.core.pipeline import same_file
 
     from .datasets import load_tiles, radiometry_stats
 

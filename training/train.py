@@ -19,12 +19,12 @@ from typing import Any
 
 import torch
 
+from roadseg_plugin.core.atomic import same_file
 from roadseg_plugin.core.backends import resolve_device
 from roadseg_plugin.core.checkpoint import ModelMeta, load_model
 from roadseg_plugin.core.errors import CheckpointError, DatasetError, OutputError, ParamError, RoadSegError
 from roadseg_plugin.core.normalise import MODES, NORMALISATION_KEY
 from roadseg_plugin.core.params import DEVICES, read_model_info
-from roadseg_plugin.core.pipeline import same_file
 from roadseg_plugin.core.unet import build_model
 
 from . import distributed

@@ -125,3 +125,32 @@ def remove_stale_temporaries(dst: str | os.PathLike) -> list[Path]:
         log.info("%s: removed a temporary left by a run that was killed", path)
         removed.append(path)
     return removed
+
+
+def dataset_file(name: str | os.PathLike) -> Path | None:
+    """The local file behind a raster name: a path, or the file of `DRIVER:file:layer` names.
+
+    The file part may hold colons itself (GPKG:C:\\data\\r.gpkg:table), so the longest part
+    after the driver that names an existing file wins.
+    """
+    text = os.fspath(name)
+    if os.path.exists(text):
+        return Path(text)
+    driver, sep, rest = text.partition(":")
+    if sep and driver.isupper():  # GPKG:/data/r.gpkg:layer, NETCDF:"f.nc":var
+        parts = rest.split(":")
+        for end in range(len(parts), 0, -1):
+            candidate = ":".join(parts[:end]).strip('"')
+            if candidate and os.path.exists(candidate):
+                return Path(candidate)
+    return None
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """True when `a` and `b` are one file: the same path after `..` and symlinks, or hard links."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False

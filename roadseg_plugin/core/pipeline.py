@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .atomic import remove_stale_temporaries, temporary_folder
+from .atomic import dataset_file, remove_stale_temporaries, same_file, temporary_folder
 from .errors import Cancelled, OutputError, RoadSegError
 from .params import (
     MASK_THRESHOLD,
@@ -97,35 +97,6 @@ def _check_cancel(is_cancelled: Callable[[], bool] | None) -> None:
 
 
 # ----------------------------------------------------------------------- output checks
-
-def dataset_file(name: str | os.PathLike) -> Path | None:
-    """The local file behind a raster name: a path, or the file of `DRIVER:file:layer` names.
-
-    The file part may hold colons itself (GPKG:C:\\data\\r.gpkg:table), so the longest part
-    after the driver that names an existing file wins.
-    """
-    text = os.fspath(name)
-    if os.path.exists(text):
-        return Path(text)
-    driver, sep, rest = text.partition(":")
-    if sep and driver.isupper():  # GPKG:/data/r.gpkg:layer, NETCDF:"f.nc":var
-        parts = rest.split(":")
-        for end in range(len(parts), 0, -1):
-            candidate = ":".join(parts[:end]).strip('"')
-            if candidate and os.path.exists(candidate):
-                return Path(candidate)
-    return None
-
-
-def same_file(a: Path, b: Path) -> bool:
-    """True when `a` and `b` are one file: the same path after `..` and symlinks, or hard links."""
-    if os.path.realpath(a) == os.path.realpath(b):
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
 
 def check_outputs(outputs: dict[str, Path | None], inputs: Iterable[str | os.PathLike | None]) -> None:
     """Refuse outputs that would overwrite an input or each other, or cannot be written.

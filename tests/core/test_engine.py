@@ -283,3 +283,14 @@ def test_column_strips_give_the_whole_raster_run_exactly(tmp_path, contrast_chec
     (a, mask_a, _), (b, mask_b, _) = read_out(whole.path), read_out(strips.path)
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(mask_a, mask_b)
+
+
+def test_a_direct_call_never_writes_over_its_input_through_a_hard_link(tmp_path, contrast_checkpoint):
+    import os
+
+    src = write_tif(tmp_path / "in.tif", scene(64, 64))
+    os.link(src, tmp_path / "same.tif")
+    before = src.read_bytes()
+    with pytest.raises(OutputError, match="overwrite the input raster"):
+        segment_raster(src, tmp_path / "same.tif", contrast_checkpoint, backend="torch")
+    assert src.read_bytes() == before

@@ -69,7 +69,7 @@ def check_folder(folder: Path, items: list, sources: list[str], model: Path) -> 
     Raises:
         OutputError: with the reason and the fix.
     """
-    from ..pipeline import same_file
+    from ..atomic import same_file
 
     for item in map(os.fspath, items):
         if Path(item).is_dir():  # its rasters are inputs: nothing may be written in it or below
