@@ -21,7 +21,13 @@ from roadseg_plugin.core.errors import RoadSegError
 
 def _train_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a U-Net; writes best.pt, last.pt, plots and logs to --out")
-    p.add_argument("--data", type=Path, required=True, help="folder with images/ and masks/")
+    p.add_argument("--data", type=Path, help="folder with images/ and masks/ (or --source, or both)")
+    p.add_argument("--source", dest="sources", action="append", default=[], type=_source, metavar="NAME=DIR[,...]",
+                   help="a labelled set with its pixel size, held-out tiles and share of the crops (repeatable): "
+                   "NAME=DIR[,gsd=METRES][,val=N][,weight=W][,labels=as-is|centreline][,nodata=white|black]"
+                   "[,role=train|val]; role=val sets are validated, never trained on")
+    p.add_argument("--p-nodata", type=float, help="share of crops given a synthetic no-data border or hole "
+                   "(default: the recipe's, 0; robust 0.3)")
     val = p.add_mutually_exclusive_group()
     val.add_argument("--val", type=Path, help="separate validation folder")
     val.add_argument("--val-fraction", type=float, default=0.15, help="tiles held out for validation")
@@ -58,6 +64,15 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--normalisation", choices=("off", "auto", "always"),
                    help="radiometric normalisation stored in a new model (default: the recipe's, off / robust auto)")
     p.add_argument("--freeze-encoder", action="store_true", help="train only the decoder and head")
+
+
+def _source(text: str) -> object:
+    from .sources import parse_source
+
+    try:
+        return parse_source(text)
+    except RoadSegError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _robustness_parser(sub: argparse._SubParsersAction) -> None:

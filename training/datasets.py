@@ -13,7 +13,7 @@ import logging
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +47,7 @@ class Tile:
     mask: np.ndarray  # bool (H, W)
     valid: np.ndarray  # bool (H, W)
     gsd_m: float | None = None
+    source: str = ""  # the set it came from (`sources.Source.name`), for per-set figures
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -191,7 +192,7 @@ def normalised_tiles(tiles: list[Tile], meta: ModelMeta, announce: bool = True) 
     mapped = []
     for t in tiles:
         image = remap_image(t.image, meta, t.valid)
-        mapped.append(t if image is t.image else Tile(t.name, image, t.mask, t.valid, t.gsd_m))
+        mapped.append(t if image is t.image else replace(t, image=image))
     changed = sum(m is not t for m, t in zip(mapped, tiles, strict=True))
     if announce:
         log.info("radiometric normalisation %r: %d of %d training tiles mapped onto the training range",
@@ -200,21 +201,29 @@ def normalised_tiles(tiles: list[Tile], meta: ModelMeta, announce: bool = True) 
 
 
 class RandomCropDataset(Dataset):
-    """`length` random crops per epoch, tiles chosen by area; deterministic per (seed, epoch, index).
+    """`length` random crops per epoch, tiles chosen by `weights` (default: by valid area);
+    deterministic per (seed, epoch, index).
 
     `augment` is True (the default augmentation), False, or a callable (sample, rng) -> sample.
+    No-data reaches the model as the engine gives it: every invalid pixel of a crop is 0 after
+    normalisation (the training mean, `normalise.InputNormaliser`), and a crop that runs past a
+    small tile's edge is padded as the engine pads a raster (reflected) or as no-data. With
+    `p_nodata`, a crop also gets a synthetic no-data border or hole (an orthophoto's collar),
+    so roads beside no-data are learnt as roads.
     """
 
     def __init__(self, tiles: list[Tile], tile: int, length: int, mean: list[float], std: list[float],
                  augment: bool | Callable[[dict, np.random.Generator], dict] = True, scale_jitter: float = 0.0,
-                 seed: int = 0) -> None:
+                 seed: int = 0, weights: np.ndarray | None = None, p_nodata: float = 0.0) -> None:
         self.tiles, self.tile, self.length = tiles, tile, length
         self.mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
         self.std = torch.tensor(std, dtype=torch.float32)[:, None, None]
-        self.augment, self.scale_jitter, self.seed = augment, scale_jitter, seed
+        self.augment, self.scale_jitter, self.seed, self.p_nodata = augment, scale_jitter, seed, p_nodata
         self.epoch = 0
-        areas = np.array([t.valid.sum() for t in tiles], dtype=np.float64)
-        self.weights = areas / areas.sum()
+        if weights is None:
+            areas = np.array([t.valid.sum() for t in tiles], dtype=np.float64)
+            weights = areas / areas.sum()
+        self.weights = np.asarray(weights, dtype=np.float64)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -229,30 +238,80 @@ class RandomCropDataset(Dataset):
         for attempt in range(20):
             t = self.tiles[rng.choice(len(self.tiles), p=self.weights)]
             h, w = t.shape
-            s = min(size, h, w)
-            r, c = rng.integers(0, h - s + 1), rng.integers(0, w - s + 1)
-            valid = t.valid[r:r + s, c:c + s]
+            sh, sw = min(size, h), min(size, w)
+            r, c = rng.integers(0, h - sh + 1), rng.integers(0, w - sw + 1)
+            valid = t.valid[r:r + sh, c:c + sw]
             if valid.mean() >= MIN_VALID or attempt == 19:
                 break
+        image, mask, shown = t.image[:, r:r + sh, c:c + sw], t.mask[r:r + sh, c:c + sw], valid
+        if (sh, sw) != (size, size):  # a tile smaller than the crop: padded where it ends
+            image, mask, valid, shown = pad_crop(image, mask, valid, size, rng)
         sample = {
-            "image": torch.from_numpy(t.image[:, r:r + s, c:c + s].astype(np.float32) / 255.0),
-            "mask": torch.from_numpy(t.mask[r:r + s, c:c + s].astype(np.float32)),
+            "image": torch.from_numpy(image.astype(np.float32) / 255.0),
+            "mask": torch.from_numpy(mask.astype(np.float32)),
             "valid": torch.from_numpy(valid.astype(np.float32)),
+            "shown": torch.from_numpy(shown.astype(np.float32)),
         }
-        return resize_sample(sample, self.tile) if s != self.tile else sample
+        return resize_sample(sample, self.tile) if size != self.tile else sample
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng((self.seed, self.epoch, index))
         sample = self.crop(rng)
         if self.augment:
             sample = self.augment(sample, rng) if callable(self.augment) else augment(sample, rng)
-        sample["image"] = (sample["image"] - self.mean) / self.std
+        shown = sample.pop("shown")
+        if self.p_nodata and rng.random() < self.p_nodata:
+            hole = torch.from_numpy(nodata_shape(self.tile, rng))
+            sample["valid"], shown = sample["valid"] * hole, shown * hole
+        image = (sample["image"] - self.mean) / self.std
+        sample["image"] = (image * shown[None]).contiguous()  # no-data as the engine feeds it: 0, the mean
         return sample
+
+
+def pad_crop(image: np.ndarray, mask: np.ndarray, valid: np.ndarray, size: int,
+             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A crop of a tile smaller than `size` placed at a random offset in a `size` square: the
+    rest reflected (as the engine pads a raster's edges) or no-data, and never trained on.
+    Returns image, mask, valid (where the loss counts) and shown (where the image is kept)."""
+    h, w = mask.shape
+    top, left = int(rng.integers(0, size - h + 1)), int(rng.integers(0, size - w + 1))
+    pad = ((top, size - h - top), (left, size - w - left))
+    mode = "reflect" if rng.random() < 0.5 and min(h, w) > max(max(pad[0]), max(pad[1])) else "constant"
+    image = np.pad(image, ((0, 0), *pad), mode=mode)
+    mask = np.pad(mask, pad, mode=mode)
+    shown = np.pad(valid, pad, mode=mode) if mode == "reflect" else np.pad(valid, pad)
+    valid = np.pad(valid, pad)  # padding is never valid: its labels are made up
+    return image, mask, valid, shown
+
+
+def nodata_shape(size: int, rng: np.random.Generator) -> np.ndarray:
+    """A (size, size) float32 mask, 0 on a random no-data border (a collar on one or two sides)
+    or hole (a rectangle, maybe rotated by the dihedral augmentation already applied), else 1."""
+    keep = np.ones((size, size), np.float32)
+    if rng.random() < 0.6:
+        for _ in range(int(rng.integers(1, 3))):
+            width = int(rng.integers(8, size // 3))
+            side = int(rng.integers(0, 4))
+            if side == 0:
+                keep[:width] = 0
+            elif side == 1:
+                keep[-width:] = 0
+            elif side == 2:
+                keep[:, :width] = 0
+            else:
+                keep[:, -width:] = 0
+    else:
+        hh, ww = (int(v) for v in rng.integers(size // 8, size // 2, 2))
+        r, c = int(rng.integers(0, size - hh)), int(rng.integers(0, size - ww))
+        keep[r:r + hh, c:c + ww] = 0
+    return keep
 
 
 def resize_sample(sample: dict[str, torch.Tensor], size: int) -> dict[str, torch.Tensor]:
     """Resize a crop to `size`: bilinear image; labels re-thresholded so they stay binary."""
     image = F.interpolate(sample["image"][None], size=(size, size), mode="bilinear", align_corners=False)[0]
-    labels = torch.stack([sample["mask"], sample["valid"]])[None]
+    keys = [k for k in ("mask", "valid", "shown") if k in sample]
+    labels = torch.stack([sample[k] for k in keys])[None]
     labels = F.interpolate(labels, size=(size, size), mode="bilinear", align_corners=False)[0]
-    return {"image": image, "mask": (labels[0] > 0.5).float(), "valid": (labels[1] > 0.99).float()}
+    out = {"image": image, **{k: (labels[i] > (0.5 if k == "mask" else 0.99)).float() for i, k in enumerate(keys)}}
+    return out

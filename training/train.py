@@ -13,7 +13,7 @@ import math
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from .augment import RobustAugment, band_quantiles
 from .callbacks import CSVLogger, EarlyStopping, LossPlot, ModelCheckpoint, PredictionGif
 from .datasets import RandomCropDataset, Tile, band_stats, load_tiles, normalised_tiles, radiometry_stats, split_tiles
 from .losses import LOSSES, Loss
+from .sources import Source, crop_weights, load_sources
 from .trainer import FitConfig, Trainer
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def _positive(name: str, value: float | None, fix: str, zero_ok: bool = False) -
 class TrainConfig:
     """Every option of a run; `validate` checks them all before anything is read or written."""
 
-    data: Path
+    data: Path | None
     out: Path
     val: Path | None = None
     val_fraction: float = 0.15
@@ -92,6 +93,8 @@ class TrainConfig:
     loss: str | None = None  # a name in losses.LOSSES; None: the recipe's
     normalisation: str | None = None  # radiometric normalisation mode of a new model; None: the recipe's
     freeze_encoder: bool = False  # train only the decoder and head (fine-tuning on few labels)
+    sources: list[Source] = field(default_factory=list)  # several sets (sources.Source); `data` adds one more
+    p_nodata: float | None = None  # share of crops given a synthetic no-data border or hole; None: the recipe's
     description: str = ""
     callbacks: list = field(default_factory=list)
     on_progress: Callable[[float], None] | None = None
@@ -122,6 +125,15 @@ class TrainConfig:
             if value is not None and value not in valid:
                 raise ParamError(name, value, f"is not one of {', '.join(valid)}")
         _positive("gsd_m", self.gsd_m, "metres per pixel, e.g. 0.5; or leave it unset")
+        if self.p_nodata is not None and not 0 <= self.p_nodata <= 1:
+            raise ParamError("p_nodata", self.p_nodata, "must lie between 0 and 1", "e.g. 0.3")
+        if self.data is None and not self.sources:
+            raise ParamError("data", None, "no training data given", "pass --data DIR or --source NAME=DIR")
+        for source in self.sources:
+            source.check()
+        if not any(s.role == "train" for s in self.sources) and self.data is None:
+            raise ParamError("source", ",".join(s.name for s in self.sources), "only role=val sets given",
+                             "add a training set")
         if not 0 < self.val_fraction < 1:  # also NaN
             raise ParamError("val_fraction", self.val_fraction, "must lie strictly between 0 and 1", "e.g. 0.15")
         if str(self.device) not in DEVICES and not str(self.device).startswith("cuda:"):
@@ -144,7 +156,8 @@ class TrainConfig:
     def _check_paths(self) -> None:
         out = Path(self.out)
         real = out.resolve()  # after symlinks and `..`: the folder the files would really land in
-        for role, folder in (("data", self.data), ("val", self.val)):
+        folders = [("data", self.data), ("val", self.val), *((f"source {s.name}", s.path) for s in self.sources)]
+        for role, folder in folders:
             if folder is not None and (real == Path(folder).resolve() or Path(folder).resolve() in real.parents):
                 raise OutputError(out, f"the run folder is, or is inside, the {role} folder {folder}",
                                   "choose a run folder (--out) outside the dataset; a run never writes into its data")
@@ -166,8 +179,8 @@ class TrainConfig:
 # histogram-matching style transfer (augment.RobustAugment), scale jitter 0.5-2x, BCE + Dice +
 # clDice, and radiometric normalisation "auto" (normalise.Radiometry) for a new model.
 RECIPES: dict[str, dict[str, Any]] = {
-    "default": {"scale_jitter": 0.25, "loss": "bce_dice", "normalisation": "off"},
-    "robust": {"scale_jitter": 1.0, "loss": "bce_cldice", "normalisation": "auto"},
+    "default": {"scale_jitter": 0.25, "loss": "bce_dice", "normalisation": "off", "p_nodata": 0.0},
+    "robust": {"scale_jitter": 1.0, "loss": "bce_cldice", "normalisation": "auto", "p_nodata": 0.3},
 }
 
 
@@ -226,14 +239,27 @@ def _device(name: str) -> torch.device:
 
 
 def _load_data(cfg: TrainConfig) -> tuple[list[Tile], list[Tile]]:
-    tiles = load_tiles(cfg.data, skip_bad=cfg.skip_bad)
-    if cfg.val is not None:
-        train_tiles, val_tiles = tiles, load_tiles(cfg.val, skip_bad=cfg.skip_bad)
-    else:
-        train_tiles, val_tiles = split_tiles(tiles, cfg.val_fraction, cfg.split_seed)
-    if not train_tiles or not val_tiles:
-        raise DatasetError(cfg.data, f"{len(tiles)} tile(s) cannot be split into train and validation",
-                           "add tiles or pass --val DIR")
+    train_tiles: list[Tile] = []
+    val_tiles: list[Tile] = []
+    if cfg.data is not None:
+        tiles = load_tiles(cfg.data, skip_bad=cfg.skip_bad)
+        if cfg.val is not None:
+            train_tiles, val_tiles = tiles, load_tiles(cfg.val, skip_bad=cfg.skip_bad)
+        else:
+            train_tiles, val_tiles = split_tiles(tiles, cfg.val_fraction, cfg.split_seed)
+        if not train_tiles or not val_tiles:
+            raise DatasetError(cfg.data, f"{len(tiles)} tile(s) cannot be split into train and validation",
+                               "add tiles or pass --val DIR")
+        if cfg.sources:  # named like the others, for the per-set figures
+            train_tiles = [replace(t, source="data") for t in train_tiles]
+            val_tiles = [replace(t, source="data") for t in val_tiles]
+    if cfg.sources:
+        gsd = cfg.gsd_m or (read_model_info(cfg.init).gsd_m if cfg.init is not None else 1.0)
+        more_train, more_val = load_sources(cfg.sources, gsd, cfg.split_seed, cfg.skip_bad)
+        train_tiles, val_tiles = train_tiles + more_train, val_tiles + more_val
+        if not train_tiles or not val_tiles:
+            raise DatasetError(cfg.sources[0].path, "the sources give no training or no validation tiles",
+                               "hold tiles back with val=N on a source, or add a role=val set")
     return train_tiles, val_tiles
 
 
@@ -298,11 +324,17 @@ def _make_trainer(cfg: TrainConfig, model: torch.nn.Module, meta: ModelMeta, tra
     shown = ", ".join(t.name for t in val_tiles[:8]) + ("..." if len(val_tiles) > 8 else "")
     meta.data = cfg.description or (f"{cfg.data}: {len(train_tiles)} train / {len(val_tiles)} val tiles "
                                     f"({shown} for validation)")
+    if cfg.sources and not cfg.description:
+        counts = [f"{name} {sum(t.source == name for t in train_tiles)}/{sum(t.source == name for t in val_tiles)}"
+                  for name in dict.fromkeys(t.source for t in train_tiles + val_tiles)]
+        meta.data = f"sets (train/val tiles): {', '.join(counts)}; validation: {shown}"
     area = sum(t.valid.sum() for t in train_tiles)
     length = cfg.samples_per_epoch or max(cfg.batch_size, math.ceil(area / cfg.tile**2))
     crops_from = normalised_tiles(train_tiles, meta)  # the start model's normalisation when fine-tuning
+    weights = crop_weights(crops_from, cfg.sources) if cfg.sources else None
     data = RandomCropDataset(crops_from, cfg.tile, length, meta.mean, meta.std, _augmentation(cfg, crops_from),
-                             recipe_option(cfg, "scale_jitter"), cfg.seed)
+                             recipe_option(cfg, "scale_jitter"), cfg.seed, weights=weights,
+                             p_nodata=recipe_option(cfg, "p_nodata"))
     if cfg.freeze_encoder:
         _freeze_encoder(model)
     callbacks = [ModelCheckpoint(out / "best.pt"), EarlyStopping(patience=cfg.patience),
@@ -311,7 +343,10 @@ def _make_trainer(cfg: TrainConfig, model: torch.nn.Module, meta: ModelMeta, tra
     fit = FitConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, workers=cfg.workers,
                     max_minutes=cfg.max_minutes, compile=cfg.compile, on_progress=cfg.on_progress,
                     is_cancelled=cfg.is_cancelled)
-    trainer = Trainer(model, meta, data, val_tiles, out, fit, device, callbacks)
+    watch_only = {s.name for s in cfg.sources if s.role == "val"}
+    trainer = Trainer(model, meta, data, [t for t in val_tiles if t.source not in watch_only], out, fit, device,
+                      callbacks)
+    trainer.watch_tiles = [t for t in val_tiles if t.source in watch_only]
     if cfg.resume:
         trainer.load_last()
     log.info("training on %s: %d train tiles (%d crops/epoch), %d val tiles; recipe %s, loss %s", device,
