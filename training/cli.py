@@ -113,6 +113,68 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-bad", action="store_true", help="warn about and skip unusable pairs")
 
 
+def _finetune_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("finetune", help="teach a model your imagery from road lines drawn over it, within a "
+                       "training time; keeps the start model when the result is not better (as the QGIS algorithm)")
+    p.add_argument("--images", type=Path, nargs="+", required=True, help="the rasters the lines were drawn over")
+    p.add_argument("--lines", type=Path, required=True, help="road centre lines (any OGR format, any CRS)")
+    p.add_argument("--out", type=Path, required=True, help="run folder; receives finetuned.pt")
+    p.add_argument("--model", type=Path, help="start model (default: the bundled one)")
+    p.add_argument("--minutes", type=float, default=10.0, help="training time in minutes (default 10)")
+    p.add_argument("--half-width", type=float, default=3.5, help="road half-width in metres the lines are buffered by")
+    p.add_argument("--aoi", type=Path, help="polygons where every road was drawn (default: the images' extent)")
+    p.add_argument("--replay", type=Path, help="the start model's training data (images/ + masks/), mixed in")
+    p.add_argument("--keep-worse", action="store_true", help="keep the fine-tuned model even when it is worse")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _adapt_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("adapt-bench", help="fine-tune on a few digitised tiles of each out-of-domain set and "
+                       "score the rest through the engine, before and after")
+    p.add_argument("--data", type=Path, default=Path("../shared/data"), help="the shared data folder")
+    p.add_argument("--model", type=Path, help="start model (default: the bundled one)")
+    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--labelled", type=int, default=8, help="tiles digitised per set")
+    p.add_argument("--sets", help="comma-separated names (default all: web-basemap-us, shanghai, japan, mass-extra)")
+    p.add_argument("--json", type=Path, help="write the rows to this JSON file")
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    import geopandas as gpd
+
+    from .finetune import FinetuneConfig, finetune_from_lines
+
+    for path in (*args.images, args.lines, *([args.aoi] if args.aoi else [])):
+        if not path.exists():
+            raise RoadSegError(path, "not found", "check the path")
+    result = finetune_from_lines(FinetuneConfig(
+        rasters=list(args.images), lines=gpd.read_file(args.lines), out=args.out, init=args.model,
+        aoi=gpd.read_file(args.aoi) if args.aoi else None, buffer_m=args.half_width, minutes=args.minutes,
+        replay=args.replay, keep_worse=args.keep_worse, device=args.device, seed=args.seed))
+    print(f"done: kept the {result.kept} model in {result.model}")
+    return 0
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from .adapt import default_sets, format_rows, run_bench
+
+    sets = default_sets(args.data)
+    if args.sets:
+        wanted = args.sets.split(",")
+        unknown = sorted(set(wanted) - {s.name for s in sets})
+        if unknown:
+            raise RoadSegError("--sets", f"unknown set(s) {', '.join(unknown)}",
+                               f"choose from {', '.join(s.name for s in sets)}")
+        sets = [s for s in sets if s.name in wanted]
+    rows = run_bench(sets, args.model, args.minutes, args.labelled,
+                     on_row=lambda r: print(format_rows([r]).splitlines()[-1], flush=True))
+    print(format_rows(rows))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .distributed import is_main
     from .train import RUN_FILES, TrainConfig, train_model
@@ -217,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     _evaluate_parser(sub)
     _robustness_parser(sub)
     _normalisation_parser(sub)
+    _finetune_parser(sub)
+    _adapt_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("rasterio").setLevel(logging.WARNING)  # GDAL's errors reach the user in our one line
@@ -224,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM unwinds like Ctrl-C: files are closed
     try:
         commands = {"train": cmd_train, "evaluate": cmd_evaluate, "robustness": cmd_robustness,
-                    "add-normalisation": cmd_add_normalisation}
+                    "add-normalisation": cmd_add_normalisation, "finetune": cmd_finetune, "adapt-bench": cmd_adapt}
         return commands[args.command](args)
     except RoadSegError as exc:
         print(f"error: {exc}", file=sys.stderr)

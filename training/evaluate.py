@@ -19,12 +19,13 @@ from .datasets import Tile, load_tiles
 METRIC_KEYS = ("iou", "precision", "recall", "f1", "relaxed_precision", "relaxed_recall", "relaxed_f1", "apls")
 
 
-def evaluate_tiles(tiles: list[Tile], predict: Callable[[np.ndarray], np.ndarray], threshold: float,
+def evaluate_tiles(tiles: list[Tile], predict: Callable[[np.ndarray, np.ndarray], np.ndarray], threshold: float,
                    on_tile: Callable[[str, dict], None] | None = None) -> dict:
-    """Pixel metrics micro-averaged over all tiles, APLS averaged over tiles, and each tile's figures."""
+    """Pixel metrics micro-averaged over all tiles, APLS averaged over tiles, and each tile's figures.
+    `predict(image, valid)` gives a tile's probabilities (`tile_predictor`)."""
     total, per_tile = PixelCounts(), []
     for tile in tiles:
-        pred = predict(tile.image) >= threshold
+        pred = predict(tile.image, tile.valid) >= threshold
         counts = pixel_counts(pred, tile.mask, tile.valid)
         total = total + counts
         row = {"name": tile.name, **counts.metrics(), "apls": apls(tile.mask, pred, tile.valid)}
@@ -36,12 +37,10 @@ def evaluate_tiles(tiles: list[Tile], predict: Callable[[np.ndarray], np.ndarray
             "per_tile": per_tile}
 
 
-def evaluate_model(model_path: str | Path | None, data: str | Path, device: str = "auto",
-                   threshold: float | None = None, batch_size: int = 4, backend: str = "auto",
-                   on_tile: Callable[[str, dict], None] | None = None, skip_bad: bool = False) -> dict:
-    """Metrics of a checkpoint (None: the bundled model) on a dataset folder, predicted with the
-    engine's backend (ONNX Runtime on CPU when installed) and the same tiled blending. Unreadable
-    pairs are an error naming the file, or with `skip_bad` a warning and left out."""
+def tile_predictor(model_path: str | Path | None, device: str = "auto", backend: str = "auto",
+                   batch_size: int = 4) -> tuple[Callable[[np.ndarray, np.ndarray | None], np.ndarray], ModelMeta]:
+    """(predict(image, valid) -> probabilities, meta) of a model file for whole in-memory tiles:
+    the engine's backend, normalisation, no-data (0 after normalisation) and tiled blending."""
     try:
         runner = load_backend(model_path, device, backend)
     except ValueError as exc:
@@ -50,9 +49,22 @@ def evaluate_model(model_path: str | Path | None, data: str | Path, device: str 
         raise ParamError("device", device, str(exc)) from None  # CUDA asked for, none here
     meta = runner.meta
 
-    def predict(image: np.ndarray) -> np.ndarray:
-        return predict_array(normalise(image, meta), runner.predict, meta.tile, meta.overlap, batch_size)
+    def predict(image: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+        x = normalise(image, meta, valid)
+        if valid is not None:
+            x[:, ~valid] = 0.0
+        return predict_array(x, runner.predict, meta.tile, meta.overlap, batch_size)
 
+    return predict, meta
+
+
+def evaluate_model(model_path: str | Path | None, data: str | Path, device: str = "auto",
+                   threshold: float | None = None, batch_size: int = 4, backend: str = "auto",
+                   on_tile: Callable[[str, dict], None] | None = None, skip_bad: bool = False) -> dict:
+    """Metrics of a checkpoint (None: the bundled model) on a dataset folder, predicted with the
+    engine's backend (ONNX Runtime on CPU when installed) and the same tiled blending. Unreadable
+    pairs are an error naming the file, or with `skip_bad` a warning and left out."""
+    predict, meta = tile_predictor(model_path, device, backend, batch_size)
     tiles = load_tiles(data, bands=meta.in_channels, skip_bad=skip_bad)
     return evaluate_tiles(tiles, predict, meta.threshold if threshold is None else threshold, on_tile)
 

@@ -115,8 +115,8 @@ SHIFTS = {**{k: v[0] for k, v in VALUE_SHIFTS.items()}, **{k: v[0] for k, v in G
           **{k: v[0] for k, v in BAND_SHIFTS.items()}}
 
 
-def _transform(gsd: float) -> rasterio.Affine:
-    return from_origin(*ORIGIN, gsd, gsd)
+def _transform(gsd: float, origin: tuple[float, float] = ORIGIN) -> rasterio.Affine:
+    return from_origin(*origin, gsd, gsd)
 
 
 def _regrid(array: np.ndarray, gsd: float, new_gsd: float, resampling: Resampling) -> np.ndarray:
@@ -145,12 +145,13 @@ def make_case(tile: Tile, shift: str, gsd_m: float, rng: np.random.Generator) ->
     return Case(np.ascontiguousarray(image[::-1]), gsd_m, valid, BAND_SHIFTS[shift][1])
 
 
-def write_case(path: Path, case: Case) -> Path:
-    """A GeoTIFF of the case in EPSG:26986 at its pixel size, with an internal no-data mask."""
+def write_case(path: Path, case: Case, origin: tuple[float, float] = ORIGIN) -> Path:
+    """A GeoTIFF of the case in EPSG:26986 at its pixel size (top-left corner at `origin`),
+    with an internal no-data mask."""
     c, h, w = case.data.shape
     with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
         with rasterio.open(path, "w", driver="GTiff", width=w, height=h, count=c, dtype=case.data.dtype.name,
-                           crs=CRS, transform=_transform(case.gsd_m), tiled=True) as dst:
+                           crs=CRS, transform=_transform(case.gsd_m, origin), tiled=True) as dst:
             dst.write(case.data)
             dst.write_mask(case.valid.astype(np.uint8) * np.uint8(255))
     return path

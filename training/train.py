@@ -79,6 +79,7 @@ class TrainConfig:
     seed: int = 0
     split_seed: int = 0  # separate from `seed`, so a continued run keeps the same validation tiles
     max_minutes: float | None = None
+    minutes: float | None = None  # a training time: rounds of samples_per_epoch crops, as many as fit
     augment: bool = True
     scale_jitter: float | None = None  # None: the recipe's (0.25, robust 1.0: crops zoomed 0.5-2x)
     samples_per_epoch: int | None = None
@@ -119,6 +120,7 @@ class TrainConfig:
                optional=True)
         _positive("lr", self.lr, "e.g. 0.001")
         _positive("max_minutes", self.max_minutes, "or leave it unset for no time limit")
+        _positive("minutes", self.minutes, "a training time, e.g. 10; or leave it unset to train by epochs")
         _positive("scale_jitter", self.scale_jitter, "e.g. 0.25; 0 disables it", zero_ok=True)
         for name, value, valid in (("recipe", self.recipe, RECIPES), ("loss", self.loss, LOSSES),
                                    ("normalisation", self.normalisation, MODES)):
@@ -327,7 +329,7 @@ def _make_trainer(cfg: TrainConfig, model: torch.nn.Module, meta: ModelMeta, tra
     if cfg.sources and not cfg.description:
         counts = [f"{name} {sum(t.source == name for t in train_tiles)}/{sum(t.source == name for t in val_tiles)}"
                   for name in dict.fromkeys(t.source for t in train_tiles + val_tiles)]
-        meta.data = f"sets (train/val tiles): {', '.join(counts)}; validation: {shown}"
+        meta.data = f"sets (train/val tiles): {', '.join(counts)}; val = {', '.join(t.name for t in val_tiles)}"
     area = sum(t.valid.sum() for t in train_tiles)
     length = cfg.samples_per_epoch or max(cfg.batch_size, math.ceil(area / cfg.tile**2))
     crops_from = normalised_tiles(train_tiles, meta)  # the start model's normalisation when fine-tuning
@@ -341,7 +343,7 @@ def _make_trainer(cfg: TrainConfig, model: torch.nn.Module, meta: ModelMeta, tra
                  CSVLogger(out / "history.csv"), LossPlot(out / "loss.png"),
                  PredictionGif(out / "predictions.gif", size=min(cfg.tile, 256)), *cfg.callbacks]
     fit = FitConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, workers=cfg.workers,
-                    max_minutes=cfg.max_minutes, compile=cfg.compile, on_progress=cfg.on_progress,
+                    max_minutes=cfg.max_minutes, minutes=cfg.minutes, compile=cfg.compile, on_progress=cfg.on_progress,
                     is_cancelled=cfg.is_cancelled)
     watch_only = {s.name for s in cfg.sources if s.role == "val"}
     trainer = Trainer(model, meta, data, [t for t in val_tiles if t.source not in watch_only], out, fit, device,

@@ -31,6 +31,7 @@ from roadseg_plugin.core.tiling import predict_array
 from . import distributed
 from .datasets import RandomCropDataset, Tile
 from .losses import masked_bce_dice, prob_bce_dice
+from .schedule import BudgetSchedule
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class FitConfig:
     weight_decay: float = 1e-4
     workers: int = 1
     max_minutes: float | None = None
+    minutes: float | None = None  # a training time: epochs become rounds, as many as fit (`schedule`)
     amp: bool = True  # CUDA: fp16 autocast; CPU: bf16 autocast where the CPU has bf16 instructions
     compile: bool = False
     val_batch_size: int = 8
@@ -78,13 +80,19 @@ class Trainer:
         if self.autocast is torch.bfloat16:
             log.info("bf16 autocast on this CPU (AVX-512 BF16 or AMX): about 2x the fp32 crops/s")
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        total = max(1, config.epochs * self.steps_per_epoch)
-        warmup = min(0.1, 3 / max(config.epochs, 1))
-        if round(warmup * total, 9) == 1:  # a warm-up of exactly one step divides by zero in OneCycleLR
-            warmup = 2 / total
-        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            self.optimizer, max_lr=config.lr, total_steps=total, pct_start=warmup, div_factor=10,
-            final_div_factor=100)
+        self.budget: BudgetSchedule | None = None
+        if config.minutes:
+            self.budget = BudgetSchedule(self.optimizer, config.lr, config.minutes, first_plan=self.steps_per_epoch)
+            self.scheduler: Any = self.budget
+        else:
+            total = max(1, config.epochs * self.steps_per_epoch)
+            warmup = min(0.1, 3 / max(config.epochs, 1))
+            if round(warmup * total, 9) == 1:  # a warm-up of exactly one step divides by zero in OneCycleLR
+                warmup = 2 / total
+            self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                self.optimizer, max_lr=config.lr, total_steps=total, pct_start=warmup, div_factor=10,
+                final_div_factor=100)
+        self.round_seconds = (0.0, 0.0)  # (per step, validation) of the last round, for the budget
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.cuda and config.amp)
         self.world = distributed.world_size()
         ddp = distributed.wrap_model(model, device)  # `model` itself without torchrun
@@ -136,6 +144,8 @@ class Trainer:
     # ---- loop ------------------------------------------------------------------------------
     def fit(self) -> list[dict[str, float]]:
         self.started, self._first_epoch = time.monotonic(), self.epoch
+        if self.budget is not None:
+            self.budget.restart_clock()
         main = distributed.is_main()
         callbacks = self.callbacks if main else []  # files and decisions are rank 0's
         for cb in callbacks:
@@ -143,14 +153,24 @@ class Trainer:
         try:
             while self.epoch < self.config.epochs and not self.stop_training:
                 if distributed.broadcast_flag(self._out_of_time()):  # rank 0's clock, so all stop together
-                    log.info("stopping: --max-minutes budget reached")
+                    log.info("stopping: the training time is spent" if self.budget is not None
+                             else "stopping: --max-minutes budget reached")
                     break
                 t0 = time.monotonic()
+                steps_before = self.budget.steps_done if self.budget is not None else 0
                 train_loss = self.train_epoch()
                 if self.stop_training:  # cancelled mid-epoch: no half-epoch in the history
                     break
-                logs = {"epoch": self.epoch + 1, "train_loss": train_loss, **self.validate(),
-                        "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.monotonic() - t0}
+                t1 = time.monotonic()
+                lr = self.optimizer.param_groups[0]["lr"]
+                logs = {"epoch": self.epoch + 1, "train_loss": train_loss, **self.validate(), "lr": lr,
+                        "seconds": time.monotonic() - t0}
+                if self.budget is not None:
+                    steps = max(1, self.budget.steps_done - steps_before)
+                    self.round_seconds = ((t1 - t0) / steps, time.monotonic() - t1)
+                    self.budget.plan(self.round_seconds[0], self.round_seconds[1], self.steps_per_epoch)
+                    logs.update(step=self.budget.steps_done, planned_steps=self.budget.planned,
+                                seconds_left=self.budget.remaining)
                 self.epoch += 1
                 self.history.append(logs)
                 for cb in callbacks:
@@ -168,6 +188,9 @@ class Trainer:
         return self.history
 
     def _out_of_time(self) -> bool:
+        if self.budget is not None:
+            per_step, validation = self.round_seconds
+            return bool(self.history) and self.budget.finished(per_step * self.steps_per_epoch + validation)
         if not self.config.max_minutes or not self.history:
             return False
         elapsed = time.monotonic() - self.started
@@ -178,6 +201,10 @@ class Trainer:
         keys = ("train_loss", "val_loss", "val_iou", "val_f1", "val_relaxed_f1", "val_threshold")
         keys += tuple(k for k in logs if k.endswith("_iou") and k != "val_iou")  # per source
         parts = " ".join(f"{k}={logs[k]:.4f}" for k in keys if k in logs)
+        if "planned_steps" in logs:  # a training time: rounds until it is spent
+            left = int(logs["seconds_left"])
+            return (f"round {int(logs['epoch'])}: step {int(logs['step'])}/{int(logs['planned_steps'])} {parts} "
+                    f"({logs['seconds']:.0f}s; {left // 60}:{left % 60:02d} left)")
         return f"epoch {int(logs['epoch'])}/{self.config.epochs} {parts} ({logs['seconds']:.0f}s)"
 
     def train_epoch(self) -> float:
@@ -200,14 +227,17 @@ class Trainer:
             self.scaler.scale(weighted).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            if self.scheduler.last_epoch < self.scheduler.total_steps - 1:
+            if self.budget is not None or self.scheduler.last_epoch < self.scheduler.total_steps - 1:
                 self.scheduler.step()
             total += loss.item() * len(x)
             count += len(x)
             bar.set_postfix(loss=f"{total / count:.4f}")
             if self.config.on_progress is not None:
                 done = self.epoch + count * self.world / len(self.train_data)
-                self.config.on_progress(min(1.0, done / self.config.epochs))
+                self.config.on_progress(self.budget.fraction if self.budget is not None
+                                        else min(1.0, done / self.config.epochs))
+            if self.budget is not None and self.history and self.budget.remaining < self.round_seconds[1]:
+                break  # the time is spent: validate what this round learnt and stop
             if self.config.is_cancelled is not None and distributed.any_flag(self.config.is_cancelled()):
                 log.warning("cancelled: stopping after this batch")
                 self.stop_training = True

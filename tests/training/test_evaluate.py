@@ -17,7 +17,7 @@ def test_evaluate_tiles_micro_averages_with_a_known_predictor(road_dataset):
     tiles = load_tiles(road_dataset)
     # A "model" that returns the truth shifted by 2 px: exact F1 < 1, relaxed F1 == 1.
     truth = {id(t.image): t.mask for t in tiles}
-    result = evaluate_tiles(tiles, lambda img: np.roll(truth[id(img)], 2, axis=1).astype(np.float32), 0.5)
+    result = evaluate_tiles(tiles, lambda img, valid: np.roll(truth[id(img)], 2, axis=1).astype(np.float32), 0.5)
     assert result["tiles"] == 4 and [r["name"] for r in result["per_tile"]] == [t.name for t in tiles]
     assert result["f1"] < 0.9 and result["relaxed_f1"] == pytest.approx(1.0, abs=0.02)
     assert set(result) == KEYS and result["apls"] > 0.9  # a 2 px shift keeps the topology
@@ -25,7 +25,7 @@ def test_evaluate_tiles_micro_averages_with_a_known_predictor(road_dataset):
 
 def test_evaluate_tiles_empty_prediction_scores_zero(road_dataset):
     tiles = load_tiles(road_dataset)
-    result = evaluate_tiles(tiles, lambda img: np.zeros(img.shape[1:], np.float32), 0.5)
+    result = evaluate_tiles(tiles, lambda img, valid: np.zeros(img.shape[1:], np.float32), 0.5)
     assert result["iou"] == 0 and result["apls"] == 0 and result["relaxed_recall"] == 0
 
 
