@@ -94,6 +94,7 @@ class FinetuneConfig:
     keep_worse: bool = False
     device: str = "auto"
     seed: int = 0
+    round_steps: int = STEPS_PER_ROUND  # optimiser steps between validations
     on_progress: Callable[[float], None] | None = None
     is_cancelled: Callable[[], bool] | None = None
 
@@ -234,7 +235,7 @@ def finetune_from_lines(cfg: FinetuneConfig) -> FinetuneResult:
         trainer = train_model(TrainConfig(
             data=write_tiles(train + extra, scratch / "train"), val=write_tiles(val, scratch / "val"), out=out,
             init=init, minutes=cfg.minutes, epochs=1_000_000, patience=1_000_000, lr=decided.lr,
-            batch_size=decided.batch_size, tile=decided.crop, samples_per_epoch=STEPS_PER_ROUND * decided.batch_size,
+            batch_size=decided.batch_size, tile=decided.crop, samples_per_epoch=cfg.round_steps * decided.batch_size,
             infer_tile=start_meta.tile, overlap=start_meta.overlap, freeze_encoder=decided.freeze_encoder,
             recipe="robust", device=cfg.device, seed=cfg.seed, workers=0,
             description=f"fine-tuned from {init.name} on drawn lines",

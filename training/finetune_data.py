@@ -2,10 +2,9 @@
 decide keep-or-revert, the undrawn-roads check and the replay crops.
 
 Validation holds back WHOLE AREAS: per raster, tiles from its end (bottom rows, then right
-columns), rasters in turn, so a validation tile never touches the training tiles of the same
-rows. The number held back is the one whose share of the labelled road pixels comes closest to
-the asked fraction while both sides keep `MIN_SIDE_SHARE` of the road (a single tile holding
-most of the roads never goes to validation alone).
+columns), rasters in turn (starting from each raster in turn). The tiles held back are those whose share
+of the labelled road pixels comes closest to the asked fraction between `MIN_SIDE_SHARE` and
+`MAX_VAL_SHARE` (a tile holding most of the roads never goes to validation).
 
 Figures are pooled over the whole validation area: pixel counts summed over its tiles (IoU,
 relaxed F1), and APLS averaged with each tile weighted by its labelled road length, so that
@@ -25,7 +24,8 @@ from roadseg_plugin.core.metrics import PixelCounts, pixel_counts
 
 from .datasets import Tile, load_tiles
 
-MIN_SIDE_SHARE = 0.15  # of the labelled road pixels, on each side of the split
+MIN_SIDE_SHARE = 0.15  # of the labelled road pixels, at least on each side of the split
+MAX_VAL_SHARE = 0.5  # validation never holds more than half of the drawn road
 UNDRAWN_PX = 10  # start-model roads farther than this from any drawn road count as undrawn
 REPLAY_VAL_TILES = 2
 KEYS = ("iou", "relaxed_f1", "apls")
@@ -43,27 +43,29 @@ def road_px(tiles: list[Tile]) -> int:
 
 def split_by_area(tiles: list[Tile], val_fraction: float) -> tuple[list[Tile], list[Tile]]:
     """(train, validation) by whole areas, validation's share of the road pixels as close to
-    `val_fraction` as the tiles allow with `MIN_SIDE_SHARE` on each side (see the module notes)."""
+    `val_fraction` as the tiles allow within `MIN_SIDE_SHARE`..`MAX_VAL_SHARE` (see the module notes)."""
     if len(tiles) < 2:
         raise ValueError("fine-tuning needs at least 2 labelled tiles")
     by_raster: dict[str, list[Tile]] = {}
     for t in sorted(tiles, key=lambda t: tile_place(t.name)):
         by_raster.setdefault(tile_place(t.name)[0], []).append(t)
-    order: list[Tile] = []  # the order validation takes tiles in: each raster's end, rasters in turn
-    queues = [list(reversed(group)) for group in by_raster.values()]
-    while queues:
-        queue = queues.pop(0)
-        order.append(queue.pop(0))
-        if queue:
-            queues.append(queue)
+    groups = [list(reversed(group)) for group in by_raster.values()]  # each raster from its end
     total = max(1, road_px(tiles))
-    best_n, best_gap = 1, np.inf
-    for n in range(1, len(order)):
-        share = road_px(order[:n]) / total
-        ok = MIN_SIDE_SHARE <= share <= 1 - MIN_SIDE_SHARE
-        gap = abs(share - val_fraction) + (0 if ok else 1)  # an unbalanced split only when nothing else is possible
-        if gap < best_gap:
-            best_n, best_gap = n, gap
+    best: tuple[float, list[Tile], int] = (np.inf, [], 1)
+    for first in range(len(groups)):  # rasters in turn, starting from each one
+        order, queues = [], [list(g) for g in groups[first:] + groups[:first]]
+        while queues:
+            queue = queues.pop(0)
+            order.append(queue.pop(0))
+            if queue:
+                queues.append(queue)
+        for n in range(1, len(order)):
+            share = road_px(order[:n]) / total
+            ok = MIN_SIDE_SHARE <= share <= MAX_VAL_SHARE
+            gap = abs(share - val_fraction) + (0 if ok else 1)  # unbalanced only when nothing else is possible
+            if gap < best[0] - 1e-12:
+                best = (gap, order, n)
+    _, order, best_n = best
     while best_n > 1 and not any((t.mask & t.valid).any() for t in order[best_n:]):
         best_n -= 1  # training keeps some road whatever the split
     val = order[:best_n]

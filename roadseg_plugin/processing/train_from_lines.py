@@ -41,10 +41,8 @@ class TrainFromLinesAlgorithm(RoadSegAlgorithm):
     INIT_MODEL = "INIT_MODEL"
     KEPT = "KEPT"
     SUMMARY = "SUMMARY"
-    EPOCHS = "EPOCHS"
+    MINUTES = "MINUTES"
     VAL_FRACTION = "VAL_FRACTION"
-    TILE = "TILE"
-    BATCH_SIZE = "BATCH_SIZE"
     DEVICE = "DEVICE"
     OUTPUT_MODEL = "OUTPUT_MODEL"
     OUTPUT_FOLDER = "OUTPUT_FOLDER"
@@ -90,16 +88,15 @@ class TrainFromLinesAlgorithm(RoadSegAlgorithm):
                                         fileFilter="RoadSeg checkpoint (*.pt)", defaultValue=str(BUNDLED_MODEL),
                                         optional=True),
              "the checkpoint to fine-tune; clear it to train a new model from scratch"),
-            (QgsProcessingParameterNumber(self.EPOCHS, self.tr("Epochs"), QgsProcessingParameterNumber.Integer, 20,
-                                          minValue=1), "passes over the training tiles"),
-            (QgsProcessingParameterNumber(self.VAL_FRACTION, self.tr("Validation fraction (of tiles)"),
-                                          QgsProcessingParameterNumber.Double, 0.2, minValue=0.01, maxValue=0.9),
-             "share of the tiles held back, whole, to pick the best epoch"),
-            (QgsProcessingParameterNumber(self.TILE, self.tr("Training crop size (px)"),
-                                          QgsProcessingParameterNumber.Integer, 256, minValue=32),
-             "size of the random crops the model trains on"),
-            (QgsProcessingParameterNumber(self.BATCH_SIZE, self.tr("Batch size"), QgsProcessingParameterNumber.Integer,
-                                          8, minValue=1), "crops per training step"),
+            (QgsProcessingParameterNumber(self.MINUTES, self.tr("Training time (minutes)"),
+                                          QgsProcessingParameterNumber.Double, 10.0, minValue=0.1, maxValue=1440.0),
+             "how long the model trains: random crops of the labelled tiles, as many steps as fit, the "
+             "learning rate lowered towards the end; 10 minutes on a laptop CPU teach it a new imagery "
+             "(crop size, batch and learning rate are chosen from the data and the start model)"),
+            (QgsProcessingParameterNumber(self.VAL_FRACTION, self.tr("Validation share (of the road drawn)"),
+                                          QgsProcessingParameterNumber.Double, 0.25, minValue=0.05, maxValue=0.6),
+             "whole areas holding about this share of the drawn roads are held back to measure the start and "
+             "the trained model; they are never trained on"),
             (QgsProcessingParameterEnum(self.DEVICE, self.tr(device["label"]), options=devices(),
                                         defaultValue=device["default"], usesStaticStrings=True), device["help"]),
             (QgsProcessingParameterFileDestination(self.OUTPUT_MODEL, self.tr("Trained model"),
@@ -136,7 +133,7 @@ class TrainFromLinesAlgorithm(RoadSegAlgorithm):
                 finetune = import_training("finetune")
                 return finetune.finetune_from_lines(finetune.FinetuneConfig(
                     rasters=rasters, lines=source_to_frame(lines_source), aoi=aoi, buffer_m=buffer_m, out=folder,
-                    init=config.init, epochs=config.epochs, batch_size=config.batch_size, crop=config.tile,
+                    init=config.init, minutes=config.minutes, val_fraction=config.val_fraction,
                     device=config.device, on_progress=config.on_progress, is_cancelled=config.is_cancelled))
             config.data = drawn_lines.make_label_dataset(rasters, source_to_frame(lines_source), scratch / "data",
                                                          buffer_m=buffer_m, aoi=aoi)
@@ -148,7 +145,7 @@ class TrainFromLinesAlgorithm(RoadSegAlgorithm):
                 outcome = in_python_thread(work)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        if feedback.isCanceled():
+        if feedback.isCanceled() and not getattr(outcome, "cancelled", False):
             raise QgsProcessingException(self.tr("Cancelled: no model was written"))
         from ..core.onnx_backend import copy_with_exports
 
@@ -159,6 +156,9 @@ class TrainFromLinesAlgorithm(RoadSegAlgorithm):
                 else:
                     feedback.pushInfo(message)
             feedback.pushInfo(outcome.summary())
+            if outcome.cancelled:
+                feedback.reportError(self.tr(f"Cancelled after {outcome.rounds} round(s): the best round so far was "
+                                             f"measured, and the {outcome.kept} model is written"), False)
             copy_with_exports(outcome.model, output_model)  # with its ONNX files: runs without torch too
             return {self.OUTPUT_MODEL: str(output_model), self.OUTPUT_FOLDER: str(folder), self.KEPT: outcome.kept,
                     self.SUMMARY: outcome.summary()}
@@ -177,10 +177,9 @@ class TrainFromLinesAlgorithm(RoadSegAlgorithm):
         init = self.parameterAsFile(parameters, self.INIT_MODEL, context) or None
         return train.TrainConfig(
             data=Path(), out=folder, init=Path(init) if init else None,
-            epochs=self.parameterAsInt(parameters, self.EPOCHS, context),
-            val_fraction=self.parameterAsDouble(parameters, self.VAL_FRACTION, context),
-            tile=self.parameterAsInt(parameters, self.TILE, context),
-            batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context), workers=0,  # no subprocesses in QGIS
+            minutes=self.parameterAsDouble(parameters, self.MINUTES, context), epochs=1_000_000, patience=1_000_000,
+            samples_per_epoch=128, val_fraction=self.parameterAsDouble(parameters, self.VAL_FRACTION, context),
+            batch_size=8, workers=0,  # no subprocesses in QGIS
             device=self.parameterAsEnumString(parameters, self.DEVICE, context),
             description=f"drawn lines over {', '.join(layer.name() for layer in layers)}",
             on_progress=self.progress(feedback, 5, 100), is_cancelled=feedback.isCanceled)

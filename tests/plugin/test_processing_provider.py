@@ -31,7 +31,7 @@ def test_provider_lists_its_algorithms(roadseg_provider) -> None:
      {"OUTPUT", "MASK_OUTPUT"}),
     ("vectorisemask", {"INPUT", "THRESHOLD", "MIN_LENGTH", "SPUR_LENGTH", "GAP", "TOLERANCE", "SMOOTH", "OUTPUT"},
      {"OUTPUT"}),
-    ("trainfromlines", {"RASTER", "LINES", "BUFFER", "AOI", "INIT_MODEL", "EPOCHS", "VAL_FRACTION", "OUTPUT_MODEL",
+    ("trainfromlines", {"RASTER", "LINES", "BUFFER", "AOI", "INIT_MODEL", "MINUTES", "VAL_FRACTION", "OUTPUT_MODEL",
                         "OUTPUT_FOLDER"}, {"OUTPUT_MODEL", "OUTPUT_FOLDER"}),
     ("evaluatemodel", {"MODEL", "RASTER", "LINES", "BUFFER", "REFERENCE_MASK", "DEVICE", "THRESHOLD", "OUTPUT_JSON"},
      {"OUTPUT_JSON", "IOU", "F1", "RELAXED_F1", "APLS"}),

@@ -20,8 +20,8 @@ def run(params: dict):
 
 
 def base_params(tmp_path: Path, rasters: list, lines, init: Path, **extra) -> dict:
-    return {"RASTER": [str(r) for r in rasters], "LINES": lines, "INIT_MODEL": str(init), "EPOCHS": 1,
-            "TILE": 64, "BATCH_SIZE": 8, "DEVICE": "cpu", "OUTPUT_MODEL": str(tmp_path / "out" / "tuned.pt"),
+    return {"RASTER": [str(r) for r in rasters], "LINES": lines, "INIT_MODEL": str(init), "MINUTES": 0.1,
+            "DEVICE": "cpu", "OUTPUT_MODEL": str(tmp_path / "out" / "tuned.pt"),
             "OUTPUT_FOLDER": str(tmp_path / "run"), **extra}
 
 
@@ -106,7 +106,7 @@ def test_real_tile_one_epoch(roadseg_provider, mass_tile, tiny_checkpoint, tmp_p
     assert len(centre_lines) > 0, "the crop has roads"
     lines = lines_layer([g.wkt for g in centre_lines.geometry], crs="EPSG:26919")
     assert lines.featureCount() == len(centre_lines)
-    result = run(base_params(tmp_path, [image], lines, tiny_checkpoint, TILE=128))
+    result = run(base_params(tmp_path, [image], lines, tiny_checkpoint))
     check_outputs(result, tmp_path, load_model(tiny_checkpoint)[1])
     history = (Path(result["OUTPUT_FOLDER"]) / "history.csv").read_text().splitlines()
     assert len(history) == 2 and np.isfinite(float(history[1].split(",")[1]))

@@ -13,13 +13,8 @@ from roadseg_plugin.core.params import BUNDLED_MODEL
 from roadseg_plugin.core.vectorise import vectorise_mask
 from tests.conftest import SHARED_DATA, draw_roads, needs_shared_data, road_image
 from training.datasets import Tile, load_tiles
-from training.finetune import (
-    FinetuneConfig,
-    finetune_from_lines,
-    measure,
-    split_by_area,
-    undrawn_share,
-)
+from training.finetune import FinetuneConfig, finetune_from_lines, measure
+from training.finetune_data import split_by_area, undrawn_share
 
 CRS = "EPSG:26986"
 
@@ -81,7 +76,7 @@ def test_undrawn_share_counts_predicted_roads_far_from_any_drawn_one():
 def test_finetune_flow_measures_before_and_after_and_reports(tmp_path, tiny_checkpoint):
     rasters, lines = drawn(tmp_path)
     result = finetune_from_lines(FinetuneConfig(rasters=rasters, lines=lines, out=tmp_path / "run",
-                                                init=tiny_checkpoint, label_tile=64, crop=64, epochs=2,
+                                                init=tiny_checkpoint, label_tile=64, crop=64, minutes=0.05, round_steps=4,
                                                 batch_size=4, device="cpu", keep_worse=True))
     assert result.kept == "tuned" and result.model == tmp_path / "run" / "finetuned.pt" and result.model.is_file()
     from roadseg_plugin.core.onnx_backend import checkpoint_digest
@@ -91,7 +86,9 @@ def test_finetune_flow_measures_before_and_after_and_reports(tmp_path, tiny_chec
     assert result.val_tiles and not set(result.val_tiles) & set(result.train_tiles)
     assert all({"iou", "relaxed_f1", "apls"} <= m.keys() for m in (result.start, result.tuned))
     assert not result.threshold_tuned and result.threshold == 0.5  # too little road to tune: the model's
-    assert result.frozen_encoder  # a few hundred road pixels: only the decoder learns
+    assert not result.frozen_encoder  # a start model that finds nothing: the whole model learns
+    assert any("unlike the start model's" in m for m in result.messages)
+    assert result.rounds >= 1 and result.steps >= 4 and not result.cancelled
     saved = json.loads((tmp_path / "run" / "finetune.json").read_text())
     assert saved["kept"] == "tuned" and saved["start"] == result.start
     log = (tmp_path / "run" / "train.log").read_text()
@@ -119,7 +116,7 @@ def test_a_worse_fine_tune_returns_the_start_model_and_says_so(tmp_path, tiny_ch
     save_checkpoint(start, model, meta)
     rasters, lines = drawn(tmp_path)
     config = FinetuneConfig(rasters=rasters, lines=lines, out=tmp_path / "run", init=start, label_tile=64,
-                            crop=64, epochs=1, device="cpu")
+                            crop=64, minutes=0.05, round_steps=2, device="cpu")
     result = finetune_from_lines(config)
     assert result.tuned["iou"] == 0.0 < result.start["iou"]
     assert result.kept == "start" and result.threshold == 0.01
@@ -150,7 +147,7 @@ def test_fifty_drawn_lines_on_real_tiles_never_make_held_out_tiles_worse(tmp_pat
     lines = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=CRS)
     held = [tiles[name] for name in ("10228660_15", "10378795_15", "10078720_15")]
     before, _ = measure(BUNDLED_MODEL, held)
-    result = finetune_from_lines(FinetuneConfig(rasters=rasters, lines=lines, out=tmp_path / "run", epochs=3,
+    result = finetune_from_lines(FinetuneConfig(rasters=rasters, lines=lines, out=tmp_path / "run", minutes=1,
                                                 device="cpu", replay=SHARED_DATA if replay else None))
     after, _ = measure(result.model, held)
     print(f"replay={replay} held-out before", {k: round(before[k], 4) for k in ("iou", "relaxed_f1", "apls")},
