@@ -76,8 +76,8 @@ def test_undrawn_share_counts_predicted_roads_far_from_any_drawn_one():
 def test_finetune_flow_measures_before_and_after_and_reports(tmp_path, tiny_checkpoint):
     rasters, lines = drawn(tmp_path)
     result = finetune_from_lines(FinetuneConfig(rasters=rasters, lines=lines, out=tmp_path / "run",
-                                                init=tiny_checkpoint, label_tile=64, crop=64, minutes=0.05, round_steps=4,
-                                                batch_size=4, device="cpu", keep_worse=True))
+                                                init=tiny_checkpoint, label_tile=64, crop=64, minutes=0.05,
+                                                round_steps=4, batch_size=4, device="cpu", keep_worse=True))
     assert result.kept == "tuned" and result.model == tmp_path / "run" / "finetuned.pt" and result.model.is_file()
     from roadseg_plugin.core.onnx_backend import checkpoint_digest
 
