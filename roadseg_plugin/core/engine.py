@@ -72,6 +72,7 @@ class SegmentResult:
     overlap: int
     seconds: float
     warnings: list[str] = field(default_factory=list)
+    radiometry_distance: float | None = None  # see `normalise.distance`; None when not measured
 
 
 @dataclass
@@ -118,7 +119,9 @@ def make_normaliser(reader: RasterReader, meta: ModelMeta, bands: list[int]) -> 
     source = _DataOnly(reader) if reader.dtype == "uint8" else reader
     limits = band_stretch(source, bands, radiometry.low, radiometry.high)
     stretch = choose_stretch(meta, reader.dtype, limits, reader.name)
-    return InputNormaliser(meta, reader.dtype, stretch.source, stretch.target), stretch.notes
+    normaliser = InputNormaliser(meta, reader.dtype, stretch.source, stretch.target)
+    normaliser.distance = stretch.distance  # the "unlike the model's imagery" advice reads it
+    return normaliser, stretch.notes
 
 
 def window_tiles(grid: TileGrid, window: Window4 | None = None) -> tuple[list[int], list[int]]:
@@ -342,7 +345,8 @@ def segment_raster(src: str | os.PathLike | RasterReader, dst: str | os.PathLike
         return SegmentResult(dst, reader.width, reader.height, reader.crs, reader.transform,
                              getattr(reader, "gsd_m", None), loaded.name, loaded.device, threshold, tile, overlap,
                              time.perf_counter() - start,
-                             list(getattr(reader, "warnings", [])) + notes + loaded.notes + runner.notes)
+                             list(getattr(reader, "warnings", [])) + notes + loaded.notes + runner.notes,
+                             normaliser.distance)
     finally:
         if reader is not src:
             reader.close()  # type: ignore[union-attr]  # only readers opened here

@@ -195,6 +195,7 @@ class Stretch:
     source: np.ndarray | None = None
     target: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)
+    distance: float | None = None  # how far the raster's ranges lie from the training range (8-bit, "auto")
 
 
 def choose_stretch(meta: ModelMeta, dtype: str, limits: np.ndarray | None, name: str = "raster") -> Stretch:
@@ -218,11 +219,11 @@ def choose_stretch(meta: ModelMeta, dtype: str, limits: np.ndarray | None, name:
                                         f"model's training range ({goal})"])
     far = distance(limits, target, radiometry.tolerance)
     if radiometry.mode == "auto" and far <= radiometry.auto_distance:
-        return Stretch()
+        return Stretch(distance=far)
     why = (f"far from the model's training imagery (distance {far:.2f} > {radiometry.auto_distance:g})"
            if radiometry.mode == "auto" else "normalisation 'always'")
     return Stretch(limits, target, [f"{name}: band ranges ({pct}: {shown}) {why}; mapped per band onto the "
-                                    f"training range ({goal})"])
+                                    f"training range ({goal})"], far)
 
 
 def stretch_values(raw: np.ndarray, source: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -308,6 +309,7 @@ class InputNormaliser:
         if stretch is not None and target is None:
             target = choose_stretch(meta, "float32", stretch).target  # the model's range for stretched values
         self.meta = meta
+        self.distance: float | None = None  # set by the engine: how far the raster lies from the training range
         self.stretch = None if stretch is None else np.asarray(stretch, np.float32)
         self.target = None if target is None else np.asarray(target, np.float32)
         self.lut = None

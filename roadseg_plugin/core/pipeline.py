@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .advice import unfamiliar_imagery
 from .atomic import dataset_file, remove_stale_temporaries, same_file, temporary_folder
 from .errors import Cancelled, OutputError, RoadSegError
 from .params import (
@@ -228,7 +229,15 @@ def extract_roads(source: Source, lines_out: str | os.PathLike | None, params: I
         _commit(lines, lines_path, vectorise_params, staged, prob_path)
     if on_progress is not None:
         on_progress(1.0)
-    return RoadsResult(lines, lines_path, prob_path, segment, segment.threshold, list(segment.warnings))
+    advice = unfamiliar_imagery(float(lines["length_m"].sum()) / 1000 if len(lines) else 0.0,
+                                _area_km2(segment), segment.radiometry_distance)
+    warnings = ([advice] if advice else []) + list(segment.warnings)  # first: the dialog's message bar shows one
+    return RoadsResult(lines, lines_path, prob_path, segment, segment.threshold, warnings)
+
+
+def _area_km2(segment: SegmentResult) -> float | None:
+    """The ground area the engine predicted, from its grid (None without a pixel size)."""
+    return segment.width * segment.height * segment.gsd_m**2 / 1e6 if segment.gsd_m else None
 
 
 def _reading(source: Source, params: InferenceParams) -> dict[str, Any]:
