@@ -76,7 +76,6 @@ def compare(tile: Tile, gsd_m: float, kind: str, model: str | Path | None = None
     return counts[0], counts[1]
 
 
-
 def road_crop(tile: Tile, size: int = 512) -> Tile:
     """The `size` px window of `tile` (on a half-size grid) with the most labelled road among
     the fully valid ones (else the most valid): a crop worth segmenting."""
