@@ -24,6 +24,7 @@ demo: setup
 bench: setup
 	$(PY) -m bench
 	$(PY) -m bench region
+	$(PY) -m bench train
 
 evaluate: setup
 	$(PY) -m training evaluate --data $(DATA) --json out.json

@@ -1,5 +1,6 @@
 """`python -m bench [--size N] [--device auto] [--json PATH] [--model M]`: engine benchmarks.
-(`python -m bench region ...`: region runs on Dask workers, see bench/region.py.)
+(`python -m bench region ...`: region runs on Dask workers, see bench/region.py;
+`python -m bench train`: CPU training crops/s, see bench/train.py.)
 
 Builds a synthetic N x N georeferenced RGB GeoTIFF and reports, in input-raster Mpx/s:
 reading + normalising alone, the model alone (the backend the engine picks, plus torch and fp32
@@ -64,6 +65,10 @@ def run(size: int, device: str, model: Path | None, work: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if (sys.argv[1:] if argv is None else argv)[:1] == ["train"]:  # `python -m bench train`: see bench/train.py
+        from .train import main as train_main
+
+        return train_main((sys.argv[1:] if argv is None else argv)[1:])
     if (sys.argv[1:] if argv is None else argv)[:1] == ["region"]:  # `python -m bench region`: see bench/region.py
         from .region import main as region_main
 
