@@ -126,7 +126,8 @@ def run(steps: int, batch: int = 16, tile: int = 256) -> dict:
     speeds = {s.name: batch / statistics.median(s.seconds) for s in configs}
     reference = speeds["fp32_nchw"]
     out = {"cpu_flags": cpu_flags(), "threads": torch.get_num_threads(), "batch": batch, "tile": tile,
-           "steps": steps, "data_crops_s": None, "trainer_uses": "bf16_channels_last" if picked else "fp32_channels_last"}
+           "steps": steps, "data_crops_s": None,
+           "trainer_uses": "bf16_channels_last" if picked else "fp32_channels_last"}
     data = data_speed(batch, tile, 2)
     out["data_crops_s"] = None if data is None else round(data, 1)
     for name, value in speeds.items():

@@ -26,7 +26,7 @@ from rasterio.transform import from_origin
 from skimage.morphology import skeletonize
 
 from roadseg_plugin.core.metrics import PixelCounts
-from roadseg_plugin.core.params import BUNDLED_MODEL, read_model_info
+from roadseg_plugin.core.params import BUNDLED_MODEL, FINETUNE_MINUTES, ROAD_HALF_WIDTH_M, read_model_info
 
 from .datasets import Tile, load_tiles
 from .robustness import CRS, ORIGIN, Case, score_case, validation_stems, write_case
@@ -59,7 +59,7 @@ def road_half_width_m(tiles: list[Tile], gsd_m: float) -> float:
     area = sum(int((t.mask & t.valid).sum()) for t in tiles)
     length = sum(int(skeletonize(t.mask & t.valid).sum()) for t in tiles)
     if not length:
-        return 3.5
+        return ROAD_HALF_WIDTH_M
     # skeleton pixels undercount a diagonal road's length by up to sqrt(2): 1.1 on average
     return max(0.5, round(area / (length * 1.1) * gsd_m / 2 * 2) / 2)
 
@@ -129,7 +129,7 @@ def adapt_set(adapt: AdaptSet, model: Path, minutes: float, labelled: int = 8, s
             "val_start": result.start, "val_tuned": result.tuned}
 
 
-def run_bench(sets: list[AdaptSet], model: Path | None = None, minutes: float = 10.0, labelled: int = 8,
+def run_bench(sets: list[AdaptSet], model: Path | None = None, minutes: float = FINETUNE_MINUTES, labelled: int = 8,
               seed: int = 0, on_row: Callable[[dict], None] | None = None) -> list[dict]:
     rows = []
     for adapt in sets:

@@ -17,53 +17,34 @@ from pathlib import Path
 
 from roadseg_plugin.cli import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_TERMINATED, Terminated
 from roadseg_plugin.core.errors import RoadSegError
+from roadseg_plugin.core.params import FINETUNE_MINUTES, ROAD_HALF_WIDTH_M
 
 
 def _train_parser(sub: argparse._SubParsersAction) -> None:
+    """`train`'s options, generated from `TrainConfig`'s fields: their one default, help and choices."""
+    from .config import cli_options
+
     p = sub.add_parser("train", help="train a U-Net; writes best.pt, last.pt, plots and logs to --out")
-    p.add_argument("--data", type=Path, help="folder with images/ and masks/ (or --source, or both)")
-    p.add_argument("--source", dest="sources", action="append", default=[], type=_source, metavar="NAME=DIR[,...]",
-                   help="a labelled set with its pixel size, held-out tiles and share of the crops (repeatable): "
-                   "NAME=DIR[,gsd=METRES][,val=N][,weight=W][,labels=as-is|centreline][,nodata=white|black]"
-                   "[,role=train|val]; role=val sets are validated, never trained on")
-    p.add_argument("--p-nodata", type=float, help="share of crops given a synthetic no-data border or hole "
-                   "(default: the recipe's, 0; robust 0.3)")
-    val = p.add_mutually_exclusive_group()
-    val.add_argument("--val", type=Path, help="separate validation folder")
-    val.add_argument("--val-fraction", type=float, default=0.15, help="tiles held out for validation")
-    p.add_argument("--out", type=Path, required=True, help="run folder")
-    p.add_argument("--epochs", type=int, default=200)
-    p.add_argument("--patience", type=int, default=15)
-    p.add_argument("--tile", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=16,
-                   help="crops per optimiser step over all processes: under torchrun --nproc-per-node N each "
-                   "process trains on batch-size / N (a multiple of N), so runs with the same value compare")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--init", type=Path, help="fine-tune from this checkpoint")
-    p.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
-    p.add_argument("--seed", type=int, default=0, help="seed of weights init and crops")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the train/validation tile split")
-    p.add_argument("--max-minutes", type=float, help="stop before this wall-clock budget is spent")
-    p.add_argument("--no-augment", dest="augment", action="store_false")
-    p.add_argument("--scale-jitter", type=float, help="random zoom range, 0 disables (default: the recipe's, 0.25; "
-                   "robust 1.0 = 0.5-2x)")
-    p.add_argument("--samples-per-epoch", type=int, help="crops per epoch (default: train area / tile^2)")
-    p.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
-    p.add_argument("--base-channels", type=int, default=16)
-    p.add_argument("--depth", type=int, default=4)
-    p.add_argument("--infer-tile", type=int, default=512, help="tile size stored for whole-tile prediction")
-    p.add_argument("--overlap", type=int, default=32, help="tile overlap for whole-tile prediction")
-    p.add_argument("--gsd", type=float, help="metres per pixel of the data (default: from the rasters, else 1.0)")
-    p.add_argument("--skip-bad", action="store_true", help="warn about and skip unusable pairs")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (helps on CUDA)")
-    p.add_argument("--recipe", default="default", choices=("default", "robust"),
-                   help="robust: strong photometric augmentation + style transfer, scale jitter 0.5-2x, "
-                   "BCE+Dice+clDice, radiometric normalisation auto (see the model card)")
-    p.add_argument("--loss", choices=("bce_dice", "bce_cldice", "bce_lovasz"), help="default: the recipe's")
-    p.add_argument("--normalisation", choices=("off", "auto", "always"),
-                   help="radiometric normalisation stored in a new model (default: the recipe's, off / robust auto)")
-    p.add_argument("--freeze-encoder", action="store_true", help="train only the decoder and head")
+    for flag, f in cli_options():
+        kind, meta = str(f.type), f.metadata
+        plain = f.default is None or isinstance(f.default, bool) or f.default == "" or "list" in kind
+        shown = "" if plain else f" (default {f.default})"
+        kw: dict = {"dest": f.name, "help": meta["help"] + shown, "default": argparse.SUPPRESS}
+        if kind == "bool":
+            if f.default:  # on by default: the flag turns it off
+                flag, kw["action"] = f"--no-{f.name.replace('_', '-')}", "store_false"
+            else:
+                kw["action"] = "store_true"
+        elif "list" in kind:
+            kw.update(action="append", type=_source, metavar="NAME=DIR[,...]")
+        else:
+            kw["type"] = Path if "Path" in kind else int if kind.startswith("int") else \
+                float if kind.startswith("float") else str
+            if meta["choices"]:
+                kw["choices"] = meta["choices"]()
+            if meta["required"]:
+                kw["required"] = True
+        p.add_argument(flag, **kw)
 
 
 def _source(text: str) -> object:
@@ -120,8 +101,10 @@ def _finetune_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lines", type=Path, required=True, help="road centre lines (any OGR format, any CRS)")
     p.add_argument("--out", type=Path, required=True, help="run folder; receives finetuned.pt")
     p.add_argument("--model", type=Path, help="start model (default: the bundled one)")
-    p.add_argument("--minutes", type=float, default=10.0, help="training time in minutes (default 10)")
-    p.add_argument("--half-width", type=float, default=3.5, help="road half-width in metres the lines are buffered by")
+    p.add_argument("--minutes", type=float, default=FINETUNE_MINUTES,
+                   help=f"training time in minutes (default {FINETUNE_MINUTES:g})")
+    p.add_argument("--half-width", type=float, default=ROAD_HALF_WIDTH_M,
+                   help=f"road half-width in metres the lines are buffered by (default {ROAD_HALF_WIDTH_M:g})")
     p.add_argument("--aoi", type=Path, help="polygons where every road was drawn (default: the images' extent)")
     p.add_argument("--replay", type=Path, help="the start model's training data (images/ + masks/), mixed in")
     p.add_argument("--keep-worse", action="store_true", help="keep the fine-tuned model even when it is worse")
@@ -134,7 +117,7 @@ def _adapt_parser(sub: argparse._SubParsersAction) -> None:
                        "score the rest through the engine, before and after")
     p.add_argument("--data", type=Path, default=Path("../shared/data"), help="the shared data folder")
     p.add_argument("--model", type=Path, help="start model (default: the bundled one)")
-    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--minutes", type=float, default=FINETUNE_MINUTES)
     p.add_argument("--labelled", type=int, default=8, help="tiles digitised per set")
     p.add_argument("--sets", help="comma-separated names (default all: web-basemap-us, shanghai, japan, mass-extra)")
     p.add_argument("--json", type=Path, help="write the rows to this JSON file")
@@ -179,8 +162,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .distributed import is_main
     from .train import RUN_FILES, TrainConfig, train_model
 
-    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k not in ("command", "func", "gsd")},
-                      gsd_m=args.gsd)
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k not in ("command", "func")})
     trainer = train_model(cfg)  # checks everything first; writes train.log itself
     if is_main():  # under torchrun: the one process that wrote the run folder
         written = [name for name in (*RUN_FILES, "train.log") if (args.out / name).exists()]

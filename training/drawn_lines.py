@@ -32,6 +32,7 @@ from rasterio.windows import Window
 
 from roadseg_plugin.core.errors import DatasetError
 from roadseg_plugin.core.gsd import pixel_size_m
+from roadseg_plugin.core.params import ROAD_HALF_WIDTH_M
 from roadseg_plugin.core.readers import GSD_TOLERANCE
 
 if TYPE_CHECKING:
@@ -73,7 +74,7 @@ def buffer_metres(lines: gpd.GeoSeries, buffer_m: float, crs: CRS | None) -> gpd
 
 
 def rasterise_lines(lines: gpd.GeoDataFrame, shape: tuple[int, int], transform: Affine, crs: CRS | None,
-                    buffer_m: float = 3.5) -> np.ndarray:
+                    buffer_m: float = ROAD_HALF_WIDTH_M) -> np.ndarray:
     """Boolean (H, W) road mask: `lines` (any CRS) buffered by `buffer_m` metres on the raster grid."""
     if buffer_m <= 0:
         raise DatasetError("", f"buffer {buffer_m} m must be positive", "give the road half-width in metres")
@@ -192,7 +193,7 @@ def _write_tile(lab: _Labelled, win: Window, name: str, out: Path) -> None:
 
 
 def make_label_dataset(rasters: list[str | Path], lines: gpd.GeoDataFrame, out_dir: str | Path,
-                       buffer_m: float = 3.5, aoi: gpd.GeoDataFrame | None = None, tile: int = 512,
+                       buffer_m: float = ROAD_HALF_WIDTH_M, aoi: gpd.GeoDataFrame | None = None, tile: int = 512,
                        gsd_m: float | None = None) -> Path:
     """Cut `rasters` into labelled training tiles under `out_dir/images` and `out_dir/masks`.
 

@@ -37,6 +37,17 @@ def evaluate_tiles(tiles: list[Tile], predict: Callable[[np.ndarray, np.ndarray]
             "per_tile": per_tile}
 
 
+def predict_whole(image: np.ndarray, valid: np.ndarray | None, meta: ModelMeta,
+                  run: Callable[[np.ndarray], np.ndarray], batch_size: int = 4) -> np.ndarray:
+    """The one whole-tile predictor (evaluation, validation during training, fine-tuning):
+    the engine's normalisation, no-data as 0 after it, tiles of the model's size blended.
+    `run` maps a (N, C, t, t) batch to (N, t, t) probabilities."""
+    x = normalise(image, meta, valid)
+    if valid is not None:
+        x[:, ~valid] = 0.0
+    return predict_array(x, run, meta.tile, meta.overlap, batch_size)
+
+
 def tile_predictor(model_path: str | Path | None, device: str = "auto", backend: str = "auto",
                    batch_size: int = 4) -> tuple[Callable[[np.ndarray, np.ndarray | None], np.ndarray], ModelMeta]:
     """(predict(image, valid) -> probabilities, meta) of a model file for whole in-memory tiles:
@@ -50,10 +61,7 @@ def tile_predictor(model_path: str | Path | None, device: str = "auto", backend:
     meta = runner.meta
 
     def predict(image: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
-        x = normalise(image, meta, valid)
-        if valid is not None:
-            x[:, ~valid] = 0.0
-        return predict_array(x, runner.predict, meta.tile, meta.overlap, batch_size)
+        return predict_whole(image, valid, meta, runner.predict, batch_size)
 
     return predict, meta
 

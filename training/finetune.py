@@ -35,10 +35,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from roadseg_plugin.core.backends import resolve_device
 from roadseg_plugin.core.checkpoint import load_model, save_checkpoint
 from roadseg_plugin.core.metrics import best_threshold
 from roadseg_plugin.core.onnx_backend import copy_with_exports, remove_stale_exports
-from roadseg_plugin.core.params import BUNDLED_MODEL
+from roadseg_plugin.core.params import BUNDLED_MODEL, FINETUNE_MINUTES, FINETUNE_VAL_SHARE, ROAD_HALF_WIDTH_M
 
 from .datasets import Tile, load_tiles
 from .drawn_lines import make_label_dataset
@@ -81,10 +82,10 @@ class FinetuneConfig:
     out: Path
     init: Path | None = None  # the start model; None: the bundled one
     aoi: gpd.GeoDataFrame | None = None
-    buffer_m: float = 3.5  # road half-width of the drawn lines
+    buffer_m: float = ROAD_HALF_WIDTH_M  # road half-width of the drawn lines
     label_tile: int = 512
-    val_fraction: float = 0.25  # of the labelled road pixels
-    minutes: float = 10.0  # training time (the rounds' validation included)
+    val_fraction: float = FINETUNE_VAL_SHARE  # of the labelled road pixels
+    minutes: float = FINETUNE_MINUTES  # training time (the rounds' validation included)
     lr: float | None = None
     batch_size: int | None = None
     crop: int | None = None
@@ -163,7 +164,8 @@ def plan(cfg: FinetuneConfig, start: dict[str, float], train_road: int, tile_sid
     multiple = 2**depth
     side = int(np.median(tile_sides)) if tile_sides else 256
     crop = max(multiple * 4, min(256, side // multiple * multiple))
-    batch = 16 if device.startswith("cuda") else 8
+    cuda = device.startswith("cuda") or (device == "auto" and resolve_device("auto").type == "cuda")
+    batch = 16 if cuda else 8
     out = Plan(cfg.lr or lr, freeze if cfg.freeze_encoder is None else cfg.freeze_encoder,
                share if cfg.replay_share is None else cfg.replay_share, cfg.batch_size or batch, cfg.crop or crop,
                reasons)
@@ -201,7 +203,7 @@ def finetune_from_lines(cfg: FinetuneConfig) -> FinetuneResult:
         messages.append(message)
         log.info(message)
 
-    device = "cpu" if cfg.device == "auto" else cfg.device  # the torch device: measure and train alike
+    device = cfg.device  # "auto": CUDA when present, for measuring and training alike (`resolve_device`)
     with tempfile.TemporaryDirectory(prefix="roadseg_finetune_") as tmp:
         scratch = Path(tmp)
         labels = make_label_dataset(cfg.rasters, cfg.lines, scratch / "labels", buffer_m=cfg.buffer_m, aoi=cfg.aoi,

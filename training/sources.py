@@ -26,6 +26,7 @@ from skimage.morphology import skeletonize
 from torch.nn import functional as F  # noqa: N812 - PyTorch's own convention
 
 from roadseg_plugin.core.errors import ParamError
+from roadseg_plugin.core.params import ROAD_HALF_WIDTH_M
 from roadseg_plugin.core.readers import GSD_TOLERANCE
 
 from .datasets import Tile, load_tiles, split_tiles
@@ -33,10 +34,10 @@ from .datasets import Tile, load_tiles, split_tiles
 LABEL_STYLES = ("as-is", "centreline")
 NODATA_STYLES = ("white", "black")
 ROLES = ("train", "val")
-# The road width every label means at the model's resolution: the half-width the drawn-lines
-# labels use by default (`drawn_lines.rasterise_lines`, 3.5 m), which is also the width of the
-# Massachusetts labels (their skeleton buffered by 3 px at 1 m keeps their pixel count, 0.999).
-LABEL_HALF_WIDTH_M = 3.5
+# The road width every label means at the model's resolution: the drawn-lines labels' default
+# half-width, which is also the width of the Massachusetts labels (their skeleton buffered by
+# 3 px at 1 m keeps their pixel count, 0.999).
+LABEL_HALF_WIDTH_M = ROAD_HALF_WIDTH_M
 
 
 @dataclass(frozen=True)

@@ -10,186 +10,33 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from roadseg_plugin.core.atomic import same_file
 from roadseg_plugin.core.backends import resolve_device
 from roadseg_plugin.core.checkpoint import ModelMeta, load_model
-from roadseg_plugin.core.errors import CheckpointError, DatasetError, OutputError, ParamError, RoadSegError
-from roadseg_plugin.core.normalise import MODES, NORMALISATION_KEY
-from roadseg_plugin.core.params import DEVICES, read_model_info
+from roadseg_plugin.core.errors import DatasetError, ParamError, RoadSegError
+from roadseg_plugin.core.normalise import NORMALISATION_KEY
+from roadseg_plugin.core.params import read_model_info
 from roadseg_plugin.core.unet import build_model
 
 from . import distributed
 from .augment import RobustAugment, band_quantiles
 from .callbacks import CSVLogger, EarlyStopping, LossPlot, ModelCheckpoint, PredictionGif
+from .config import TrainConfig, recipe_option
 from .datasets import RandomCropDataset, Tile, band_stats, load_tiles, normalised_tiles, radiometry_stats, split_tiles
-from .losses import LOSSES, Loss
-from .sources import Source, crop_weights, load_sources
+from .losses import LOSSES
+from .sources import crop_weights, load_sources
 from .trainer import FitConfig, Trainer
 
 log = logging.getLogger(__name__)
 RUN_FILES = ("best.pt", "last.pt", "history.csv", "loss.png", "predictions.gif", "metrics.json")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
-
-
-def _whole(name: str, value: object, least: int, fix: str = "", optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-        raise ParamError(name, value, "must be a whole number", fix)
-    if value < least:
-        raise ParamError(name, value, f"must be at least {least}", fix)
-
-
-def _positive(name: str, value: float | None, fix: str, zero_ok: bool = False) -> None:
-    """None (unset) or a finite number > 0 (>= 0 with `zero_ok`); NaN and infinity are refused."""
-    if value is None:
-        return
-    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
-        problem = "must be a finite number, 0 or more" if zero_ok else "must be a finite number greater than 0"
-        raise ParamError(name, value, problem, fix)
-
-
-@dataclass
-class TrainConfig:
-    """Every option of a run; `validate` checks them all before anything is read or written."""
-
-    data: Path | None
-    out: Path
-    val: Path | None = None
-    val_fraction: float = 0.15
-    epochs: int = 200
-    patience: int = 15
-    tile: int = 256
-    infer_tile: int = 512
-    overlap: int = 32
-    batch_size: int = 16
-    lr: float = 1e-3
-    device: str = "auto"
-    init: Path | None = None
-    resume: bool = False
-    seed: int = 0
-    split_seed: int = 0  # separate from `seed`, so a continued run keeps the same validation tiles
-    max_minutes: float | None = None
-    minutes: float | None = None  # a training time: rounds of samples_per_epoch crops, as many as fit
-    augment: bool = True
-    scale_jitter: float | None = None  # None: the recipe's (0.25, robust 1.0: crops zoomed 0.5-2x)
-    samples_per_epoch: int | None = None
-    workers: int = 1
-    base_channels: int = 16
-    depth: int = 4
-    upsampling: str = "bilinear"
-    skip_bad: bool = False
-    compile: bool = False
-    gsd_m: float | None = None
-    recipe: str = "default"  # "robust": see RECIPES
-    loss: str | None = None  # a name in losses.LOSSES; None: the recipe's
-    normalisation: str | None = None  # radiometric normalisation mode of a new model; None: the recipe's
-    freeze_encoder: bool = False  # train only the decoder and head (fine-tuning on few labels)
-    sources: list[Source] = field(default_factory=list)  # several sets (sources.Source); `data` adds one more
-    p_nodata: float | None = None  # share of crops given a synthetic no-data border or hole; None: the recipe's
-    description: str = ""
-    callbacks: list = field(default_factory=list)
-    on_progress: Callable[[float], None] | None = None
-    is_cancelled: Callable[[], bool] | None = None
-
-    def validate(self) -> None:
-        """Refuse what cannot make a good run, before anything is read or written.
-
-        Raises:
-            ParamError: an option out of range, named with its value and a fix
-                (`tile 250: must be a multiple of 16 for a depth-4 U-Net; e.g. 256`).
-            OutputError: the run folder is, or is inside, the data, or cannot be made; the run
-                would replace its own `init` model.
-            CheckpointError: `resume` without RUN/last.pt; a missing or damaged `init` model.
-        """
-        for name, least, fix in (("epochs", 1, "e.g. 50"), ("patience", 1, "e.g. 15"), ("batch_size", 1, "e.g. 16"),
-                                 ("workers", 0, "0 loads the data in the main process"),
-                                 ("base_channels", 1, "e.g. 16"), ("depth", 1, "e.g. 4")):
-            _whole(name, getattr(self, name), least, fix)
-        distributed.check_batch_size(self.batch_size)  # the global batch, shared by torchrun's processes
-        _whole("samples_per_epoch", self.samples_per_epoch, 1, "or leave it unset for the train area / tile^2",
-               optional=True)
-        _positive("lr", self.lr, "e.g. 0.001")
-        _positive("max_minutes", self.max_minutes, "or leave it unset for no time limit")
-        _positive("minutes", self.minutes, "a training time, e.g. 10; or leave it unset to train by epochs")
-        _positive("scale_jitter", self.scale_jitter, "e.g. 0.25; 0 disables it", zero_ok=True)
-        for name, value, valid in (("recipe", self.recipe, RECIPES), ("loss", self.loss, LOSSES),
-                                   ("normalisation", self.normalisation, MODES)):
-            if value is not None and value not in valid:
-                raise ParamError(name, value, f"is not one of {', '.join(valid)}")
-        _positive("gsd_m", self.gsd_m, "metres per pixel, e.g. 0.5; or leave it unset")
-        if self.p_nodata is not None and not 0 <= self.p_nodata <= 1:
-            raise ParamError("p_nodata", self.p_nodata, "must lie between 0 and 1", "e.g. 0.3")
-        if self.data is None and not self.sources:
-            raise ParamError("data", None, "no training data given", "pass --data DIR or --source NAME=DIR")
-        for source in self.sources:
-            source.check()
-        if not any(s.role == "train" for s in self.sources) and self.data is None:
-            raise ParamError("source", ",".join(s.name for s in self.sources), "only role=val sets given",
-                             "add a training set")
-        if not 0 < self.val_fraction < 1:  # also NaN
-            raise ParamError("val_fraction", self.val_fraction, "must lie strictly between 0 and 1", "e.g. 0.15")
-        if str(self.device) not in DEVICES and not str(self.device).startswith("cuda:"):
-            raise ParamError("device", self.device, f"is not one of {', '.join(DEVICES)}")
-        # fine-tuning keeps the start model's architecture, so its depth decides the tile sizes
-        depth = self.depth if self.init is None else read_model_info(self.init).depth
-        multiple = 2**depth
-        for name in ("tile", "infer_tile"):
-            value = getattr(self, name)
-            _whole(name, value, multiple, f"e.g. {multiple * 16}")
-            if value % multiple:
-                raise ParamError(name, value, f"must be a multiple of {multiple} for a depth-{depth} U-Net",
-                                 f"e.g. {max(multiple, round(value / multiple) * multiple)}")
-        _whole("overlap", self.overlap, 0, "e.g. 32")
-        if not self.overlap < self.infer_tile // 2:
-            raise ParamError("overlap", self.overlap, f"must be less than half the infer_tile ({self.infer_tile})",
-                             f"e.g. {self.infer_tile // 16}")
-        self._check_paths()
-
-    def _check_paths(self) -> None:
-        out = Path(self.out)
-        real = out.resolve()  # after symlinks and `..`: the folder the files would really land in
-        folders = [("data", self.data), ("val", self.val), *((f"source {s.name}", s.path) for s in self.sources)]
-        for role, folder in folders:
-            if folder is not None and (real == Path(folder).resolve() or Path(folder).resolve() in real.parents):
-                raise OutputError(out, f"the run folder is, or is inside, the {role} folder {folder}",
-                                  "choose a run folder (--out) outside the dataset; a run never writes into its data")
-        existing = next(p for p in (real, *real.parents) if p.exists())
-        if not existing.is_dir():
-            raise OutputError(out, f"{existing} is a file, not a folder", "choose another run folder")
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise OutputError(out, f"cannot write in {existing}", "choose a run folder you can write to")
-        if self.resume and not (out / "last.pt").is_file():
-            raise CheckpointError(out / "last.pt", "not found, so there is no run to resume",
-                                  "drop --resume to start a new run, or give the --out of the run to continue")
-        for name in ("best.pt", "last.pt"):
-            if self.init is not None and same_file(Path(self.init), out / name):
-                raise OutputError(out / name, "is the start model (--init) and this run would replace it",
-                                  "copy it out of the run folder first, or choose another --out")
-
-
-# What `--recipe` changes; explicit options win. "robust": strong photometric augmentation with
-# histogram-matching style transfer (augment.RobustAugment), scale jitter 0.5-2x, BCE + Dice +
-# clDice, and radiometric normalisation "auto" (normalise.Radiometry) for a new model.
-RECIPES: dict[str, dict[str, Any]] = {
-    "default": {"scale_jitter": 0.25, "loss": "bce_dice", "normalisation": "off", "p_nodata": 0.0},
-    "robust": {"scale_jitter": 1.0, "loss": "bce_cldice", "normalisation": "auto", "p_nodata": 0.3},
-}
-
-
-def recipe_option(cfg: TrainConfig, name: str) -> Any:
-    """`cfg`'s option, or its recipe's when unset (None)."""
-    value = getattr(cfg, name)
-    return RECIPES[cfg.recipe][name] if value is None else value
 
 
 def _augmentation(cfg: TrainConfig, tiles: list[Tile]) -> bool | Callable:
@@ -343,7 +190,8 @@ def _make_trainer(cfg: TrainConfig, model: torch.nn.Module, meta: ModelMeta, tra
                  CSVLogger(out / "history.csv"), LossPlot(out / "loss.png"),
                  PredictionGif(out / "predictions.gif", size=min(cfg.tile, 256)), *cfg.callbacks]
     fit = FitConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, workers=cfg.workers,
-                    max_minutes=cfg.max_minutes, minutes=cfg.minutes, compile=cfg.compile, on_progress=cfg.on_progress,
+                    max_minutes=cfg.max_minutes, minutes=cfg.minutes, compile=cfg.compile,
+                    loss=LOSSES[recipe_option(cfg, "loss")], on_progress=cfg.on_progress,
                     is_cancelled=cfg.is_cancelled)
     watch_only = {s.name for s in cfg.sources if s.role == "val"}
     trainer = Trainer(model, meta, data, [t for t in val_tiles if t.source not in watch_only], out, fit, device,
@@ -354,23 +202,6 @@ def _make_trainer(cfg: TrainConfig, model: torch.nn.Module, meta: ModelMeta, tra
     log.info("training on %s: %d train tiles (%d crops/epoch), %d val tiles; recipe %s, loss %s", device,
              len(train_tiles), length, len(val_tiles), cfg.recipe, recipe_option(cfg, "loss"))
     return trainer
-
-
-@contextmanager
-def _training_loss(loss: Loss) -> Iterator[None]:
-    """The loss `Trainer.train_epoch` minimises, for the duration of a fit.
-
-    The trainer calls `masked_bce_dice` by name; until `FitConfig` takes a loss this swaps that
-    name in the trainer's module (one fit at a time: the QGIS algorithm and the CLI run one).
-    """
-    from . import trainer as trainer_module
-
-    before = trainer_module.masked_bce_dice
-    trainer_module.masked_bce_dice = loss
-    try:
-        yield
-    finally:
-        trainer_module.masked_bce_dice = before
 
 
 def train_model(cfg: TrainConfig) -> Trainer:
@@ -408,8 +239,7 @@ def _train(cfg: TrainConfig, device: torch.device) -> Trainer:
     try:
         with _logging_to(handler):
             trainer = _make_trainer(cfg, model, meta, train_tiles, val_tiles, device)
-            with _training_loss(LOSSES[recipe_option(cfg, "loss")]):
-                trainer.fit()
+            trainer.fit()
     except BaseException as exc:
         _log_end(handler, cfg, trainer, exc)
         raise
@@ -418,3 +248,6 @@ def _train(cfg: TrainConfig, device: torch.device) -> Trainer:
     finally:
         handler.close()
     return trainer
+
+
+__all__ = ["RUN_FILES", "TrainConfig", "train_model"]

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import astuple, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,22 +24,21 @@ from tqdm import tqdm
 
 from roadseg_plugin.core.checkpoint import ModelMeta, read_checkpoint, save_checkpoint
 from roadseg_plugin.core.errors import CheckpointError
-from roadseg_plugin.core.metrics import PixelCounts, pixel_counts
-from roadseg_plugin.core.normalise import normalise
-from roadseg_plugin.core.tiling import predict_array
+from roadseg_plugin.core.metrics import (
+    THRESHOLD_BINS,
+    PixelCounts,
+    pixel_counts,
+    threshold_from_histograms,
+    threshold_histograms,
+)
 
 from . import distributed
 from .datasets import RandomCropDataset, Tile
-from .losses import masked_bce_dice, prob_bce_dice
+from .evaluate import predict_whole
+from .losses import Loss, masked_bce_dice, prob_bce_dice
 from .schedule import BudgetSchedule
 
 log = logging.getLogger(__name__)
-
-
-class Callback(Protocol):
-    def on_train_begin(self, trainer: Trainer) -> None: ...
-    def on_epoch_end(self, trainer: Trainer, logs: dict[str, float]) -> None: ...
-    def on_train_end(self, trainer: Trainer) -> None: ...
 
 
 @dataclass
@@ -54,15 +53,14 @@ class FitConfig:
     amp: bool = True  # CUDA: fp16 autocast; CPU: bf16 autocast where the CPU has bf16 instructions
     compile: bool = False
     val_batch_size: int = 8
+    loss: Loss = masked_bce_dice  # (logits, target, valid) -> loss; `losses.LOSSES` names them
+    monitor: str = "val_loss"  # the logged value that decides the best epoch (callbacks read it)
     on_progress: Callable[[float], None] | None = None  # fraction of all epochs done, 0..1
     is_cancelled: Callable[[], bool] | None = None  # checked between batches
 
 
 class Trainer:
     """Fits `model` on `train_data` and validates on whole `val_tiles` after every epoch."""
-
-    monitor = "val_loss"
-    mode = "min"
 
     def __init__(self, model: torch.nn.Module, meta: ModelMeta, train_data: RandomCropDataset,
                  val_tiles: list[Tile], out: Path, config: FitConfig, device: torch.device,
@@ -107,6 +105,15 @@ class Trainer:
         self.saved_epoch = 0  # the epoch last.pt holds: behind `epoch` while an epoch's callbacks run
         self.stop_training = False
         self.started, self._first_epoch = time.monotonic(), 0
+
+    @property
+    def monitor(self) -> str:
+        return self.config.monitor
+
+    @property
+    def mode(self) -> str:
+        """"min" for a loss, "max" for a figure such as IoU."""
+        return "min" if self.config.monitor.endswith("loss") else "max"
 
     @property
     def steps_per_epoch(self) -> int:
@@ -221,7 +228,7 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=self.autocast or torch.float32,
                                 enabled=self.autocast is not None):
                 logits = self.forward(x)[:, 0].float()
-            loss = masked_bce_dice(logits, y, v)
+            loss = self.config.loss(logits, y, v)
             weighted = loss if self.world == 1 else loss * distributed.batch_weight(sampler, step, len(x))
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(weighted).backward()
@@ -257,10 +264,7 @@ class Trainer:
                                 enabled=self.autocast is not None):
                 return torch.sigmoid(self.model(x).float())[:, 0].cpu().numpy()
 
-        x = normalise(image, self.meta, valid)
-        if valid is not None:
-            x[:, ~valid] = 0.0
-        return predict_array(x, run, self.meta.tile, self.meta.overlap, self.config.val_batch_size)
+        return predict_whole(image, valid, self.meta, run, self.config.val_batch_size)
 
     def validate(self) -> dict[str, float]:
         """Whole-tile metrics over `val_tiles`. Each rank predicts its share of the tiles; the
@@ -279,7 +283,7 @@ class Trainer:
             pos, neg = pos + tile_pos, neg + tile_neg
             preds.append(prob)
         sums = distributed.all_reduce_sum([loss_sum, *pos, *neg])
-        threshold = threshold_from_histograms(sums[1:1 + THRESHOLD_BINS], sums[1 + THRESHOLD_BINS:])
+        threshold = threshold_from_histograms(sums[1:1 + THRESHOLD_BINS], sums[1 + THRESHOLD_BINS:])[0]
         counts = sum((pixel_counts(p >= threshold, t.mask, t.valid) for p, t in zip(preds, mine, strict=True)),
                      PixelCounts())
         counts = PixelCounts(*(int(c) for c in distributed.all_reduce_sum(astuple(counts))))
@@ -313,24 +317,3 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     if device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
         return torch.bfloat16
     return None
-
-
-THRESHOLD_BINS = 100  # as `metrics.best_threshold`
-
-
-def threshold_histograms(prob: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Histograms of the probabilities of road and of background pixels (1-D arrays of valid
-    pixels): what `metrics.best_threshold` computes, summable over tiles and ranks."""
-    edges = np.linspace(0.0, 1.0, THRESHOLD_BINS + 1)
-    return np.histogram(prob[true], bins=edges)[0], np.histogram(prob[~true], bins=edges)[0]
-
-
-def threshold_from_histograms(pos: np.ndarray, neg: np.ndarray) -> float:
-    """The F1-best threshold of summed `threshold_histograms`: `metrics.best_threshold`'s choice
-    on all the pixels at once (the same sums and the same tie-breaking)."""
-    edges = np.linspace(0.0, 1.0, len(pos) + 1)
-    tp = np.cumsum(pos[::-1])[::-1]
-    fp = np.cumsum(neg[::-1])[::-1]
-    fn = pos.sum() - tp
-    f1 = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
-    return float(edges[int(np.argmax(f1[1:]) + 1)])

@@ -72,18 +72,29 @@ def pixel_counts(pred: np.ndarray, true: np.ndarray, valid: np.ndarray | None = 
     )
 
 
-def best_threshold(prob: np.ndarray, true: np.ndarray, bins: int = 100) -> tuple[float, float]:
-    """Threshold on `prob` maximising pixel F1 against `true` (1-D arrays of valid pixels).
+THRESHOLD_BINS = 100  # candidate thresholds 0.01 .. 0.99
 
-    Uses histograms, so it costs one pass whatever the number of candidate thresholds.
-    Returns (threshold, f1).
-    """
+
+def threshold_histograms(prob: np.ndarray, true: np.ndarray,
+                         bins: int = THRESHOLD_BINS) -> tuple[np.ndarray, np.ndarray]:
+    """Histograms of the probabilities of road and of background pixels (1-D arrays of valid
+    pixels): summable over tiles and processes before `threshold_from_histograms` picks."""
     edges = np.linspace(0.0, 1.0, bins + 1)
-    pos, _ = np.histogram(prob[true], bins=edges)
-    neg, _ = np.histogram(prob[~true], bins=edges)
+    return np.histogram(prob[true], bins=edges)[0], np.histogram(prob[~true], bins=edges)[0]
+
+
+def threshold_from_histograms(pos: np.ndarray, neg: np.ndarray) -> tuple[float, float]:
+    """(threshold, F1) maximising pixel F1 over summed `threshold_histograms` (never 0)."""
+    edges = np.linspace(0.0, 1.0, len(pos) + 1)
     tp = np.cumsum(pos[::-1])[::-1]  # predicted positive at threshold edges[i]
     fp = np.cumsum(neg[::-1])[::-1]
     fn = pos.sum() - tp
     f1 = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
-    best = int(np.argmax(f1[1:]) + 1)  # never threshold 0
+    best = int(np.argmax(f1[1:]) + 1)
     return float(edges[best]), float(f1[best])
+
+
+def best_threshold(prob: np.ndarray, true: np.ndarray, bins: int = THRESHOLD_BINS) -> tuple[float, float]:
+    """(threshold, F1) maximising pixel F1 of `prob` against `true` (1-D arrays of valid pixels),
+    in one pass whatever the number of candidate thresholds."""
+    return threshold_from_histograms(*threshold_histograms(prob, true, bins))

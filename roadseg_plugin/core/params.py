@@ -37,6 +37,11 @@ VECTOR_FORMATS = {
 VECTOR_EXTENSIONS = {".gpkg": "gpkg", ".shp": "shp", ".geojson": "geojson", ".json": "geojson", ".fgb": "fgb"}
 RASTER_OUTPUT_SUFFIXES = (".tif", ".tiff")  # the probability raster is always a GeoTIFF
 
+# Training from drawn lines (torch-free here: the Processing algorithm declares them at QGIS start).
+ROAD_HALF_WIDTH_M = 3.5  # drawn lines are buffered by this; every training set's labels mean this width
+FINETUNE_MINUTES = 10.0  # the training time of "Train model from drawn road lines"
+FINETUNE_VAL_SHARE = 0.25  # of the drawn road held back, by whole areas, to measure start and tuned
+
 MASK_THRESHOLD = 0.5  # a mask or probability raster that records no threshold of its own
 
 # Vectoriser clean-up defaults (metres) and its internal block layout (pixels).

@@ -22,7 +22,7 @@ from qgis.core import (
     QgsProcessingUtils,
 )
 
-from ..core.params import InferenceParams
+from ..core.params import ROAD_HALF_WIDTH_M, InferenceParams
 from .base import (
     RoadSegAlgorithm,
     add_parameters,
@@ -110,7 +110,8 @@ class EvaluateModelAlgorithm(RoadSegAlgorithm):
             "road centre lines you digitised (any CRS); give these or a reference road mask")))
         self.addParameter(set_help(QgsProcessingParameterNumber(
             self.BUFFER, self.tr("Road half-width of the reference lines (m)"), QgsProcessingParameterNumber.Double,
-            defaultValue=3.5, minValue=0.1), self.tr("the reference lines are buffered by this many metres")))
+            defaultValue=ROAD_HALF_WIDTH_M, minValue=0.1),
+            self.tr("the reference lines are buffered by this many metres")))
         self.addParameter(set_help(QgsProcessingParameterRasterLayer(
             self.REFERENCE_MASK, self.tr("Reference road mask (instead of lines)"), optional=True), self.tr(
             "a raster with roads 1 or 255 and background 0, used instead of reference lines")))

@@ -21,7 +21,14 @@ from qgis.core import (
     QgsProcessingUtils,
 )
 
-from ..core.params import BUNDLED_MODEL, InferenceParams, describe
+from ..core.params import (
+    BUNDLED_MODEL,
+    FINETUNE_MINUTES,
+    FINETUNE_VAL_SHARE,
+    ROAD_HALF_WIDTH_M,
+    InferenceParams,
+    describe,
+)
 from .base import (
     RoadSegAlgorithm,
     devices,
@@ -78,8 +85,10 @@ class TrainFromLinesAlgorithm(RoadSegAlgorithm):
                                                  [QgsProcessing.TypeVectorLine]),
              "road centre lines (any CRS); every road inside the area of interest"),
             (QgsProcessingParameterNumber(self.BUFFER, self.tr("Road half-width (m)"),
-                                          QgsProcessingParameterNumber.Double, defaultValue=3.5, minValue=0.1),
-             "the lines are buffered by this many metres to make the road labels; 3.5 m suits a two-lane road"),
+                                          QgsProcessingParameterNumber.Double, defaultValue=ROAD_HALF_WIDTH_M,
+                                          minValue=0.1),
+             f"the lines are buffered by this many metres to make the road labels; {ROAD_HALF_WIDTH_M:g} m suits a "
+             "two-lane road; give half the width of the roads you drew (wide arterials: more)"),
             (QgsProcessingParameterFeatureSource(self.AOI, self.tr("Area of interest (fully labelled polygons)"),
                                                  [QgsProcessing.TypeVectorPolygon], optional=True),
              "polygons where you digitised every road: only they are used, and all in them that is not a "
@@ -89,12 +98,14 @@ class TrainFromLinesAlgorithm(RoadSegAlgorithm):
                                         optional=True),
              "the checkpoint to fine-tune; clear it to train a new model from scratch"),
             (QgsProcessingParameterNumber(self.MINUTES, self.tr("Training time (minutes)"),
-                                          QgsProcessingParameterNumber.Double, 10.0, minValue=0.1, maxValue=1440.0),
+                                          QgsProcessingParameterNumber.Double, FINETUNE_MINUTES, minValue=0.1,
+                                          maxValue=1440.0),
              "how long the model trains: random crops of the labelled tiles, as many steps as fit, the "
              "learning rate lowered towards the end; 10 minutes on a laptop CPU teach it a new imagery "
              "(crop size, batch and learning rate are chosen from the data and the start model)"),
             (QgsProcessingParameterNumber(self.VAL_FRACTION, self.tr("Validation share (of the road drawn)"),
-                                          QgsProcessingParameterNumber.Double, 0.25, minValue=0.05, maxValue=0.6),
+                                          QgsProcessingParameterNumber.Double, FINETUNE_VAL_SHARE, minValue=0.05,
+                                          maxValue=0.5),
              "whole areas holding about this share of the drawn roads are held back to measure the start and "
              "the trained model; they are never trained on"),
             (QgsProcessingParameterEnum(self.DEVICE, self.tr(device["label"]), options=devices(),

@@ -9,13 +9,14 @@ from roadseg_plugin.core.unet import build_model
 from training.callbacks import EarlyStopping, ModelCheckpoint
 
 
-def fake_trainer():
+def fake_trainer(monitor: str = "val_loss", mode: str = "min"):
     config = {"in_channels": 3, "base_channels": 4, "depth": 2}
     return SimpleNamespace(stop_training=False, model=build_model("unet", **config),
-                           meta=ModelMeta(arch_config=config))
+                           meta=ModelMeta(arch_config=config), monitor=monitor, mode=mode)
 
 
 def run(callback, trainer, losses, key="val_loss"):
+    callback.on_train_begin(trainer)
     for epoch, loss in enumerate(losses, start=1):
         callback.on_epoch_end(trainer, {"epoch": epoch, key: loss, "val_iou": 1 - loss, "val_threshold": 0.4})
         if trainer.stop_training:  # as the trainer does: no epoch after a stop
@@ -44,13 +45,24 @@ def test_early_stopping_max_mode():
 
 
 def test_missing_monitored_key_is_explicit():
+    es, trainer = EarlyStopping(), fake_trainer()
+    es.on_train_begin(trainer)
     with pytest.raises(KeyError, match="val_loss"):
-        EarlyStopping().on_epoch_end(fake_trainer(), {"epoch": 1})
+        es.on_epoch_end(trainer, {"epoch": 1})
+
+
+def test_callbacks_follow_the_trainers_monitor_unless_given_their_own():
+    trainer = fake_trainer("val_iou", "max")
+    assert run(EarlyStopping(patience=1), trainer, [0.5, 0.4, 0.45]) == 3  # val_iou 0.5, 0.6, 0.55: max wins
+    own = EarlyStopping(monitor="val_loss", patience=1)  # its own monitor wins; loss -> min
+    own.on_train_begin(trainer)
+    assert (own.tracker.monitor, own.tracker.mode) == ("val_loss", "min")
 
 
 def test_model_checkpoint_saves_only_improvements(tmp_path):
     trainer = fake_trainer()
     ckpt = ModelCheckpoint(tmp_path / "best.pt")
+    ckpt.on_train_begin(trainer)
     saved = []
     for epoch, loss in enumerate([1.0, 0.7, 0.9, 0.6, 0.65], start=1):
         with torch.no_grad():

@@ -23,11 +23,11 @@ import torch
 
 from roadseg_plugin.core.checkpoint import load_model, read_checkpoint
 from roadseg_plugin.core.errors import ParamError
-from roadseg_plugin.core.metrics import best_threshold
+from roadseg_plugin.core.metrics import best_threshold, threshold_from_histograms, threshold_histograms
 from tests.conftest import ROOT, draw_roads, road_image, write_png_pair
 from training import distributed
 from training.datasets import RandomCropDataset, load_tiles, split_tiles
-from training.trainer import FitConfig, Trainer, threshold_from_histograms, threshold_histograms
+from training.trainer import FitConfig, Trainer
 
 # 8 tiles: 5 train, 3 validation (an odd number: the two ranks validate 2 and 1 tiles). Global
 # batch 8 = 2 x 4, 32 crops = 4 steps per epoch; no augmentation, so the crops are a function of
@@ -224,7 +224,7 @@ def test_threshold_from_summed_histograms_is_best_threshold():
         parts = np.array_split(np.arange(n), 3)  # three tiles on different ranks
         hists = [threshold_histograms(prob[p], true[p]) for p in parts]
         pos, neg = sum(h[0] for h in hists), sum(h[1] for h in hists)
-        assert threshold_from_histograms(pos.astype(float), neg.astype(float)) == best_threshold(prob, true)[0]
+        assert threshold_from_histograms(pos.astype(float), neg.astype(float)) == best_threshold(prob, true)
 
 
 def test_global_batch_must_split_evenly(monkeypatch):

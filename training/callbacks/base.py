@@ -23,14 +23,23 @@ class Callback:
 class Monitor:
     """Tracks the best value of one logged metric; shared by EarlyStopping and ModelCheckpoint."""
 
-    def __init__(self, monitor: str = "val_loss", mode: str = "min", min_delta: float = 0.0) -> None:
-        if mode not in ("min", "max"):
+    def __init__(self, monitor: str | None = None, mode: str | None = None, min_delta: float = 0.0) -> None:
+        if mode not in (None, "min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', not {mode!r}")
         self.monitor, self.mode, self.min_delta = monitor, mode, abs(min_delta)
         self.best: float | None = None
 
+    def bind(self, trainer: Any) -> None:
+        """Track the trainer's `monitor` and `mode` unless this callback was given its own."""
+        if self.monitor is None:
+            self.monitor, self.mode = trainer.monitor, trainer.mode
+        elif self.mode is None:
+            self.mode = "min" if self.monitor.endswith("loss") else "max"
+
     def improved(self, logs: dict[str, float]) -> bool:
         """True (and remembers the value) when `logs[monitor]` beats the best by min_delta."""
+        if self.monitor is None or self.mode is None:
+            raise RuntimeError("Monitor.bind(trainer) must run before the first epoch")
         value = logs.get(self.monitor)
         if value is None:
             raise KeyError(f"monitored value {self.monitor!r} not in logs: {sorted(logs)}")

@@ -10,12 +10,15 @@ log = logging.getLogger(__name__)
 
 
 class EarlyStopping(Callback):
-    def __init__(self, monitor: str = "val_loss", mode: str = "min", patience: int = 15,
+    def __init__(self, monitor: str | None = None, mode: str | None = None, patience: int = 15,
                  min_delta: float = 0.0) -> None:
         self.tracker = Monitor(monitor, mode, min_delta)
         self.patience = patience
         self.wait = 0
         self.stopped_epoch: int | None = None
+
+    def on_train_begin(self, trainer: Any) -> None:
+        self.tracker.bind(trainer)
 
     def on_epoch_end(self, trainer: Any, logs: dict[str, float]) -> None:
         if self.tracker.improved(logs):

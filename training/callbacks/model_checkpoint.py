@@ -40,18 +40,22 @@ def write_json_atomic(path: Path, data: Any) -> None:
 class ModelCheckpoint(Callback):
     """Args:
         path: where the best checkpoint goes (`best.pt`).
-        monitor, mode: the logged value that decides "best" and whether lower or higher wins.
+        monitor, mode: the logged value that decides "best" and whether lower or higher wins
+            (default: the trainer's).
         export_onnx: write the fp32 ONNX export beside the final best checkpoint.
         int8_crops: calibration crops for the int8 model (0: no int8 model).
     """
 
-    def __init__(self, path: str | Path, monitor: str = "val_loss", mode: str = "min", export_onnx: bool = True,
+    def __init__(self, path: str | Path, monitor: str | None = None, mode: str | None = None, export_onnx: bool = True,
                  int8_crops: int = INT8_CROPS) -> None:
         self.path = Path(path)
         self.tracker = Monitor(monitor, mode)
         self.best_epoch: int | None = None
         self.export_onnx, self.int8_crops = export_onnx, int8_crops
         self.exports: list[Path] = []  # the ONNX files written at the end of training
+
+    def on_train_begin(self, trainer: Any) -> None:
+        self.tracker.bind(trainer)
 
     def on_epoch_end(self, trainer: Any, logs: dict[str, float]) -> None:
         if not self.tracker.improved(logs):
