@@ -49,7 +49,7 @@ class ModelMeta:
     val_metrics: dict[str, float] = field(default_factory=dict)
     data: str = ""
     torch_version: str = field(default_factory=_torch_version)
-    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
+    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
