@@ -86,7 +86,11 @@ def _normalisation_parser(sub: argparse._SubParsersAction) -> None:
 def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="metrics of a model on a folder of images/ and masks/")
     p.add_argument("--model", type=Path, help="checkpoint (default: the bundled model)")
-    p.add_argument("--data", type=Path, required=True)
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument("--data", type=Path, help="folder with images/ and masks/: every tile")
+    data.add_argument("--source", dest="sources", action="append", type=_source, metavar="NAME=DIR[,...]",
+                      help="a labelled set as `train --source` takes it (repeatable): its held-out tiles "
+                      "(val=N, split as training splits them) or, for role=val, all its tiles")
     p.add_argument("--json", type=Path, help="write the figures to this JSON file")
     p.add_argument("--device", default="auto")
     p.add_argument("--threshold", type=float, help="decision threshold (default: the model's)")
@@ -177,6 +181,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_model, format_table
 
     InferenceParams(device=args.device, backend=args.backend, threshold=args.threshold)  # the plugin's checks
+    if args.sources:
+        return _evaluate_sources(args)
     if args.json:  # before the (long) evaluation: never replace an input, never fail at the end
         folders = [args.data / sub for sub in ("images", "masks") if (args.data / sub).is_dir()]
         data_files = [path for folder in folders for path in folder.iterdir()]
@@ -188,6 +194,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
         print(f"wrote {args.json}")
+    return 0
+
+
+def _evaluate_sources(args: argparse.Namespace) -> int:
+    from roadseg_plugin.core.params import BUNDLED_MODEL
+    from roadseg_plugin.core.pipeline import check_outputs
+
+    from .evaluate import evaluate_sources
+
+    if args.json:
+        check_outputs({"JSON figures": args.json}, [args.model or BUNDLED_MODEL, *(s.path for s in args.sources)])
+    results = evaluate_sources(args.model, args.sources, args.device, args.backend, args.threshold)
+    print(f"{'set':<16}{'tiles':>6}{'iou':>8}{'f1':>8}{'rel_f1':>8}{'apls':>8}")
+    for name, r in results.items():
+        print(f"{name:<16}{r['tiles']:>6}{r['iou']:>8.4f}{r['f1']:>8.4f}{r['relaxed_f1']:>8.4f}{r['apls']:>8.4f}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
     return 0
 
 

@@ -77,6 +77,19 @@ def evaluate_model(model_path: str | Path | None, data: str | Path, device: str 
     return evaluate_tiles(tiles, predict, meta.threshold if threshold is None else threshold, on_tile)
 
 
+def evaluate_sources(model_path: str | Path | None, sources: list, device: str = "auto", backend: str = "auto",
+                     threshold: float | None = None, split_seed: int = 0) -> dict[str, dict]:
+    """Figures of a model on each source's held-out tiles (`sources.Source`: its `val` tiles,
+    split as training splits them, or every tile of a role=val set), brought to the model's
+    pixel size and label width as training sees them: {source name: evaluate_tiles result}."""
+    from .sources import load_sources
+
+    predict, meta = tile_predictor(model_path, device, backend)
+    _, held = load_sources(sources, meta.gsd_m, split_seed)
+    chosen = meta.threshold if threshold is None else threshold
+    return {s.name: evaluate_tiles([t for t in held if t.source == s.name], predict, chosen) for s in sources}
+
+
 def format_table(result: dict) -> str:
     head = {"relaxed_precision": "rel_prec", "relaxed_recall": "rel_recall", "relaxed_f1": "rel_f1"}
     lines = [f"{'tile':<20}" + "".join(f"{head.get(k, k):>11}" for k in METRIC_KEYS)]
