@@ -188,7 +188,8 @@ class ProviderReader:
                 raise RasterError(self.name, "the layer has no pixel size of its own (a web map?)",
                                   "give the resolution to read it at (the model's gsd_m)")
             return native
-        return metres_to_crs_units(self.crs, gsd_m, area.center().y())  # layer units, via the rasterio CRS
+        centre = area.center()  # ground metres -> layer units there (degrees, a projection's scale factor)
+        return metres_to_crs_units(self.crs, gsd_m, centre.y(), centre.x())
 
     def _snap(self, area: QgsRectangle, res_x: float, res_y: float) -> QgsRectangle:
         """Grow `area` outwards onto the layer's pixel edges."""

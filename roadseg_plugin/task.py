@@ -272,6 +272,7 @@ def reading_gsd(layer: QgsRasterLayer, model: str | None) -> float | None:
     provider = layer.dataProvider()
     if not provider.capabilities() & QgsRasterDataProvider.Size or provider.xSize() <= 0:
         return gsd
-    model_x, _ = metres_to_crs_units(crs_string(layer.crs()), gsd, layer.extent().center().y())
+    centre = layer.extent().center()
+    model_x, _ = metres_to_crs_units(crs_string(layer.crs()), gsd, centre.y(), centre.x())
     native = abs(layer.rasterUnitsPerPixelX())
     return gsd if abs(native / model_x - 1) > GSD_TOLERANCE else None
