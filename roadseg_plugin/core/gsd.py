@@ -74,6 +74,12 @@ def metres_per_degree(latitude: float) -> tuple[float, float]:
     return normal * math.cos(phi) * _DEGREE_RAD, meridional * _DEGREE_RAD
 
 
+# Where QGIS draws a raster without georeferencing (no CRS, no geotransform, no GCPs): x = column,
+# y = -row, one unit per pixel. RoadSeg's outputs for such a raster use the same frame, so they
+# overlay it in QGIS (GDAL's own default, y = +row, would put them above the image).
+IMAGE_FRAME = (1.0, 0.0, 0.0, 0.0, -1.0, 0.0)  # affine a, b, c, d, e, f
+
+
 def _crs_key(crs: Any) -> str | None:
     """A hashable spelling of `crs` for the caches below (None: no CRS)."""
     if crs is None:
@@ -232,5 +238,6 @@ def _ellipsoid(key: str | None) -> Any:
     return CRS.from_user_input(key).get_geod() or Geod(ellps="WGS84")
 
 
-__all__ = ["LATITUDE_LIMIT", "WGS84_A", "WGS84_E2", "centre", "centre_latitude", "mean_gsd_m", "metres_per_degree",
-           "metres_per_unit", "metres_to_crs_units", "pixel_size_m", "scale_factors", "segment_lengths_m"]
+__all__ = ["IMAGE_FRAME", "LATITUDE_LIMIT", "WGS84_A", "WGS84_E2", "centre", "centre_latitude", "mean_gsd_m",
+           "metres_per_degree", "metres_per_unit", "metres_to_crs_units", "pixel_size_m", "scale_factors",
+           "segment_lengths_m"]

@@ -34,7 +34,7 @@ import numpy as np
 import shapely
 
 from .errors import RasterError
-from .gsd import centre, metres_per_unit, segment_lengths_m
+from .gsd import IMAGE_FRAME, centre, metres_per_unit, segment_lengths_m
 from .gsd import pixel_size_m as _pixel_size_m  # private: the old vectorise.pixel_size_m had other arguments
 from .params import BLOCK_SIZE, GAP_M, HALO_PX, MASK_THRESHOLD, MIN_LENGTH_M, SPUR_LENGTH_M, TOLERANCE_M
 from .road_graph import _array_reader, _as_mask, _check, _graph
@@ -204,7 +204,8 @@ def vectorise_raster(path: str | Path, *, threshold: float = MASK_THRESHOLD, ban
     no `mean_prob`); any other uint8 band holds probability * 255 and a pixel is road when
     its value > threshold * 255 (a threshold above 1 is taken in raw 0..255 units); a float
     band holds probabilities 0..1 (road when > threshold); other integer bands are masks
-    (non-zero = road). Nodata pixels are never road. The raster's transform and CRS are used.
+    (non-zero = road). Nodata pixels are never road. The raster's transform and CRS are used (a
+    raster without any georeferencing: the frame QGIS draws it in, `gsd.IMAGE_FRAME`).
     Memory is bounded by `block_size` (+ halo); see `vectorise_mask` for the other arguments.
 
     Raises:
@@ -249,6 +250,7 @@ def _check_georeferencing(src, path) -> None:
 
 def _vectorise_dataset(src, band: int, threshold: float, graph_options: dict, tolerance: float, smooth: bool):
     """`vectorise_raster` on an open dataset (rasterio errors propagate)."""
+    from affine import Affine
     from rasterio.windows import Window
 
     if not 1 <= band <= src.count:
@@ -274,5 +276,8 @@ def _vectorise_dataset(src, band: int, threshold: float, graph_options: dict, to
     if src.crs is not None:
         epsg = src.crs.to_epsg()
         crs = f"EPSG:{epsg}" if epsg else src.crs.to_wkt()
-    graph = _graph(read, src.shape, _scale(src.transform, src.crs, src.shape), prob_scale, **graph_options)
-    return _frame(graph, src.transform, crs, src.shape, tolerance, smooth, mode == "prob")
+    transform = src.transform
+    if transform == Affine.identity() and src.crs is None:  # a plain image: the frame QGIS draws it in
+        transform = Affine(*IMAGE_FRAME)
+    graph = _graph(read, src.shape, _scale(transform, src.crs, src.shape), prob_scale, **graph_options)
+    return _frame(graph, transform, crs, src.shape, tolerance, smooth, mode == "prob")

@@ -18,6 +18,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, TypeVar
 
 from qgis.core import (
+    QgsCoordinateTransform,
     QgsFeature,
     QgsFeatureSink,
     QgsFeatureSource,
@@ -214,6 +215,28 @@ def log_to_feedback(feedback: QgsProcessingFeedback, names: tuple[str, ...] = ("
         for lg, level in zip(loggers, levels, strict=True):
             lg.removeHandler(handler)
             lg.setLevel(level)
+
+
+def polygons_in(source: QgsFeatureSource | None, crs, context) -> QgsGeometry | None:
+    """A polygon source's features as one geometry in `crs` (the areas of interest), or None.
+
+    Raises:
+        QgsProcessingException: the source holds no polygon.
+    """
+    if source is None:
+        return None
+    transform = QgsCoordinateTransform(source.sourceCrs(), crs, context.transformContext())
+    parts = []
+    for feature in source.getFeatures():
+        geometry = QgsGeometry(feature.geometry())
+        if geometry.isNull() or geometry.isEmpty():
+            continue
+        if source.sourceCrs().isValid() and crs.isValid():
+            geometry.transform(transform)
+        parts.append(geometry)
+    if not parts:
+        raise QgsProcessingException("the areas of interest hold no polygon; draw some or leave the parameter empty")
+    return QgsGeometry.unaryUnion(parts)
 
 
 def line_fields() -> QgsFields:
