@@ -58,7 +58,7 @@ class RasterSink:
     """
 
     def __init__(self, path: Path, reader: RasterReader, tags: dict[str, str]) -> None:
-        check_size(reader.width, reader.height, reader.name)
+        check_size(reader.width, reader.height, getattr(reader, "name", path))
         georeferenced = reader.crs is not None or reader.transform != affine.Affine.identity()
         profile = dict(driver="GTiff", width=reader.width, height=reader.height, count=1, dtype="uint8",
                        crs=reader.crs, transform=reader.transform if georeferenced else None, tiled=True,

@@ -28,6 +28,7 @@ import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import networkx as nx
 import numpy as np
@@ -130,9 +131,10 @@ def _frame(graph: nx.MultiGraph, transform, crs, shape: tuple[int, ...], toleran
         lines[~ring] = shapely.simplify(lines[~ring], tol_px, preserve_topology=False)
     if smooth:
         lines = _linestrings([_chaikin(shapely.get_coordinates(g)) for g in lines])
-    n = np.array([d["n"] for d in data])
-    width = np.where(n > 0, np.array([d["sw"] for d in data]) / np.maximum(n, 1) * px, np.nan)
-    prob = np.array([d["sp"] for d in data]) / np.maximum(n, 1) if has_prob else np.full(len(data), np.nan)
+    n = np.array([len(d["s"]) for d in data])
+    sums = np.array([d["s"].sum(axis=0) for d in data]).reshape(-1, 2)  # width px, probability
+    width = np.where(n > 0, sums[:, 0] / np.maximum(n, 1) * px, np.nan)
+    prob = sums[:, 1] / np.maximum(n, 1) if has_prob else np.full(len(data), np.nan)
     t = transform if transform is not None else Affine.identity()
     lines = shapely.transform(lines, lambda c: np.column_stack([t.a * c[:, 0] + t.b * c[:, 1] + t.c,
                                                                 t.d * c[:, 0] + t.e * c[:, 1] + t.f]))
@@ -250,7 +252,6 @@ def _check_georeferencing(src, path) -> None:
 
 def _vectorise_dataset(src, band: int, threshold: float, graph_options: dict, tolerance: float, smooth: bool):
     """`vectorise_raster` on an open dataset (rasterio errors propagate)."""
-    from affine import Affine
     from rasterio.windows import Window
 
     if not 1 <= band <= src.count:
@@ -272,12 +273,20 @@ def _vectorise_dataset(src, band: int, threshold: float, graph_options: dict, to
             road &= ~np.isnan(raw) if np.isnan(nodata) else raw != nodata
         return road, (raw if mode == "prob" else None)
 
-    crs = None
-    if src.crs is not None:
-        epsg = src.crs.to_epsg()
-        crs = f"EPSG:{epsg}" if epsg else src.crs.to_wkt()
-    transform = src.transform
-    if transform == Affine.identity() and src.crs is None:  # a plain image: the frame QGIS draws it in
-        transform = Affine(*IMAGE_FRAME)
+    transform, _, crs = georeferencing(src)
     graph = _graph(read, src.shape, _scale(transform, src.crs, src.shape), prob_scale, **graph_options)
     return _frame(graph, transform, crs, src.shape, tolerance, smooth, mode == "prob")
+
+
+def georeferencing(src) -> tuple[Any, Any, str | None]:
+    """(transform, CRS, CRS text for the lines) of an open raster's grid; a raster without any
+    georeferencing is in the frame QGIS draws it in (`gsd.IMAGE_FRAME`)."""
+    from affine import Affine
+
+    transform, crs_text = src.transform, None
+    if transform == Affine.identity() and src.crs is None:
+        transform = Affine(*IMAGE_FRAME)
+    if src.crs is not None:
+        epsg = src.crs.to_epsg()
+        crs_text = f"EPSG:{epsg}" if epsg else src.crs.to_wkt()
+    return transform, src.crs, crs_text

@@ -410,3 +410,49 @@ def test_truncated_raster_and_gcp_only_raster_are_raster_errors(tmp_path):
         dst.gcps = (gcps, "EPSG:32619")
     with pytest.raises(RasterError, match="ground control points only"):
         vectorise_raster(gcp_only)
+
+
+def test_a_line_cut_where_a_side_road_joins_keeps_each_parts_own_width():
+    """The parts of a road cut at a side road's joint carry their own pixels' width, not a shared mean."""
+    mask = np.zeros((200, 300), bool)
+    mask[45:56, 20:150] = True  # 11 px wide on the left
+    mask[48:53, 150:280] = True  # 5 px on the right
+    mask[62:180, 147:154] = True  # a side road stopping 6 px short of the road
+    gdf = vectorise_mask(mask, min_length=5)
+    assert len(gdf) == 3 and nx.number_connected_components(network(gdf)) == 1
+    assert not gdf.duplicated(["width_m", "mean_prob"]).any()
+    ends = {round(shapely.get_coordinates(g)[:, 0].mean()): w
+            for g, w in zip(gdf.geometry, gdf["width_m"], strict=True)}
+    left, right = ends[min(ends)], ends[max(ends)]
+    assert left == pytest.approx(11, abs=1) and right == pytest.approx(5, abs=1)
+
+
+@needs_shared_data
+def test_real_roads_have_no_stubs_and_no_copied_attributes(tmp_path):
+    """The bundled model on a real 1 m tile (suburban streets): no line of a few metres survives
+    (dangling stubs beyond a joint, links between two junctions of one crossing), and no two lines
+    share width and probability to the last digit (a cut line used to hand both parts its mean)."""
+    from roadseg_plugin.core.engine import segment_raster
+
+    with rasterio.open(SHARED_DATA / "images" / "19678630_15.png") as src:
+        image = src.read(window=rasterio.windows.Window(100, 100, 800, 800))
+    tif = tmp_path / "tile.tif"
+    with rasterio.open(tif, "w", driver="GTiff", width=800, height=800, count=3, dtype="uint8", crs="EPSG:26986",
+                       transform=Affine(1, 0, 230000, 0, -1, 905000)) as dst:
+        dst.write(image)
+    result = segment_raster(tif, tmp_path / "prob.tif", device="cpu")
+    lines = vectorise_raster(result.path, threshold=result.threshold)
+    assert len(lines) > 30
+    assert lines["length_m"].min() > 5, sorted(lines["length_m"])[:5]
+    assert not lines.duplicated(["width_m", "mean_prob"]).any()
+
+
+def test_a_crossing_seen_twice_is_one_junction():
+    """Two side roads meeting a road 4 px apart are one crossing: no 2-4 m link between junctions."""
+    mask = horizontal(h=200, w=300, row=100)
+    mask[20:100, 146:153] = True  # from the top at column 149
+    mask[100:180, 150:157] = True  # from the bottom at column 153
+    gdf = vectorise_mask(mask, min_length=5)
+    graph = network(gdf)
+    assert len(gdf) == 4 and gdf["length_m"].min() > 50, gdf["length_m"].tolist()
+    assert sorted(d for _, d in graph.degree()) == [1, 1, 1, 1, 4]
