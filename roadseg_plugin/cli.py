@@ -115,9 +115,12 @@ def _vectorise_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _export_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export-onnx", help="export a checkpoint to ONNX (for ONNX Runtime)")
+    p = sub.add_parser("export-onnx", help="export a checkpoint to ONNX (for ONNX Runtime, or the Deepness plugin)")
     p.add_argument("model", type=Path, help="RoadSeg checkpoint (.pt)")
     p.add_argument("out", type=Path, help="ONNX file to write")
+    p.add_argument("--deepness", action="store_true",
+                   help="a model the Deepness QGIS plugin loads: its metadata (Segmentor, class road, resolution, "
+                        "tile size, overlap, standardisation, threshold) and the model's tile size fixed")
     p.set_defaults(func=cmd_export_onnx)
 
 
@@ -183,7 +186,13 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     from .core.pipeline import check_outputs
 
     check_outputs({"ONNX model": args.out}, [args.model])
-    print(f"wrote {export_onnx(args.model, args.out)}")
+    print(f"wrote {export_onnx(args.model, args.out, deepness=args.deepness)}")
+    if args.deepness:
+        from .core.deepness import deepness_notes
+        from .core.params import read_model_info
+
+        for note in deepness_notes(read_model_info(args.out)):
+            print(note)
     return 0
 
 

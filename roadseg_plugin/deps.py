@@ -57,6 +57,16 @@ def dependency_message(missing: list[str] | None = None) -> str:
     return f"RoadSeg needs Python packages that are not installed: {names}. Install them with {MENU_ITEM}"
 
 
+def training_message(what: str = "Training", missing: list[str] | None = None) -> str:
+    """One line for work that needs the Training and GPU set (torch...); "" when it is installed."""
+    missing = [*missing_dependencies(), *missing_optional()] if missing is None else missing
+    if not missing:
+        return ""
+    names = ", ".join(_pip_name(name) for name in missing)
+    return (f"{what} needs Python packages that are not installed: {names}. Install them with {MENU_ITEM} "
+            f'"{packages.TRAINING.title}"')
+
+
 def short_message(missing: list[str], shown: int = 3) -> str:
     """The message bar's line (beside its "Install packages..." button): at most `shown` names."""
     names = [_pip_name(name) for name in missing]
@@ -186,4 +196,4 @@ def native_library_problem() -> str:
 
 __all__ = ["MENU_ITEM", "NATIVE_PACKAGES", "OPTIONAL", "REQUIRED", "dependency_message", "install_command",
            "isolate_native_libraries", "load_installed", "missing_dependencies", "missing_optional",
-           "native_library_problem", "python_executable", "qgis_numpy", "short_message"]
+           "native_library_problem", "python_executable", "qgis_numpy", "short_message", "training_message"]

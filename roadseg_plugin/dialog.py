@@ -1,22 +1,26 @@
 """The "Segment roads" dialog: choose a raster layer, a model and options; returns a `SegmentParams`.
 
 Widgets are built in code. The main form holds what most runs change: layer, model, device,
-extent, threshold, minimum length and output. The "Advanced" group (collapsed) holds one editor
-per other option of `InferenceParams` / `VectoriseParams`, generated from the fields' metadata
-(label, unit, help, default, choices), so an option added to the core appears here by itself.
+the area to process (as Deepness offers it: the whole layer, the current map view, or the
+polygons of a layer, its selected ones when some are selected), threshold, minimum length and
+output. A web map (XYZ, WMS) has no whole extent to process: the map view is chosen for it.
+The "Advanced" group (collapsed) holds one editor per other option of `InferenceParams` /
+`VectoriseParams`, generated from the fields' metadata (label, unit, help, default, choices), so
+an option added to the core appears here by itself.
 An optional option left at "Default" is None: the model's or the core's own value. The model's
 metadata (read without torch, .pt or .onnx) is shown and gives the threshold's starting value.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import Field, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from qgis.core import (
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
+    QgsGeometry,
     QgsMapLayerProxyModel,
     QgsProject,
     QgsRasterLayer,
@@ -24,6 +28,7 @@ from qgis.core import (
     QgsVectorLayer,
 )
 from qgis.gui import QgsCollapsibleGroupBox, QgsFileWidget, QgsMapLayerComboBox
+from qgis.PyQt.QtCore import QTimer
 from qgis.PyQt.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -33,83 +38,28 @@ from qgis.PyQt.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
-    QLineEdit,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
 from .core.params import BUNDLED_MODEL, VECTOR_EXTENSIONS, InferenceParams, VectoriseParams, describe
+from .option_editors import option_editor
 from .params import SegmentParams
 from .processing.base import (
     MODEL_FILTER,
-    band_numbers,
     devices,
-    option_choices,
-    option_kind,
     option_label,
     qgis_message,
 )
+from .styles import ROADS_NAME
 
 EXTENT_LAYER = "layer"
 EXTENT_CANVAS = "canvas"
-EXTENT_SELECTION = "selection"
+EXTENT_POLYGONS = "polygons"
 OUTPUT_FILTER = "GeoPackage (*.gpkg);;ESRI Shapefile (*.shp);;GeoJSON (*.geojson);;FlatGeobuf (*.fgb)"
 TEMPORARY_PLACEHOLDER = "[Create temporary layer]"
 HAND_MADE = ("model", "device", "extent", "threshold")  # main-form widgets of their own
 FROM_OUTPUT = ("format",)  # the output file's extension decides it
-UNSET = -1  # spin-box value of an optional number left at its default (shown as "Default ...")
-MAX_NUMBER = 1_000_000
-
-
-def unset_meaning(params_type: type, name: str) -> str:
-    """What an optional option left empty means, from its help ("...; unset: the model's"), or ""."""
-    help_text = describe(params_type, name)["help"]
-    return help_text.split("unset: ", 1)[1] if "unset: " in help_text else ""
-
-
-def unset_text(params_type: type, name: str) -> str:
-    meaning = unset_meaning(params_type, name)
-    return f"Default: {meaning}" if meaning else "Not set"
-
-
-def option_editor(params_type: type, f: Field, parent: QWidget) -> tuple[QWidget, Callable[[], Any]]:
-    """A widget for one option, set to its default, and the function reading its value back."""
-    info, kind = describe(params_type, f.name), option_kind(params_type, f)
-    default, unit = info["default"], info["unit"]
-    if kind == "bool":
-        box = QCheckBox(info["label"], parent)
-        box.setChecked(bool(default))
-        widget, read = box, box.isChecked
-    elif kind == "enum":
-        combo = QComboBox(parent)
-        if default is None:
-            combo.addItem(unset_text(params_type, f.name), None)
-        for choice in option_choices(params_type, f.name):
-            combo.addItem(choice, choice)
-        combo.setCurrentIndex(max(combo.findData(default), 0))
-        widget, read = combo, combo.currentData
-    elif kind == "bands":
-        edit = QLineEdit(parent)
-        edit.setPlaceholderText(f"e.g. 3,2,1; empty: {unset_meaning(params_type, f.name) or 'not set'}")
-        widget, read = edit, lambda: band_numbers(edit.text()) or None
-    elif kind in ("int", "float"):
-        spin = QSpinBox(parent) if kind == "int" else QDoubleSpinBox(parent)
-        if kind == "float":
-            spin.setDecimals(2 if unit == "m" else 3)
-        spin.setRange(UNSET if default is None else 0, MAX_NUMBER)
-        if unit in ("m", "px"):
-            spin.setSuffix(f" {unit}")
-        if default is None:  # the minimum reads "Default: the model's" and stands for None
-            spin.setSpecialValueText(unset_text(params_type, f.name))
-        spin.setValue(UNSET if default is None else default)
-        widget = spin
-        read = (lambda: None if spin.value() == UNSET else spin.value()) if default is None else spin.value
-    else:
-        raise TypeError(f"{params_type.__name__}.{f.name}: the dialog has no editor for {kind}")
-    widget.setToolTip(info["help"])
-    widget.setObjectName(f"option_{f.name}")
-    return widget, read
 
 
 class SegmentDialog(QDialog):
@@ -145,7 +95,9 @@ class SegmentDialog(QDialog):
         self.extent_combo = QComboBox(self)
         self.extent_combo.addItem("Whole raster layer", EXTENT_LAYER)
         self.extent_combo.addItem("Current map view", EXTENT_CANVAS)
-        self.extent_combo.addItem("Selected features of", EXTENT_SELECTION)
+        self.extent_combo.addItem("Polygons of", EXTENT_POLYGONS)
+        self.extent_combo.setToolTip("the area to process; with polygons, only their inside (the selected "
+                                     "polygons when some are selected, else all)")
         self.polygon_combo = QgsMapLayerComboBox(self)
         self.polygon_combo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
         extent_row = QHBoxLayout()
@@ -210,17 +162,32 @@ class SegmentDialog(QDialog):
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.advanced)
+        layout.addStretch(1)  # room the window has beyond its content goes below, not between
         layout.addWidget(self.error_label)
         layout.addWidget(self.buttons)
+        # the window fits its content, Advanced open or closed (it was as tall as with Advanced open)
+        self.advanced.collapsedStateChanged.connect(lambda _collapsed: QTimer.singleShot(0, self.fit_height))
 
         self.extent_combo.currentIndexChanged.connect(self._update_extent_widgets)
+        self.layer_combo.layerChanged.connect(self._layer_changed)
         self.model_threshold_check.toggled.connect(self._update_threshold_widgets)
         self.model_widget.fileChanged.connect(self._model_changed)
         self._update_extent_widgets()
         self._update_threshold_widgets()
         self._select_active_raster()
+        self._layer_changed(self.layer_combo.currentLayer())
         self.model_widget.setFilePath(str(BUNDLED_MODEL))
         self._model_changed(self.model_widget.filePath())
+
+    def showEvent(self, event: Any) -> None:
+        # Advanced only really closes once shown; until then the window is as tall as it is open
+        super().showEvent(event)
+        QTimer.singleShot(0, self.fit_height)
+
+    def fit_height(self) -> None:
+        """As tall as the content needs (no empty band above Advanced once it is closed)."""
+        self.layout().activate()
+        self.resize(self.width(), max(self.sizeHint().height(), self.minimumSizeHint().height()))
 
     # ------------------------------------------------------------------ reactions
     def _select_active_raster(self) -> None:
@@ -229,7 +196,19 @@ class SegmentDialog(QDialog):
             self.layer_combo.setLayer(active)
 
     def _update_extent_widgets(self) -> None:
-        self.polygon_combo.setEnabled(self.extent_combo.currentData() == EXTENT_SELECTION)
+        self.polygon_combo.setEnabled(self.extent_combo.currentData() == EXTENT_POLYGONS)
+
+    def _layer_changed(self, layer: Any) -> None:
+        """A web map has no whole extent to process: offer the map view (or polygons) instead."""
+        from .qgis_reader import is_web_map
+
+        web_map = isinstance(layer, QgsRasterLayer) and is_web_map(layer)
+        item = self.extent_combo.model().item(self.extent_combo.findData(EXTENT_LAYER))
+        item.setEnabled(not web_map)
+        item.setToolTip("a web map's whole extent is the whole world: choose the map view or polygons"
+                        if web_map else "")
+        if web_map and self.extent_combo.currentData() == EXTENT_LAYER:
+            self.extent_combo.setCurrentIndex(self.extent_combo.findData(EXTENT_CANVAS))
 
     def _update_threshold_widgets(self) -> None:
         self.threshold_spin.setEnabled(not self.model_threshold_check.isChecked())
@@ -270,33 +249,53 @@ class SegmentDialog(QDialog):
 
     # ------------------------------------------------------------------ result
     def extent(self) -> tuple[float, float, float, float] | None:
-        """The chosen extent in the raster layer's CRS, clipped to the layer (None: whole layer).
+        """The chosen extent in the raster layer's CRS, clipped to the layer (None: whole layer);
+        for polygons, their bounding box.
 
         Raises:
-            ValueError: no layer, nothing selected, or the extent misses the raster.
+            ValueError: no layer, no polygons, a web map's whole extent, or the extent misses the raster.
         """
+        from .qgis_reader import is_web_map
+
         layer = self.layer_combo.currentLayer()
         if layer is None:
             raise ValueError("Choose a raster layer.")
         mode = self.extent_combo.currentData()
         if mode == EXTENT_LAYER:
+            if is_web_map(layer):
+                raise ValueError(f"'{layer.name()}' is a web map: its whole extent is the whole world; choose "
+                                 '"Current map view" or "Polygons of" in Extent.')
             return None
         if mode == EXTENT_CANVAS:
             canvas = self.iface.mapCanvas()
             rect, crs = canvas.extent(), canvas.mapSettings().destinationCrs()
+            rect = to_layer_crs(rect, crs, layer.crs())
         else:
-            polygons = self.polygon_combo.currentLayer()
-            if not isinstance(polygons, QgsVectorLayer):
-                raise ValueError("Choose a polygon layer whose selected features bound the area.")
-            if polygons.selectedFeatureCount() == 0:
-                raise ValueError(f"Select at least one feature in '{polygons.name()}' "
-                                 "(or choose another extent).")
-            rect, crs = polygons.boundingBoxOfSelected(), polygons.crs()
-        rect = to_layer_crs(rect, crs, layer.crs())
+            rect = self.areas().boundingBox()
         clipped = rect.intersect(layer.extent())
         if clipped.isEmpty() or clipped.width() <= 0 or clipped.height() <= 0:
             raise ValueError("The chosen extent does not overlap the raster layer.")
         return (clipped.xMinimum(), clipped.yMinimum(), clipped.xMaximum(), clipped.yMaximum())
+
+    def areas(self) -> QgsGeometry:
+        """The chosen polygons (the selected ones when some are selected, else all) as one
+        geometry in the raster layer's CRS.
+
+        Raises:
+            ValueError: no polygon layer, or it has no polygons.
+        """
+        layer, polygons = self.layer_combo.currentLayer(), self.polygon_combo.currentLayer()
+        if not isinstance(polygons, QgsVectorLayer):
+            raise ValueError("Choose a polygon layer: its polygons are the areas to process.")
+        features = polygons.selectedFeatures() if polygons.selectedFeatureCount() else polygons.getFeatures()
+        parts = [QgsGeometry(f.geometry()) for f in features if f.hasGeometry() and not f.geometry().isEmpty()]
+        if not parts:
+            raise ValueError(f"'{polygons.name()}' has no polygons; draw some or choose another layer.")
+        transform = QgsCoordinateTransform(polygons.crs(), layer.crs(), QgsProject.instance())
+        for part in parts:
+            if polygons.crs().isValid() and layer.crs().isValid() and polygons.crs() != layer.crs():
+                part.transform(transform)
+        return QgsGeometry.unaryUnion(parts)
 
     def output_path(self) -> str | None:
         """The file the user chose (a .gpkg suffix is added when none is given), or None."""
@@ -329,9 +328,10 @@ class SegmentDialog(QDialog):
             threshold=threshold, extent=self.extent(), **self.option_values(InferenceParams))
         suffix = Path(output).suffix.lower() if output else ""
         vectorise = VectoriseParams(format=VECTOR_EXTENSIONS.get(suffix), **self.option_values(VectoriseParams))
+        aoi = self.areas().asWkt() if self.extent_combo.currentData() == EXTENT_POLYGONS else None
         return SegmentParams(layer_id=layer.id(), inference=inference, vectorise=vectorise, output=output,
                              add_probability=self.probability_check.isChecked(),
-                             layer_name=f"Roads ({layer.name()})")
+                             layer_name=ROADS_NAME.format(layer.name()), aoi=aoi)
 
     def accept(self) -> None:
         """Close only when the values form a valid `SegmentParams`; otherwise say what is wrong."""

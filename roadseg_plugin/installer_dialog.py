@@ -64,6 +64,7 @@ class InstallerDialog(QDialog):
         self.collected = 0
         self.cancelled = False
         self.outcome = ""  # "", "ready", "restart", "failed", "cancelled"
+        self.missing: dict[str, list[packages.Package]] = {}
         self._build()
         self.refresh()
 
@@ -156,11 +157,16 @@ class InstallerDialog(QDialog):
         packages.refresh(self.target)
         missing = {key: packages.missing(s) for key, s in packages.SETS.items()}
         cpu_missing = missing["cpu"]
-        self.intro.setText(
-            "RoadSeg needs Python packages that QGIS's Python does not have. They are installed into a folder "
-            "used only by RoadSeg, in your QGIS profile; QGIS's own Python is left as it is."
-            if cpu_missing else "Every package Segment roads needs is installed. Install Training and GPU to "
-            "train models or run on an NVIDIA GPU.")
+        if cpu_missing:
+            intro = ("RoadSeg needs Python packages that QGIS's Python does not have. They are installed into a "
+                     "folder used only by RoadSeg, in your QGIS profile; QGIS's own Python is left as it is.")
+        elif missing["training"]:
+            intro = ("Every package Segment roads needs is installed. Install Training and GPU to train models or "
+                     "run on an NVIDIA GPU.")
+        else:
+            intro = "Every package RoadSeg uses is installed: Segment roads, training and the GPU all work."
+        self.intro.setText(intro)
+        self.missing = missing
         torch_note = {None: "the CPU build of PyTorch"}.get(self.driver, f"a CUDA build of PyTorch (NVIDIA driver "
                                                                          f"{self.driver})")
         for key, package_set in packages.SETS.items():
@@ -176,9 +182,15 @@ class InstallerDialog(QDialog):
         self.where.setText(f"Python: {self.python}\nFolder: {self.target}")
         self._update_command()
 
+    def to_install(self) -> list[packages.Package]:
+        """The packages of the selected set that are not installed yet (what Install installs)."""
+        return self.missing[self.selected().key]
+
     def commands(self) -> list[list[str]]:
-        """The pip commands for the selected set (also what the Details pane shows)."""
-        return packages.pip_commands(self.selected(), self.python, self.target, self.numpy, driver=self.driver)
+        """The pip commands for what the selected set adds (also what the Details pane shows); for
+        a set already installed, those that would install it all again (by hand)."""
+        return packages.pip_commands(self.selected(), self.python, self.target, self.numpy, driver=self.driver,
+                                     only=self.to_install() or None)
 
     def command_text(self) -> str:
         return packages.command_line(self.commands())
@@ -187,9 +199,13 @@ class InstallerDialog(QDialog):
         if not any(radio.isChecked() for radio in self.radios.values()):
             return
         where = "the OSGeo4W Shell" if sys.platform == "win32" else "a terminal"
-        self.manual.setText(f"To install by hand, run this in {where} (QGIS may stay open), then restart QGIS. "
-                            "The folder is put first on QGIS's Python path when RoadSeg loads.")
+        again = "" if self.to_install() else f"{self.selected().title} is installed; to install it again, "
+        self.manual.setText(f"{again or 'To install by hand, '}run this in {where} (QGIS may stay open), then "
+                            "restart QGIS. The folder is put first on QGIS's Python path when RoadSeg loads.")
         self.command_view.setPlainText(self.command_text())
+        if not self.running():
+            self.install_button.setEnabled(bool(self.to_install()))
+            self.install_button.setToolTip("" if self.to_install() else f"{self.selected().title} is installed")
 
     def copy_command(self) -> None:
         QGuiApplication.clipboard().setText(self.command_text())
@@ -201,7 +217,7 @@ class InstallerDialog(QDialog):
     def _set_busy(self, busy: bool) -> None:
         for radio in self.radios.values():
             radio.setEnabled(not busy)
-        self.install_button.setEnabled(not busy)
+        self.install_button.setEnabled(not busy and bool(self.to_install()))
         self.cancel_button.setEnabled(busy)
         self.close_button.setEnabled(not busy)
 
@@ -222,7 +238,8 @@ class InstallerDialog(QDialog):
         self.log_view.clear()
         self.progress.setValue(0)
         self._set_busy(True)
-        self.status.setText(f"Installing {self.selected().title} ({self.selected().size_text()})...")
+        adds = ", ".join(p.name for p in self.to_install())
+        self.status.setText(f"Installing {self.selected().title}: {adds}...")
         self._next()
 
     def _next(self) -> None:
@@ -260,7 +277,7 @@ class InstallerDialog(QDialog):
             elif line.startswith("Installing collected packages"):
                 self.status.setText("Installing the downloaded packages...")
         done = self.step_count - len(self.steps)
-        expected = 3 * len(self.selected().packages) + 2  # distributions pip collects, about
+        expected = 3 * len(self.to_install() or self.selected().packages) + 2  # distributions pip collects, about
         within = min(0.95, self.collected / expected) if kind == "pip" else 0.0
         self.progress.setValue(int(100 * (done + within) / self.step_count))
 

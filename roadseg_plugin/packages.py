@@ -17,7 +17,13 @@ the desktop and qgis_process both call), before anything imports numpy. Two sets
 
 Requirements are ranges, not pins (pip picks the newest release that fits the Python QGIS
 ships), except numpy: it is pinned to the version QGIS's own Python has, because QGIS's GDAL
-bindings are compiled against it and another plugin may have imported it first.
+bindings are compiled against it and another plugin may have imported it first. `CONSTRAINTS`
+keep pip from walking through releases that need a newer numpy than that pin (pandas 3 needs
+numpy >= 1.26; with QGIS's 1.24 pip downloaded pandas 3 release after release before backing off).
+
+A set is installed only for what it adds: with CPU inference in place, Training and GPU installs
+PyTorch, onnx, matplotlib and imageio (`pip_commands(..., only=missing(TRAINING))`), not the CPU
+set again (pip's `--target` ignores what the folder holds, so it would reinstall all of it).
 
 Nothing here imports Qt, QGIS (the profile folder is an argument; `settings_dir` asks QGIS
 only when it is already loaded) or any of the packages it installs.
@@ -33,6 +39,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,6 +108,9 @@ TRAINING_PACKAGES = (
     Package("matplotlib", ">=3.7", "matplotlib", 16),
     Package("imageio", ">=2.31", "imageio", 0.3),
 )
+# Extra requirements, each added when the package it bounds is pulled in by a listed one:
+# {the listed package: requirement}. See the module notes.
+CONSTRAINTS = {"geopandas": "pandas<3"}
 CPU = PackageSet("cpu", "CPU inference", "Segment roads, vectorise masks and evaluate on the CPU (ONNX Runtime)",
                  CPU_PACKAGES, installed_mb=933)
 TRAINING = PackageSet("training", "Training and GPU", "Adds PyTorch: train models, export them, run on an "
@@ -339,23 +349,31 @@ def qgis_numpy_version(python: str, target: str | os.PathLike | None = None) -> 
 
 
 def pip_commands(package_set: PackageSet, python: str, target: str | os.PathLike, qgis_numpy: str | None = None,
-                 platform: str = sys.platform, driver: str | None = None) -> list[list[str]]:
+                 platform: str = sys.platform, driver: str | None = None,
+                 only: Iterable[Package] | None = None) -> list[list[str]]:
     """The pip commands (argv lists, run in order) that install the set into `target`.
 
     `pip install --target DIR --upgrade`: pip then ignores whatever the interpreter already has
     and leaves QGIS's own site-packages alone (and PEP 668 "externally managed" Pythons allow
-    it). torch comes first, from its own index (see `torch_index`); the rest from PyPI.
+    it). torch comes first, from its own index (see `torch_index`); the rest from PyPI. `only`:
+    the packages of the set to install (those `missing` finds), so a set is installed only for
+    what it adds to what is there; numpy stays pinned in every command, as the packages' own
+    dependencies would otherwise pull in another one. No command when nothing is to install.
     """
     base = [python, "-m", "pip", "install", "--target", str(target), "--upgrade", "--no-input", "--prefer-binary",
             "--progress-bar", "off", "--no-warn-script-location"]
+    chosen = list(package_set.packages if only is None else only)
+    names = {p.name for p in chosen}
     numpy = numpy_requirement(qgis_numpy, _major_minor(target))
-    reqs = [numpy if p.name == "numpy" else p.requirement for p in package_set.packages if p.name != "torch"]
+    reqs = [p.requirement for p in chosen if p.name not in ("torch", "numpy")]
+    reqs += [CONSTRAINTS[name] for name in CONSTRAINTS if name in names]
     commands = []
-    torch = next((p for p in package_set.packages if p.name == "torch"), None)
+    torch = next((p for p in chosen if p.name == "torch"), None)
     if torch is not None:
         index = torch_index(platform, driver)
         commands.append(base + (["--index-url", index] if index else []) + [torch.requirement])
-    commands.append(base + reqs)
+    if reqs or "numpy" in names:
+        commands.append(base + [numpy] + reqs)
     return commands
 
 

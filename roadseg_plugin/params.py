@@ -27,6 +27,8 @@ class SegmentParams:
         output: the road-line file (.gpkg, .shp, .geojson, .fgb); None writes a temporary GeoPackage.
         add_probability: also add the probability raster to the project.
         layer_name: name of the layer(s) added to the project.
+        aoi: areas of interest as WKT polygons in the layer's CRS (only their pixels are
+            processed; `inference.extent` is then their bounding box on the layer), or None.
 
     Raises:
         ParamError: no layer, or an output whose extension is not a vector format RoadSeg writes.
@@ -38,6 +40,7 @@ class SegmentParams:
     output: str | None = None
     add_probability: bool = False
     layer_name: str = "Roads"
+    aoi: str | None = None
 
     def __post_init__(self) -> None:
         if not self.layer_id:

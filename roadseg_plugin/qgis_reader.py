@@ -6,7 +6,12 @@ otherwise a `ProviderReader` that reads through the layer's data provider.
 options, GeoPackage rasters, `/vsimem/` rasters, WMS/XYZ layers and anything else QGIS can draw
 work with the same engine as GeoTIFFs. It reads at the model's resolution over a chosen extent,
 keeps the layer CRS, and marks no-data (the provider's source and user no-data values, an alpha
-band or channel, NaN) and pixels outside the layer extent as invalid.
+band or channel, NaN), pixels outside the layer extent and pixels outside the areas of interest
+(polygons, as Deepness offers them) as invalid.
+
+A web map (XYZ, WMS, WMTS: tiles from a map service) has no pixel grid or extent of its own:
+its "whole extent" is the world. It is refused without an extent or areas of interest, before
+any work, with a message saying what to choose (`is_web_map`).
 
 numpy and rasterio are imported lazily so the plugin loads when dependencies are missing.
 """
@@ -19,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from qgis.core import (
     Qgis,
     QgsCoordinateReferenceSystem,
+    QgsGeometry,
     QgsProviderRegistry,
     QgsRaster,
     QgsRasterDataProvider,
@@ -72,25 +78,39 @@ def local_file(layer: QgsRasterLayer) -> str | None:
     return path
 
 
+def is_web_map(layer: QgsRasterLayer) -> bool:
+    """Whether `layer` is drawn from a map service's tiles (XYZ, WMS, WMTS): no pixel size of its own."""
+    provider = layer.dataProvider() if layer is not None else None
+    if provider is None:
+        return False
+    return not (provider.capabilities() & QgsRasterDataProvider.Size) or provider.xSize() <= 0
+
+
+WEB_MAP_FIX = ('choose the area to process: the current map view ("Current map view", or the map canvas extent), '
+               "an extent drawn on the map, or polygons of areas of interest")
+
+
 def raster_source(layer: QgsRasterLayer, extent: QgsRectangle | None = None,
-                  gsd_m: float | None = None) -> str | ProviderReader:
+                  gsd_m: float | None = None, aoi: QgsGeometry | None = None) -> str | ProviderReader:
     """What to hand to `core.engine.segment_raster` for `layer`.
 
     Args:
         layer: any valid raster layer.
         extent: the area to process, in the layer's CRS; None means the whole layer.
         gsd_m: the model's ground sampling distance in metres; None means the layer's own resolution.
+        aoi: areas of interest (polygons in the layer's CRS): only their pixels are processed.
 
     Returns:
-        The file path for a plain local file and no extent, otherwise a `ProviderReader`.
+        The file path for a plain local file, no extent and no areas, otherwise a `ProviderReader`.
 
     Raises:
-        RasterError: the layer is invalid, the extent misses it, or its resolution is unknown.
+        RasterError: the layer is invalid, the extent misses it, its resolution is unknown, or
+            it is a web map without an extent or areas of interest.
     """
     path = local_file(layer)
-    if path is not None and (extent is None or extent.isNull()):
+    if path is not None and (extent is None or extent.isNull()) and aoi is None:
         return path
-    return ProviderReader(layer, extent, gsd_m)
+    return ProviderReader(layer, extent, gsd_m, aoi)
 
 
 class ProviderReader:
@@ -102,7 +122,7 @@ class ProviderReader:
     """
 
     def __init__(self, layer: QgsRasterLayer, extent: QgsRectangle | None = None,
-                 gsd_m: float | None = None) -> None:
+                 gsd_m: float | None = None, aoi: QgsGeometry | None = None) -> None:
         from rasterio.crs import CRS
         from rasterio.transform import Affine
 
@@ -120,6 +140,16 @@ class ProviderReader:
         self.crs = CRS.from_user_input(crs_string(qcrs)) if qcrs.isValid() else None
 
         area = QgsRectangle(self._layer_extent)
+        if (extent is None or extent.isNull()) and aoi is None and is_web_map(layer):
+            raise RasterError(self.name, "a web map layer (tiles from a map service) has no extent of its own: "
+                              "its whole extent is the whole world", WEB_MAP_FIX)
+        self._aoi = None
+        if aoi is not None:  # the areas' pixels only, within their bounding box
+            import shapely
+
+            self._aoi = shapely.from_wkb(bytes(aoi.asWkb()))
+            shapely.prepare(self._aoi)  # many point-in-polygon tests per window
+            extent = aoi.boundingBox() if extent is None or extent.isNull() else extent.intersect(aoi.boundingBox())
         if extent is not None and not extent.isNull():
             area = self._layer_extent.intersect(extent)
             if area.isEmpty():
@@ -132,6 +162,9 @@ class ProviderReader:
             area = self._snap(area, res_x, res_y)
         self.width = max(1, round(area.width() / res_x))
         self.height = max(1, round(area.height() / res_y))
+        from .core.probability_raster import check_size
+
+        check_size(self.width, self.height, self.name)  # before any work: a continent at 1 m is too much
         self.transform = Affine(res_x, 0.0, area.xMinimum(), 0.0, -res_y, area.yMaximum())
         self.warnings: list[str] = []
         self.gsd_m: float | None = None  # metres per pixel of the grid (optional RasterReader attribute)
@@ -188,7 +221,8 @@ class ProviderReader:
                 raise RasterError(self.name, "the layer has no pixel size of its own (a web map?)",
                                   "give the resolution to read it at (the model's gsd_m)")
             return native
-        return metres_to_crs_units(self.crs, gsd_m, area.center().y())  # layer units, via the rasterio CRS
+        centre = area.center()  # ground metres -> layer units there (degrees, a projection's scale factor)
+        return metres_to_crs_units(self.crs, gsd_m, centre.y(), centre.x())
 
     def _snap(self, area: QgsRectangle, res_x: float, res_y: float) -> QgsRectangle:
         """Grow `area` outwards onto the layer's pixel edges."""
@@ -237,7 +271,18 @@ class ProviderReader:
             valid = ~nodata if bands else np.ones((h, w), dtype=bool)
             if self._alpha is not None:
                 valid &= self._read_band(self._alpha, rect, w, h)[0] > 0
+        if self._aoi is not None:
+            valid &= self._in_aoi(row, col, h, w)
         return values, valid & inside
+
+    def _in_aoi(self, row: int, col: int, h: int, w: int) -> np.ndarray:
+        """Pixels whose centres lie in the areas of interest."""
+        import numpy as np
+        import shapely
+
+        t = self.transform
+        xs, ys = np.meshgrid(t.c + (np.arange(col, col + w) + 0.5) * t.a, t.f + (np.arange(row, row + h) + 0.5) * t.e)
+        return shapely.contains_xy(self._aoi, xs, ys)
 
     def _check_band(self, band: int) -> None:
         if not 1 <= band <= self.count:
@@ -342,4 +387,4 @@ def materialise(reader: ProviderReader, path: str | os.PathLike, rows_per_block:
     return str(path)
 
 
-__all__ = ["ProviderReader", "crs_string", "local_file", "materialise", "raster_source"]
+__all__ = ["ProviderReader", "crs_string", "is_web_map", "local_file", "materialise", "raster_source"]

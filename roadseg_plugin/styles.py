@@ -30,6 +30,11 @@ from qgis.core import (
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QColor
 
+# The names of the layers RoadSeg adds, after the raster they come from: the same from the
+# Segment roads dialog and from Processing.
+ROADS_NAME = "Roads ({})"
+PROBABILITY_NAME = "Road probability ({})"
+
 ROAD_COLOUR = QColor(255, 127, 0)
 CASING_COLOUR = QColor(40, 40, 40, 200)
 ROAD_WIDTH_MM = 0.8

@@ -24,6 +24,7 @@ from typing import Any
 
 from qgis.core import (
     Qgis,
+    QgsGeometry,
     QgsMapLayer,
     QgsProcessingUtils,
     QgsProject,
@@ -40,7 +41,7 @@ from .core.params import InferenceParams
 from .params import SegmentParams
 from .plugin import PLUGIN_NAME, log
 from .processing.base import qgis_message
-from .styles import style_probability, style_roads
+from .styles import PROBABILITY_NAME, style_probability, style_roads
 
 
 class Status(Enum):
@@ -99,7 +100,8 @@ class RoadSegTask(QgsTask):
         self._workdir: Path | None = None
         # Main thread: a non-file layer or an extent gives a ProviderReader that clones the
         # layer's data provider here, so `run` never touches the layer.
-        self.source = layer_source(layer, params.inference)
+        aoi = QgsGeometry.fromWkt(params.aoi) if params.aoi else None
+        self.source = layer_source(layer, params.inference, aoi)
 
     # ------------------------------------------------------------------ worker thread
     def run(self) -> bool:
@@ -196,16 +198,17 @@ class RoadSegTask(QgsTask):
         summary = (f"{outcome.n_lines} road lines ({outcome.total_length_m / 1000:.2f} km) "
                    f"from {self.layer_name} in {outcome.seconds:.0f} s")
         if outcome.warnings:
-            summary += f"; {len(outcome.warnings)} warning(s): {outcome.warnings[0]}"
+            summary += (f"; {len(outcome.warnings)} warning(s), in the {PLUGIN_NAME} tab of the log messages: "
+                        f"{outcome.warnings[0]}")
         outcome.message = summary
-        if bar is not None:
+        if bar is not None:  # a warning (no georeferencing, resampled...) stays until closed
             level = Qgis.Warning if outcome.warnings else Qgis.Success
-            bar.pushMessage(PLUGIN_NAME, summary, level, 10)
+            bar.pushMessage(PLUGIN_NAME, summary, level, 0 if outcome.warnings else 10)
 
     def _add_layers(self, outcome: TaskOutcome) -> None:
         name = self.params.layer_name
         if outcome.probability_path:
-            raster = QgsRasterLayer(outcome.probability_path, f"{name} probability")
+            raster = QgsRasterLayer(outcome.probability_path, PROBABILITY_NAME.format(self.layer_name))
             if raster.isValid():
                 style_probability(raster, maximum=1 if self.params.inference.binary else 255)
                 self.project.addMapLayer(raster)
@@ -229,20 +232,22 @@ class RoadSegTask(QgsTask):
         return iface.messageBar() if iface is not None else None
 
 
-def layer_source(layer: QgsRasterLayer, params: InferenceParams) -> Any:
+def layer_source(layer: QgsRasterLayer, params: InferenceParams, aoi: QgsGeometry | None = None) -> Any:
     """What `extract_roads` reads for `layer`: its file, or a `qgis_reader.ProviderReader`.
 
     Shared by the task and the Processing algorithms, so both read a layer the same way. Call
     it on the thread that owns the layer (the reader clones its data provider). The reader
-    covers `params.extent` (in the layer's CRS) and reads at the model's resolution when the
-    layer's own is too far off, as the core does for files; it lists the layer's local file in
-    `files`, so that the pipeline refuses an output that would overwrite it.
+    covers `params.extent` and the areas of interest `aoi` (both in the layer's CRS) and reads
+    at the model's resolution when the layer's own is too far off, as the core does for files;
+    it lists the layer's local file in `files`, so that the pipeline refuses an output that
+    would overwrite it. A web map without extent or areas is refused here, before any work.
     """
     from .qgis_reader import local_file, raster_source
 
     extent = QgsRectangle(*params.extent) if params.extent is not None else None
-    gsd_m = reading_gsd(layer, params.model) if extent is not None or local_file(layer) is None else None
-    source = raster_source(layer, extent=extent, gsd_m=gsd_m)
+    whole_file = extent is None and aoi is None and local_file(layer) is not None
+    gsd_m = None if whole_file else reading_gsd(layer, params.model)
+    source = raster_source(layer, extent=extent, gsd_m=gsd_m, aoi=aoi)
     if not isinstance(source, (str, os.PathLike)):
         source.files = layer_files(layer)
     return source
@@ -272,6 +277,7 @@ def reading_gsd(layer: QgsRasterLayer, model: str | None) -> float | None:
     provider = layer.dataProvider()
     if not provider.capabilities() & QgsRasterDataProvider.Size or provider.xSize() <= 0:
         return gsd
-    model_x, _ = metres_to_crs_units(crs_string(layer.crs()), gsd, layer.extent().center().y())
+    centre = layer.extent().center()
+    model_x, _ = metres_to_crs_units(crs_string(layer.crs()), gsd, centre.y(), centre.x())
     native = abs(layer.rasterUnitsPerPixelX())
     return gsd if abs(native / model_x - 1) > GSD_TOLERANCE else None

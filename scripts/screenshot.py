@@ -1,7 +1,8 @@
 """Screenshot of "Segment roads" in the real QGIS desktop -> docs/screenshot_segment_roads.png.
 
 Usage:
-    .venv/bin/python scripts/screenshot.py [--model M] [--out docs/screenshot_segment_roads.png]
+    .venv/bin/python scripts/screenshot.py [--model M] [--out docs/screenshot_segment_roads.png] [--plain]
+    (--plain: a PNG without georeferencing, e.g. --out docs/screenshot_plain_png.png)
 
 What it does, all in a temporary folder (nothing is copied into the repository):
 1. writes a GeoTIFF copy of a real Massachusetts tile (1 m/pixel, EPSG:26986, NAD83 / Massachusetts
@@ -105,7 +106,8 @@ def start():
     layer = iface.addRasterLayer(CFG["raster"], CFG["layer_name"])
     if layer is None or not layer.isValid():
         raise RuntimeError(f"could not load {CFG['raster']}")
-    QgsProject.instance().setCrs(layer.crs())
+    if layer.crs().isValid():
+        QgsProject.instance().setCrs(layer.crs())
     iface.setActiveLayer(layer)
     STATE["raster_id"] = layer.id()
     for dock in window.findChildren(QDockWidget):  # more room for the map; keep the Layers panel
@@ -160,7 +162,7 @@ def after_task():
     canvas.setExtent(QgsRectangle(*CFG["zoom"]) if CFG["zoom"] else raster.extent())
     # QGIS's own "Task complete" notice sits on top of the plugin's summary: show only the summary.
     iface.messageBar().clearWidgets()
-    iface.messageBar().pushMessage("RoadSeg", outcome.message, Qgis.Success, 0)
+    iface.messageBar().pushMessage("RoadSeg", outcome.message, Qgis.Warning if outcome.warnings else Qgis.Success, 0)
     canvas.refreshAllLayers()
     QTimer.singleShot(1500, grab)
 
@@ -181,6 +183,20 @@ def grab():
 
 QTimer.singleShot(CFG["start_delay_ms"], start)
 '''
+
+
+def write_plain_image(png: Path, dst: Path, crop: tuple[int, int, int] | None) -> Path:
+    """A PNG copy of `png` (or of its crop) without any georeferencing, as a photo or a scan is."""
+    import rasterio
+    from rasterio.windows import Window
+
+    with rasterio.open(png) as src:
+        row, col, size = crop or (0, 0, max(src.width, src.height))
+        w, h = min(size, src.width - col), min(size, src.height - row)
+        data = src.read(window=Window(col, row, w, h))
+    with rasterio.open(dst, "w", driver="PNG", width=w, height=h, count=data.shape[0], dtype=data.dtype) as out:
+        out.write(data)
+    return dst
 
 
 def write_georeferenced_tile(png: Path, dst: Path, crop: tuple[int, int, int] | None) -> Path:
@@ -273,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--min-length", type=float, help="minimum road line length (m); default: RoadSeg's")
     parser.add_argument("--probability", action="store_true", help="also add the probability raster")
+    parser.add_argument("--plain", action="store_true",
+                        help="a PNG without georeferencing instead of a GeoTIFF (lines over a plain image)")
     parser.add_argument("--timeout", type=int, default=900, help="seconds before QGIS is stopped")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder and print it")
     parser.add_argument("--pythonpath", type=Path, action="append", default=[],
@@ -290,12 +308,17 @@ def main(argv: list[str] | None = None) -> int:
     env = qgis_environment(args.pythonpath)
     work = Path(tempfile.mkdtemp(prefix="roadseg_screenshot_"))
     try:
-        raster = write_georeferenced_tile(args.image, work / f"{args.image.stem}_epsg26986.tif", tuple(args.crop))
+        if args.plain:
+            raster = write_plain_image(args.image, work / f"{args.image.stem}.png", tuple(args.crop))
+            name = f"{args.image.stem}.png (no georeferencing)"
+        else:
+            raster = write_georeferenced_tile(args.image, work / f"{args.image.stem}_epsg26986.tif", tuple(args.crop))
+            name = f"Massachusetts {args.image.stem} (EPSG:26986)"
         profiles = work / "profiles"
         install_plugin(profiles / "profiles" / "default", work)
         status = work / "status.json"
         config = {
-            "raster": str(raster), "layer_name": f"Massachusetts {args.image.stem} (EPSG:26986)",
+            "raster": str(raster), "layer_name": name,
             "model": str(args.model.resolve()), "device": args.device, "min_length": args.min_length,
             "probability": args.probability, "zoom": args.zoom, "out": str(args.out.resolve()),
             "canvas_out": str(work / "canvas.png"), "status": str(status), "window": list(SCREEN),

@@ -30,4 +30,11 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/pip install --quiet -r requirements.txt
   echo "$want" > "$stamp"
 fi
+# `roadseg ...` and `roadseg-train ...` on the venv's PATH. A .venv that is a symlink is shared with
+# the checkout it lives in (a git worktree's), whose commands it keeps.
+if [ -L .venv ]; then
+  echo "setup: .venv is a link to $(readlink -f .venv); its roadseg commands belong to that checkout"
+else
+  bash scripts/install_commands.sh .venv
+fi
 echo "setup: ok"

@@ -240,7 +240,7 @@ def predict_window(reader: RasterReader, grid: TileGrid, window: Window4, bands:
         for batch in batches:
             if is_cancelled is not None and is_cancelled():
                 raise Cancelled()
-            probs = runner(batch.tiles)
+            probs = _predict_valid(runner, batch)
             for prob, valid, (r, c), finished in zip(probs, batch.valid, batch.origins, batch.finished, strict=True):
                 blend.add(prob, valid, r, c)
                 if finished is not None and (out := blend.pop(finished, encode)) is not None:
@@ -249,6 +249,19 @@ def predict_window(reader: RasterReader, grid: TileGrid, window: Window4, bands:
                 on_tiles(len(batch.origins))
     finally:
         batches.close()
+
+
+def _predict_valid(runner: BatchRunner, batch: TileBatch) -> np.ndarray:
+    """The batch's probabilities; tiles without a single valid pixel (beyond an area of interest,
+    a web map's empty tiles, a no-data border) are 0 without running the model: their pixels are
+    written as no-data whatever the model says, and a pixel's validity is the same in every tile."""
+    keep = batch.valid.reshape(len(batch.valid), -1).any(axis=1)
+    if keep.all():
+        return runner(batch.tiles)
+    probs = np.zeros((len(batch.tiles), *batch.tiles.shape[2:]), np.float32)
+    if keep.any():
+        probs[keep] = runner(batch.tiles[keep])
+    return probs
 
 
 def _run_strips(reader: RasterReader, grid: TileGrid, bands: list[int], normaliser: InputNormaliser,

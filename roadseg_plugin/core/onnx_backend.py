@@ -55,7 +55,8 @@ def cached_onnx_path(checkpoint: Path, digest: str, suffix: str = ".onnx") -> Pa
     return user_cache_dir() / name
 
 
-def export_onnx(checkpoint: str | os.PathLike | None = None, out: str | os.PathLike | None = None) -> Path:
+def export_onnx(checkpoint: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
+                deepness: bool = False) -> Path:
     """Export a RoadSeg checkpoint to ONNX (opset 17, dynamic batch, height and width).
 
     Args:
@@ -63,6 +64,9 @@ def export_onnx(checkpoint: str | os.PathLike | None = None, out: str | os.PathL
         out: the .onnx file to write. None caches it as `<stem>.<sha12>.onnx` beside the
             checkpoint (or in `~/.cache/roadseg` when that folder is read-only) and reuses an
             existing export of the same checkpoint bytes.
+        deepness: also a model the Deepness plugin loads: its metadata keys (`core.deepness`)
+            and tiles of the model's size fixed in the graph (Deepness reads its tile size from
+            them); only with `out`. RoadSeg runs such a file too (with that tile size).
 
     Returns:
         The path of the ONNX file.
@@ -77,7 +81,9 @@ def export_onnx(checkpoint: str | os.PathLike | None = None, out: str | os.PathL
         raise CheckpointError(checkpoint, "model file not found", "check the path or pass --model")
     digest = checkpoint_digest(checkpoint)
     if out is not None:
-        return _export_to(*_load_for_export(checkpoint), digest, Path(out))
+        return _export_to(*_load_for_export(checkpoint), digest, Path(out), deepness)
+    if deepness:
+        raise ValueError("a Deepness export needs a file to write (out)")
     cached = find_fp32(checkpoint, digest)
     if cached is not None:
         return cached
@@ -148,21 +154,21 @@ def copy_with_exports(checkpoint: str | os.PathLike, target: str | os.PathLike) 
     return written
 
 
-def _export_to(net: object, meta: ModelMeta, digest: str, out: Path) -> Path:
+def _export_to(net: object, meta: ModelMeta, digest: str, out: Path, deepness: bool = False) -> Path:
     """Write the ONNX file through a temporary name in the same folder (never half a file)."""
     try:
         tmp = temporary_sibling(out)
     except OSError as exc:
         raise OutputError(out, f"cannot write here ({exc.strerror})", "choose a writable folder") from None
     try:
-        _write_onnx(net, meta, digest, tmp)
+        _write_onnx(net, meta, digest, tmp, deepness)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
     return out
 
 
-def _write_onnx(net: Any, meta: ModelMeta, digest: str, path: Path) -> None:
+def _write_onnx(net: Any, meta: ModelMeta, digest: str, path: Path, deepness: bool = False) -> None:
     import onnx
     import torch
 
@@ -176,12 +182,19 @@ def _write_onnx(net: Any, meta: ModelMeta, digest: str, path: Path) -> None:
 
     example = torch.zeros(1, meta.in_channels, meta.tile, meta.tile)
     axes = {"image": {0: "batch", 2: "height", 3: "width"}, "prob": {0: "batch", 1: "height", 2: "width"}}
+    if deepness:  # Deepness sets its tile size from the input's fixed width
+        axes = {"image": {0: "batch"}, "prob": {0: "batch"}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notes about the (constant) input-shape check
         torch.onnx.export(Probabilities(net).eval(), (example,), str(path), opset_version=OPSET, dynamo=False,
                           input_names=["image"], output_names=["prob"], dynamic_axes=axes)
     graph = onnx.load(str(path))
-    for key, value in ((META_KEY, json.dumps(meta.to_dict())), (DIGEST_KEY, digest)):
+    entries = {META_KEY: json.dumps(meta.to_dict()), DIGEST_KEY: digest}
+    if deepness:
+        from .deepness import deepness_metadata
+
+        entries.update(deepness_metadata(meta))
+    for key, value in entries.items():
         entry = graph.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.save(graph, str(path))

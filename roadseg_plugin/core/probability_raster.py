@@ -18,10 +18,34 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from .atomic import temporary_sibling
-from .errors import OutputError
+from .errors import OutputError, RasterError
 from .readers import RasterReader
 
 OUTPUT_BLOCK = 256
+# GDAL's GTiff keeps a tile's offset and size in arrays it refuses beyond 2 GB (8 bytes per tile
+# in a BigTIFF): about 4.2 million px a side at 256 px tiles ("File too large regarding tile size").
+MAX_TILES = 2**31 // 8
+
+
+def check_size(width: int, height: int, name: object) -> None:
+    """Refuse a grid the probability GeoTIFF cannot hold, naming the raster (a web map's whole
+    world, a continent-wide view at 1 m), before any work."""
+    tiles = -(-width // OUTPUT_BLOCK) * -(-height // OUTPUT_BLOCK)
+    if tiles > MAX_TILES:
+        raise RasterError(name, f"the area to process is {width:,} x {height:,} px at the model's resolution, "
+                          "more than one GeoTIFF holds", "choose a smaller area (an extent or polygons)")
+
+
+def gdal_message(exc: BaseException, path: object, limit: int = 160) -> str:
+    """GDAL's reason for a failure on `path`, without the path it starts with (errors name the
+    user's file, never a temporary one) and, when long, cut at a word with "...", never mid-word."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    for prefix in (f"{path}: ", f"{Path(str(path)).name}: "):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0].rstrip(",;:") + "..."
+    return text
 
 
 class RasterSink:
@@ -34,6 +58,7 @@ class RasterSink:
     """
 
     def __init__(self, path: Path, reader: RasterReader, tags: dict[str, str]) -> None:
+        check_size(reader.width, reader.height, getattr(reader, "name", path))
         georeferenced = reader.crs is not None or reader.transform != affine.Affine.identity()
         profile = dict(driver="GTiff", width=reader.width, height=reader.height, count=1, dtype="uint8",
                        crs=reader.crs, transform=reader.transform if georeferenced else None, tiled=True,
@@ -42,7 +67,7 @@ class RasterSink:
         try:
             self.dataset = rasterio.open(path, "w", **profile)
         except RasterioError as exc:
-            raise OutputError(path, f"cannot create the output ({str(exc).splitlines()[0][:100]})",
+            raise OutputError(path, f"cannot create the output ({gdal_message(exc, path)})",
                               "choose a writable folder with free space") from None
         self.dataset.update_tags(**tags)
         self.dataset.set_band_description(1, tags.get("ROADSEG_VALUES", ""))
@@ -72,7 +97,7 @@ class RasterSink:
 
     def _raise_error(self) -> None:
         if self.error is not None:
-            raise OutputError(self.path, f"writing failed ({str(self.error).splitlines()[0][:100]})",
+            raise OutputError(self.path, f"writing failed ({gdal_message(self.error, self.path)})",
                               "check the free disk space and permissions")
 
     def close(self) -> None:

@@ -9,6 +9,9 @@ WarpedVRT that warps it with its GCPs (GDAL's polynomial GCP transformer, biline
 north-up grid in the GCPs' CRS, so its output lands where the image is; pixels outside the
 image are invalid. GCPs without a CRS, and RPCs without a geotransform, are refused rather than
 processed in pixel coordinates.
+
+A raster without any georeferencing is read on its own pixels in the frame QGIS draws it in
+(`gsd.IMAGE_FRAME`: x = column, y = -row), so its probability raster and lines overlay it.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from .errors import RasterError
-from .gsd import mean_gsd_m, pixel_size_m
+from .gsd import IMAGE_FRAME, mean_gsd_m, pixel_size_m
 
 GSD_TOLERANCE = 0.25  # resample when the raster's GSD differs from the model's by more than this
 SUPPORTED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
@@ -94,7 +97,7 @@ class RasterioReader:
             raise
         self.width, self.height, self.count = self._ds.width, self._ds.height, self._src.count
         self.crs = self._src.crs
-        self.transform = self._ds.transform
+        self.transform = self._ds.transform if self._ds is not self._src else src_transform
         self.dtype = self._src.dtypes[0]
         self.alpha_bands = tuple(i for i, ci in enumerate(self._src.colorinterp, 1) if ci == ColorInterp.alpha)
         self.nodata = self._src.nodata
@@ -148,6 +151,8 @@ class RasterioReader:
             self.warnings.append(f"{self.name}: the raster is georeferenced; the pixel size given "
                                  f"({native_gsd_m:g} m) is ignored")
         self._note_georeferencing()
+        if not _is_georeferenced(src):
+            return affine.Affine(*IMAGE_FRAME), None
         # Without a CRS the ground size is unknown: never resample.
         gsd = pixel_size_m(src.crs, src.transform, src.width, src.height) if src.crs is not None else None
         return src.transform, gsd
@@ -176,7 +181,7 @@ class RasterioReader:
         else:
             resampling = Resampling.nearest  # a crop on the raster's own pixels: exact values
         masked_by_file = src.mask_flag_enums[0] == [MaskFlags.per_dataset]
-        own = not self._local_grid
+        own = src_transform == src.transform  # else a local grid or the image frame of a plain image
         return WarpedVRT(src, src_transform=None if own else src_transform, crs=src.crs, transform=transform,
                          width=width, height=height, resampling=resampling, add_alpha=masked_by_file)
 
@@ -210,8 +215,8 @@ class RasterioReader:
 
     def _note_georeferencing(self) -> None:
         if not _is_georeferenced(self._src):
-            self.warnings.append(f"{self.name}: no georeferencing; processed at native resolution "
-                                 "and the output is in pixel coordinates")
+            self.warnings.append(f"{self.name}: no georeferencing; processed at native resolution and the "
+                                 "output is in pixel coordinates as QGIS draws the image (x = column, y = -row)")
         elif self._src.crs is None:
             self.warnings.append(f"{self.name}: no coordinate reference system; processed at native "
                                  "resolution and the output has none either")

@@ -7,9 +7,9 @@ graph. The graph is then cleaned once, globally: chains through degree-2 nodes m
 spurs pruned, gaps between aligned line ends bridged, short components dropped.
 
 Clean-up lengths are in metres, converted with `scale` (metres per pixel along rows,
-columns). Each edge keeps sample sums along its skeleton pixels: widths 2 * d - 1 px (d:
-distance to the nearest background pixel, as scipy's EDT) and probabilities, from which
-`vectorise` derives its `width_m` and `mean_prob` attributes.
+columns). Each edge keeps one sample per segment of its skeleton (`s`, (segments, 2)): width
+2 * d - 1 px (d: distance to the nearest background pixel, as scipy's EDT) and probability,
+joined and cut with the segments, from which `vectorise` derives `width_m` and `mean_prob`.
 """
 from __future__ import annotations
 
@@ -47,7 +47,6 @@ def _pieces_graph(pieces: Pieces, width: int, scale: tuple[float, float]) -> nx.
     n = len(pieces.pts)
     if not n:
         return graph
-    stats = np.concatenate(pieces.stats)
     ends = np.array([(p[0, 0], p[0, 1], p[-1, 0], p[-1, 1]) for p in pieces.pts], dtype=np.int64)
     keys = np.concatenate([ends[:, 0] * width + ends[:, 1], ends[:, 2] * width + ends[:, 3]])
     uniq, inv = np.unique(keys, return_inverse=True)
@@ -60,8 +59,7 @@ def _pieces_graph(pieces: Pieces, width: int, scale: tuple[float, float]) -> nx.
     graph.add_nodes_from((i, {"rc": (int(k // width), int(k % width))}) for i, k in enumerate(uniq))
     graph.add_edges_from(
         (int(inv[i]), int(inv[n + i]),
-         {"pts": pieces.pts[i], "start": int(inv[i]), "len": float(lengths[i]),
-          "n": float(stats[i, 0]), "sw": float(stats[i, 1]), "sp": float(stats[i, 2])})
+         {"pts": pieces.pts[i], "start": int(inv[i]), "len": float(lengths[i]), "s": pieces.samples[i]})
         for i in range(n))
     return graph
 
@@ -71,9 +69,18 @@ def _oriented(data: dict, node: int) -> np.ndarray:
     return data["pts"] if data["start"] == node else data["pts"][::-1]
 
 
+def _oriented_samples(data: dict, node: int) -> np.ndarray:
+    """An edge's segment samples in the order of `_oriented(data, node)`."""
+    return data["s"] if data["start"] == node else data["s"][::-1]
+
+
+NO_SAMPLES = np.zeros((0, 2))  # a bridge has no skeleton pixels of its own
+
+
 def _join(a: int, da: dict, node: int, db: dict) -> dict:
     pts = np.concatenate([_oriented(da, node)[::-1], _oriented(db, node)[1:]])
-    return {"pts": pts, "start": a, **{k: da[k] + db[k] for k in ("len", "n", "sw", "sp")}}
+    samples = np.concatenate([_oriented_samples(da, node)[::-1], _oriented_samples(db, node)])
+    return {"pts": pts, "start": a, "len": da["len"] + db["len"], "s": samples}
 
 
 def _merge_chains(graph: nx.MultiGraph) -> None:
@@ -148,7 +155,7 @@ def _bridge_gaps(graph: nx.MultiGraph, gap_m: float, scale: tuple[float, float])
                 used[i] = used[j] = True
                 a, b = ends[i], ends[j]
                 graph.add_edge(a, b, pts=np.array([graph.nodes[a]["rc"], graph.nodes[b]["rc"]]),
-                               start=a, len=float(dd), n=0.0, sw=0.0, sp=0.0)
+                               start=a, len=float(dd), s=NO_SAMPLES)
     _bridge_to_lines(graph, [e for e, u in zip(ends, used, strict=True) if not u],
                      pos[~used], dirs[~used], gap_m, sc, cos_max)
 
@@ -208,15 +215,43 @@ def _bridge_to_lines(graph: nx.MultiGraph, ends: list[int], pos: np.ndarray, dir
             bounds = [0, *cuts, len(pts) - 1]
             for a, b in pairwise(bounds):
                 part = pts[a:b + 1]
-                frac = (b - a) / (len(pts) - 1)
                 graph.add_edge(at[a], at[b], pts=part, start=at[a],
-                               len=float(_seg_lengths(part, tuple(sc)).sum()),
-                               **{f: d[f] * frac for f in ("n", "sw", "sp")})
+                               len=float(_seg_lengths(part, tuple(sc)).sum()), s=d["s"][a:b])
         for i, e, dist in hits:
             target = at[i] if i in at else None
             if target is not None and target != e:
                 graph.add_edge(e, target, pts=np.array([graph.nodes[e]["rc"], graph.nodes[target]["rc"]]),
-                               start=e, len=dist, n=0.0, sw=0.0, sp=0.0)
+                               start=e, len=dist, s=NO_SAMPLES)
+
+
+def _merge_close_junctions(graph: nx.MultiGraph, scale: tuple[float, float]) -> None:
+    """Make one junction of two joined by a link shorter than the road is wide there.
+
+    A crossing whose roads meet a few pixels apart skeletonises into two junctions and a stub
+    of 2-5 m between them, which no spur pruning removes (both its ends are junctions). The
+    link goes; its far junction's other lines end at the near one, moved to the link's middle.
+    """
+    sc = np.asarray(scale, dtype=np.float64)
+    for u, v, key, d in list(graph.edges(keys=True, data=True)):
+        if u == v or not graph.has_edge(u, v, key) or not len(d["s"]):
+            continue
+        width_m = float(d["s"][:, 0].mean()) * float(sc.mean())
+        if graph.degree(u) < 3 or graph.degree(v) < 3 or d["len"] >= width_m:
+            continue
+        middle = tuple(int(x) for x in d["pts"][len(d["pts"]) // 2])
+        graph.remove_edge(u, v, key)
+        for node in (u, v):  # every other line at either junction now ends at the middle
+            for _, other, k, e in list(graph.edges(node, keys=True, data=True)):
+                pts = _oriented(e, node).copy()
+                pts[0] = middle
+                far = node if other == node else other
+                target = u if far in (u, v) else far
+                graph.remove_edge(node, other, k)
+                graph.add_edge(u, target, pts=pts, start=u, len=float(_seg_lengths(pts, scale).sum()),
+                               s=_oriented_samples(e, node))
+        graph.nodes[u]["rc"] = middle
+        if v != u and graph.degree(v) == 0:
+            graph.remove_node(v)
 
 
 def _drop_short(graph: nx.MultiGraph, min_m: float) -> None:
@@ -252,10 +287,21 @@ def _graph(read: Reader, shape: tuple[int, int], scale: tuple[float, float], pro
     h, w = shape
     block = block_size or (max(h, w, 1) if h * w <= AUTO_BLOCK_PIXELS else BLOCK_SIZE)
     pieces = collect_pieces(read, shape, block, halo, prob_scale, on_progress, is_cancelled)
-    graph = _pieces_graph(pieces, w, scale)
+    return clean(_pieces_graph(pieces, w, scale), scale, min_length=min_length, spur_length=spur_length, gap=gap)
+
+
+def clean(graph: nx.MultiGraph, scale: tuple[float, float], *, min_length: float, spur_length: float,
+          gap: float) -> nx.MultiGraph:
+    """The clean-up of a pieces graph (also run by the region stitcher): chains merged, spurs
+    pruned, gaps bridged, spurs pruned again (a line cut where a side road now joins it can
+    leave a stub of a few metres beyond the joint), junctions closer than the road's width
+    made one, short components dropped."""
     _merge_chains(graph)
     _prune_spurs(graph, spur_length)
     _bridge_gaps(graph, gap, scale)
+    _merge_chains(graph)
+    _prune_spurs(graph, spur_length)
+    _merge_close_junctions(graph, scale)
     _merge_chains(graph)
     _drop_short(graph, min_length)
     return graph

@@ -4,18 +4,19 @@ The cleaned skeleton graph comes from `road_graph` (block/halo skeletons, sknw, 
 chains merged, spurs pruned, gaps bridged, short components dropped). Its lines are
 simplified (Douglas-Peucker), optionally smoothed (Chaikin) and moved to map coordinates.
 
-All clean-up lengths are in metres, converted with the pixel size of the transform in the
-CRS's units (`gsd.pixel_size_m`; for a geographic CRS, at the centre of the mask). Without a
-CRS, map units are taken as metres; without a transform, pixels are 1 m and coordinates are pixel
-coordinates (x = column + 0.5, y = row + 0.5, y pointing down).
+All clean-up lengths are true metres on the ground, converted with the ground size of a pixel
+at the centre of the mask (`gsd.pixel_size_m`: degrees at the centre latitude, a projection's
+scale factor at the centre point, so Web Mercator's "metres" count as the 0.74 m they are at
+42 N). Without a CRS, map units are taken as metres; without a transform, pixels are 1 m and
+coordinates are pixel coordinates (x = column + 0.5, y = row + 0.5, y pointing down).
 
-Attributes: `id` 1..n; `length_m` the length of the line as written, measured in the output
-CRS: its planar length times the CRS's metres per unit (`gsd.metres_per_unit`), or for a
-geographic CRS the sum of the geodesic lengths of its segments on the CRS's ellipsoid (pyproj),
-so a rotated or sheared transform gives the same length as measuring the file in a GIS;
-`width_m` the mean over the line's skeleton pixels of 2 * d - 1 px (d: distance to the nearest
-background pixel, as scipy's EDT), times the side of a square of the pixel's ground area (the
-transform's determinant in square metres, at the centre latitude for degrees); `mean_prob` the
+Attributes: `id` 1..n; `length_m` the length of the line as written, on the ground: the sum of
+the geodesic lengths of its segments on the CRS's ellipsoid (`gsd.segment_lengths_m`; a
+projected CRS's vertices are taken back to its geographic coordinates), so a rotated or sheared
+transform, UTM or Web Mercator give what a GIS measures on the ellipsoid; without a CRS its
+planar length; `width_m` the mean over the line's skeleton pixels of 2 * d - 1 px (d: distance
+to the nearest background pixel, as scipy's EDT), times the side of a square of the pixel's
+ground area (the transform's determinant in square metres at the centre); `mean_prob` the
 mean probability over the same pixels, NaN when no probability is given (0 would read as
 "certainly not a road"; NaN is written as null).
 
@@ -34,7 +35,7 @@ import numpy as np
 import shapely
 
 from .errors import RasterError
-from .gsd import centre_latitude, metres_per_unit
+from .gsd import IMAGE_FRAME, centre, metres_per_unit, segment_lengths_m
 from .gsd import pixel_size_m as _pixel_size_m  # private: the old vectorise.pixel_size_m had other arguments
 from .params import BLOCK_SIZE, GAP_M, HALO_PX, MASK_THRESHOLD, MIN_LENGTH_M, SPUR_LENGTH_M, TOLERANCE_M
 from .road_graph import _array_reader, _as_mask, _check, _graph
@@ -61,29 +62,15 @@ def _pixel_side_m(transform, crs, shape: tuple[int, ...]) -> float:
     from affine import Affine
 
     t = Affine.identity() if transform is None else transform
-    fx, fy = metres_per_unit(crs, centre_latitude(t, shape[1], shape[0]))
+    x, y = centre(t, shape[1], shape[0])
+    fx, fy = metres_per_unit(crs, y, x)
     return math.sqrt(abs(t.a * t.e - t.b * t.d) * fx * fy)
 
 
-def _geographic(crs) -> Any:
-    """The pyproj Geod of a geographic `crs` (degrees), else None."""
-    if crs is None:
-        return None
-    from pyproj import CRS
-
-    pcrs = CRS.from_user_input(crs)
-    return pcrs.get_geod() if pcrs.is_geographic else None
-
-
 def _lengths_m(xy: np.ndarray, idx: np.ndarray, crs, n: int) -> np.ndarray:
-    """Metres along each of `n` lines given as map coordinates `xy` with line numbers `idx`."""
+    """Ground metres along each of `n` lines given as map coordinates `xy` with line numbers `idx`."""
     same = idx[1:] == idx[:-1]
-    a, b = xy[:-1][same], xy[1:][same]
-    geod = _geographic(crs)
-    if geod is not None:  # lists: pyproj would take 1-element arrays for scalars
-        step = np.asarray(geod.inv(a[:, 0].tolist(), a[:, 1].tolist(), b[:, 0].tolist(), b[:, 1].tolist())[2])
-    else:
-        step = np.hypot(b[:, 0] - a[:, 0], b[:, 1] - a[:, 1]) * metres_per_unit(crs)[0]
+    step = segment_lengths_m(crs, xy[:-1][same], xy[1:][same])
     return np.bincount(idx[1:][same], step, minlength=n)
 
 
@@ -144,9 +131,10 @@ def _frame(graph: nx.MultiGraph, transform, crs, shape: tuple[int, ...], toleran
         lines[~ring] = shapely.simplify(lines[~ring], tol_px, preserve_topology=False)
     if smooth:
         lines = _linestrings([_chaikin(shapely.get_coordinates(g)) for g in lines])
-    n = np.array([d["n"] for d in data])
-    width = np.where(n > 0, np.array([d["sw"] for d in data]) / np.maximum(n, 1) * px, np.nan)
-    prob = np.array([d["sp"] for d in data]) / np.maximum(n, 1) if has_prob else np.full(len(data), np.nan)
+    n = np.array([len(d["s"]) for d in data])
+    sums = np.array([d["s"].sum(axis=0) for d in data]).reshape(-1, 2)  # width px, probability
+    width = np.where(n > 0, sums[:, 0] / np.maximum(n, 1) * px, np.nan)
+    prob = sums[:, 1] / np.maximum(n, 1) if has_prob else np.full(len(data), np.nan)
     t = transform if transform is not None else Affine.identity()
     lines = shapely.transform(lines, lambda c: np.column_stack([t.a * c[:, 0] + t.b * c[:, 1] + t.c,
                                                                 t.d * c[:, 0] + t.e * c[:, 1] + t.f]))
@@ -218,7 +206,8 @@ def vectorise_raster(path: str | Path, *, threshold: float = MASK_THRESHOLD, ban
     no `mean_prob`); any other uint8 band holds probability * 255 and a pixel is road when
     its value > threshold * 255 (a threshold above 1 is taken in raw 0..255 units); a float
     band holds probabilities 0..1 (road when > threshold); other integer bands are masks
-    (non-zero = road). Nodata pixels are never road. The raster's transform and CRS are used.
+    (non-zero = road). Nodata pixels are never road. The raster's transform and CRS are used (a
+    raster without any georeferencing: the frame QGIS draws it in, `gsd.IMAGE_FRAME`).
     Memory is bounded by `block_size` (+ halo); see `vectorise_mask` for the other arguments.
 
     Raises:
@@ -284,9 +273,20 @@ def _vectorise_dataset(src, band: int, threshold: float, graph_options: dict, to
             road &= ~np.isnan(raw) if np.isnan(nodata) else raw != nodata
         return road, (raw if mode == "prob" else None)
 
-    crs = None
+    transform, _, crs = georeferencing(src)
+    graph = _graph(read, src.shape, _scale(transform, src.crs, src.shape), prob_scale, **graph_options)
+    return _frame(graph, transform, crs, src.shape, tolerance, smooth, mode == "prob")
+
+
+def georeferencing(src) -> tuple[Any, Any, str | None]:
+    """(transform, CRS, CRS text for the lines) of an open raster's grid; a raster without any
+    georeferencing is in the frame QGIS draws it in (`gsd.IMAGE_FRAME`)."""
+    from affine import Affine
+
+    transform, crs_text = src.transform, None
+    if transform == Affine.identity() and src.crs is None:
+        transform = Affine(*IMAGE_FRAME)
     if src.crs is not None:
         epsg = src.crs.to_epsg()
-        crs = f"EPSG:{epsg}" if epsg else src.crs.to_wkt()
-    graph = _graph(read, src.shape, _scale(src.transform, src.crs, src.shape), prob_scale, **graph_options)
-    return _frame(graph, src.transform, crs, src.shape, tolerance, smooth, mode == "prob")
+        crs_text = f"EPSG:{epsg}" if epsg else src.crs.to_wkt()
+    return transform, src.crs, crs_text

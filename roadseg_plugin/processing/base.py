@@ -10,6 +10,7 @@ running an algorithm then reports `deps.dependency_message()` as a `QgsProcessin
 from __future__ import annotations
 
 import importlib
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,6 +18,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, TypeVar
 
 from qgis.core import (
+    QgsCoordinateTransform,
     QgsFeature,
     QgsFeatureSink,
     QgsFeatureSource,
@@ -150,6 +152,16 @@ class RoadSegAlgorithm(QgsProcessingAlgorithm):
         if message:
             raise QgsProcessingException(message)
 
+    @staticmethod
+    def require_training(what: str) -> None:
+        """Raise one line pointing at the installer when the Training and GPU packages (torch...)
+        are missing, instead of the ModuleNotFoundError importing them would give."""
+        from ..deps import training_message
+
+        message = training_message(what)
+        if message:
+            raise QgsProcessingException(message)
+
     @contextmanager
     def core_errors(self) -> Iterator[None]:
         """Turn RoadSeg's user-facing errors and cancellation into one QgsProcessingException,
@@ -167,6 +179,64 @@ class RoadSegAlgorithm(QgsProcessingAlgorithm):
     def progress(feedback: QgsProcessingFeedback, start: float = 0.0, end: float = 100.0) -> Callable[[float], None]:
         """A core `on_progress(fraction)` callback mapped onto `start..end` percent of the bar."""
         return lambda fraction: feedback.setProgress(start + (end - start) * max(0.0, min(1.0, fraction)))
+
+
+class FeedbackLog(logging.Handler):
+    """Forwards RoadSeg's log records (INFO and up) to a Processing feedback: the training run's
+    progress per epoch, early stopping and the fine-tune's findings appear in the Processing log
+    as they happen, as they do in train.log. A message of the core that starts "warning:" (or a
+    WARNING record) is shown as a warning."""
+
+    def __init__(self, feedback: QgsProcessingFeedback) -> None:
+        super().__init__(logging.INFO)
+        self.feedback = feedback
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if record.levelno >= logging.WARNING or message.startswith("warning:"):
+            self.feedback.reportError(message, False)
+        else:
+            self.feedback.pushInfo(message)
+
+
+@contextmanager
+def log_to_feedback(feedback: QgsProcessingFeedback, names: tuple[str, ...] = ("training", "roadseg_plugin")
+                    ) -> Iterator[None]:
+    """Send the `names` loggers' INFO and up to `feedback` for the duration (see `FeedbackLog`)."""
+    handler, loggers = FeedbackLog(feedback), [logging.getLogger(name) for name in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        if lg.level == logging.NOTSET or lg.level > logging.INFO:
+            lg.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+
+
+def polygons_in(source: QgsFeatureSource | None, crs, context) -> QgsGeometry | None:
+    """A polygon source's features as one geometry in `crs` (the areas of interest), or None.
+
+    Raises:
+        QgsProcessingException: the source holds no polygon.
+    """
+    if source is None:
+        return None
+    transform = QgsCoordinateTransform(source.sourceCrs(), crs, context.transformContext())
+    parts = []
+    for feature in source.getFeatures():
+        geometry = QgsGeometry(feature.geometry())
+        if geometry.isNull() or geometry.isEmpty():
+            continue
+        if source.sourceCrs().isValid() and crs.isValid():
+            geometry.transform(transform)
+        parts.append(geometry)
+    if not parts:
+        raise QgsProcessingException("the areas of interest hold no polygon; draw some or leave the parameter empty")
+    return QgsGeometry.unaryUnion(parts)
 
 
 def line_fields() -> QgsFields:

@@ -141,6 +141,25 @@ def set_help(param: QgsProcessingParameterDefinition, text: str) -> QgsProcessin
     return param
 
 
+# Upper bounds of the whole-number options in Processing. QGIS 3.22's spin box holds a 32-bit
+# int: a larger maximum (1e12 here once) wraps to -2147483648, and the field then holds no value
+# at all ("Wrong or missing parameter value", "Not set" whatever is typed). Each bound is what one
+# machine's memory allows, not a preference; the core checks the lower bounds.
+INTEGER_MAXIMUM = {
+    "tile": 8192,  # one 8192 px tile: 0.8 GB of input, 4.3 GB of first-level U-Net activations
+    "overlap": 4095,  # under half the largest tile
+    "batch_size": 1024,  # 1024 tiles of 256 px: 4.3 GB of first-level activations
+    "block_size": 16384,  # a vectoriser block: mask + distance transform, 16384^2 x 9 B = 2.4 GB
+    "halo": 1024,  # roads up to ~1.4 km wide; a halo is re-read around every block
+}
+INT32_MAX = 2**31 - 1  # what QSpinBox holds
+
+
+def integer_maximum(name: str) -> int:
+    """The Processing maximum of the whole-number option `name` (see INTEGER_MAXIMUM)."""
+    return min(INTEGER_MAXIMUM.get(name, INT32_MAX), INT32_MAX)
+
+
 def make_parameter(params_type: type, f: Field, parent: str | None = None) -> QgsProcessingParameterDefinition:
     """The Processing parameter of one option; an option without default is optional (empty: None).
 
@@ -163,10 +182,13 @@ def make_parameter(params_type: type, f: Field, parent: str | None = None) -> Qg
     elif kind == "float" and parent and is_distance(params_type, f.name):  # the widget shows the unit
         param = QgsProcessingParameterDistance(key, info["label"], default, parent, default is None, 0.0, 1e12)
         param.setDefaultUnit(QgsUnitTypes.DistanceMeters)
-    else:
-        number = QgsProcessingParameterNumber.Integer if kind == "int" else QgsProcessingParameterNumber.Double
-        maximum = 1.0 if info["unit"] == "0-1" else 1e12  # every option is a size, a length or a probability
-        param = QgsProcessingParameterNumber(key, label, number, default, default is None, 0.0, maximum)
+    elif kind == "int":
+        param = QgsProcessingParameterNumber(key, label, QgsProcessingParameterNumber.Integer, default,
+                                             default is None, 0, integer_maximum(f.name))
+    else:  # every other number is a length or a probability
+        maximum = 1.0 if info["unit"] == "0-1" else 1e12
+        param = QgsProcessingParameterNumber(key, label, QgsProcessingParameterNumber.Double, default,
+                                             default is None, 0.0, maximum)
     set_help(param, qgis_words(info["help"]))
     if info["advanced"]:
         param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)

@@ -16,20 +16,23 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingParameterFeatureSink,
+    QgsProcessingParameterFeatureSource,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
     QgsWkbTypes,
 )
 
 from ..core.params import InferenceParams, VectoriseParams
-from ..styles import style_on_load, style_probability, style_roads
+from ..styles import PROBABILITY_NAME, ROADS_NAME, style_on_load, style_probability, style_roads
 from .base import (
     RoadSegAlgorithm,
     add_lines,
     add_parameters,
+    given,
     in_python_thread,
     lengths_note,
     line_fields,
+    polygons_in,
     qgis_message,
     read_parameters,
     set_help,
@@ -41,6 +44,7 @@ SINK_OPTIONS = ("format",)
 
 class SegmentRoadsAlgorithm(RoadSegAlgorithm):
     INPUT = "INPUT"
+    AOI = "AOI"
     OUTPUT = "OUTPUT"
     MASK_OUTPUT = "MASK_OUTPUT"
 
@@ -54,11 +58,13 @@ class SegmentRoadsAlgorithm(RoadSegAlgorithm):
         return self.tr(
             "Finds roads in an aerial image with a RoadSeg model and writes them as centre lines "
             "(fields id, length_m, width_m, mean_prob) in the image's CRS.\n\n"
-            "Any raster layer works: files, VRTs, GeoPackage rasters and web map layers (give an extent "
-            "for those). The image is read at the model's resolution (about 1 m per pixel for the "
-            "bundled model). Options left empty take the model's or RoadSeg's default. Lengths are in "
-            "the units of the image's CRS (metres for UTM and most projected CRSs; the dialog converts "
-            "other units); for an image in degrees they are metres.")
+            "Any raster layer works: files, VRTs, GeoPackage rasters and web map layers (XYZ, WMS: give an "
+            "extent or areas of interest, as their whole extent is the world). Areas of interest limit the "
+            "work to the inside of polygons (the selected ones with \"Selected features only\"). The image is "
+            "read at the model's ground resolution (about 1 m per pixel for the bundled model; in Web "
+            "Mercator a map unit is less than a metre away from the equator). Options left empty take the "
+            "model's or RoadSeg's default. Lengths (minimum length, spur, gap, tolerance, and length_m) are "
+            "true metres on the ground, whatever the CRS.")
 
     def tags(self) -> list[str]:
         return super().tags() + ["segmentation", "extraction", "deep learning", "u-net", "aerial imagery",
@@ -67,6 +73,10 @@ class SegmentRoadsAlgorithm(RoadSegAlgorithm):
     def initAlgorithm(self, config: dict | None = None) -> None:
         self.addParameter(set_help(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Aerial image")), self.tr(
             "any raster layer with the bands the model takes (8-bit RGB for the bundled model)")))
+        self.addParameter(set_help(QgsProcessingParameterFeatureSource(
+            self.AOI, self.tr("Areas of interest (polygons)"), [QgsProcessing.TypeVectorPolygon], optional=True),
+            self.tr("only the image inside these polygons is processed (with an Extent too: inside both); "
+                    "empty: the Extent, else the whole image (a web map needs one or the other)")))
         add_parameters(self, InferenceParams)
         add_parameters(self, VectoriseParams, skip=SINK_OPTIONS, parent=self.INPUT)
         self.addParameter(set_help(QgsProcessingParameterFeatureSink(
@@ -90,9 +100,11 @@ class SegmentRoadsAlgorithm(RoadSegAlgorithm):
         if lengths_note(layer.crs()):
             feedback.pushInfo(f"{lengths_note(layer.crs())}: minimum road length {vectorise.min_length:g} m")
         mask_path = self.parameterAsOutputLayer(parameters, self.MASK_OUTPUT, context) or None
+        aoi = polygons_in(self.parameterAsSource(parameters, self.AOI, context) if given(parameters, self.AOI)
+                          else None, layer.crs(), context)
 
         def work():  # in a Python thread: the reader and the vectoriser use pyproj
-            return extract_roads(layer_source(layer, params), None, params, vectorise, prob_out=mask_path,
+            return extract_roads(layer_source(layer, params, aoi), None, params, vectorise, prob_out=mask_path,
                                  on_progress=self.progress(feedback, 0, 98), is_cancelled=feedback.isCanceled)
 
         with self.core_errors():
@@ -109,11 +121,11 @@ class SegmentRoadsAlgorithm(RoadSegAlgorithm):
         count = add_lines(sink, result.lines, feedback)
         feedback.pushInfo(f"{count} road line(s), {result.length_km:.2f} km")
         feedback.setProgress(100)
-        style_on_load(context, dest_id, self.tr("Roads ({})").format(layer.name()), style_roads)
+        style_on_load(context, dest_id, self.tr(ROADS_NAME).format(layer.name()), style_roads)
         outputs = {self.OUTPUT: dest_id}
         if mask_path:
             maximum = 1 if params.binary else 255
-            style_on_load(context, mask_path, self.tr("Road probability ({})").format(layer.name()),
+            style_on_load(context, mask_path, self.tr(PROBABILITY_NAME).format(layer.name()),
                           lambda loaded: style_probability(loaded, maximum))
             outputs[self.MASK_OUTPUT] = mask_path
         return outputs

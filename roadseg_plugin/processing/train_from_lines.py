@@ -35,6 +35,7 @@ from .base import (
     import_training,
     in_python_thread,
     layer_path,
+    log_to_feedback,
     set_help,
     source_to_frame,
 )
@@ -123,6 +124,7 @@ class TrainFromLinesAlgorithm(RoadSegAlgorithm):
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:
         self.require_dependencies()
+        self.require_training(self.displayName())
         drawn_lines, train = import_training("drawn_lines"), import_training("train")
 
         layers = self.parameterAsLayerList(parameters, self.RASTER, context)
@@ -152,7 +154,7 @@ class TrainFromLinesAlgorithm(RoadSegAlgorithm):
             return train.train_model(config)
 
         try:
-            with self.core_errors():
+            with self.core_errors(), log_to_feedback(feedback):  # per epoch, early stopping, findings: live
                 outcome = in_python_thread(work)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -160,13 +162,7 @@ class TrainFromLinesAlgorithm(RoadSegAlgorithm):
             raise QgsProcessingException(self.tr("Cancelled: no model was written"))
         from ..core.onnx_backend import copy_with_exports
 
-        if hasattr(outcome, "kept"):  # a fine-tune: start vs. tuned on the validation area, and which was kept
-            for message in outcome.messages:
-                if message.startswith("warning:"):
-                    feedback.reportError(message, False)
-                else:
-                    feedback.pushInfo(message)
-            feedback.pushInfo(outcome.summary())
+        if hasattr(outcome, "kept"):  # a fine-tune: its messages and summary went to the log as they came
             if outcome.cancelled:
                 feedback.reportError(self.tr(f"Cancelled after {outcome.rounds} round(s): the best round so far was "
                                              f"measured, and the {outcome.kept} model is written"), False)
@@ -176,8 +172,6 @@ class TrainFromLinesAlgorithm(RoadSegAlgorithm):
         if not (folder / "best.pt").is_file():
             raise QgsProcessingException(self.tr(f"Training finished without a model in {folder}"))
         copy_with_exports(folder / "best.pt", output_model)
-        for row in outcome.history[-1:]:
-            feedback.pushInfo(outcome.summary(row))
         return {self.OUTPUT_MODEL: str(output_model), self.OUTPUT_FOLDER: str(folder), self.KEPT: "trained",
                 self.SUMMARY: outcome.summary(outcome.history[-1]) if outcome.history else ""}
 

@@ -21,7 +21,7 @@ from qgis.core import (
 )
 
 from ..core.params import VectoriseParams
-from ..styles import style_on_load, style_roads
+from ..styles import ROADS_NAME, style_on_load, style_roads
 from .base import (
     RoadSegAlgorithm,
     add_lines,
@@ -104,5 +104,5 @@ class VectoriseMaskAlgorithm(RoadSegAlgorithm):
         count = add_lines(sink, result.lines, feedback)
         feedback.pushInfo(f"{count} road line(s), threshold {result.threshold:g}")
         feedback.setProgress(100)
-        style_on_load(context, dest_id, self.tr("Roads ({})").format(layer.name()), style_roads)
+        style_on_load(context, dest_id, self.tr(ROADS_NAME).format(layer.name()), style_roads)
         return {self.OUTPUT: dest_id}

@@ -92,7 +92,8 @@ def test_georeferenced_output_is_a_tiled_deflate_geotiff_on_the_input_grid(tmp_p
     assert profile["crs"] == CRS.from_epsg(32631) and profile["transform"] == TRANSFORM
     assert profile["dtype"] == "uint8" and profile["count"] == 1
     assert profile["tiled"] and profile["compress"] == "deflate"
-    assert (result.width, result.height, result.gsd_m, result.tile, result.overlap) == (90, 120, 1.0, 64, 16)
+    assert (result.width, result.height, result.tile, result.overlap) == (90, 120, 64, 16)
+    assert result.gsd_m == pytest.approx(1.0, rel=1e-3)  # ground metres: UTM 31N at 500 km east, k = 0.9996
     assert (prob[:20] == 0).all() and (mask[:20] == 0).all() and (mask[20:] == 255).all()
     assert result.warnings == [] and result.backend == "torch" and result.device == "cpu"
 
@@ -158,15 +159,20 @@ def test_uint16_is_stretched_with_a_warning(tmp_path, contrast_checkpoint):
     assert prob.std() > 1  # a real picture went in, not a saturated one
 
 
-def test_unreferenced_png_gives_pixel_coordinates_and_a_warning(tmp_path, tiny_checkpoint):
+def test_unreferenced_png_gives_the_pixel_frame_qgis_draws_it_in_and_a_warning(tmp_path, tiny_checkpoint):
+    """x = column, y = -row (as QGIS draws a plain image), not GDAL's y = +row: outputs overlay it."""
     path = tmp_path / "photo.png"
     with rasterio.open(path, "w", driver="PNG", width=70, height=50, count=3, dtype="uint8") as dst:
         dst.write(scene(50, 70))
     result = segment_raster(path, tmp_path / "out.tif", tiny_checkpoint, backend="torch")
-    assert any("no georeferencing" in w for w in result.warnings)
+    assert any("no georeferencing" in w and "y = -row" in w for w in result.warnings)
     _, _, profile = read_out(result.path)
-    assert profile["crs"] is None and profile["transform"] == Affine.identity()
+    assert profile["crs"] is None and profile["transform"] == Affine(1, 0, 0, 0, -1, 0)
     assert (profile["width"], profile["height"]) == (70, 50) and result.gsd_m is None
+    cropped = segment_raster(path, tmp_path / "crop.tif", tiny_checkpoint, backend="torch",
+                             extent=(10, -40, 50, -20))  # an extent in that frame: columns 10-50, rows 20-40
+    _, _, profile = read_out(cropped.path)
+    assert (profile["width"], profile["height"]) == (40, 20) and profile["transform"] == Affine(1, 0, 10, 0, -1, -20)
 
 
 def test_other_gsd_and_geographic_rasters_are_written_on_the_model_grid(tmp_path, tiny_checkpoint):

@@ -18,7 +18,7 @@ from qgis.core import (  # noqa: E402
 )
 
 from roadseg_plugin.core.params import BUNDLED_MODEL, InferenceParams, VectoriseParams  # noqa: E402
-from roadseg_plugin.dialog import EXTENT_CANVAS, EXTENT_LAYER, EXTENT_SELECTION, SegmentDialog  # noqa: E402
+from roadseg_plugin.dialog import EXTENT_CANVAS, EXTENT_LAYER, EXTENT_POLYGONS, SegmentDialog  # noqa: E402
 from roadseg_plugin.params import SegmentParams  # noqa: E402
 from tests.plugin.conftest import (  # noqa: E402
     UTM19_ORIGIN,
@@ -220,7 +220,9 @@ def test_canvas_extent_is_reprojected_and_clipped(dialog, qgis_iface, road_raste
     canvas.setDestinationCrs(QgsCoordinateReferenceSystem("EPSG:32619"))
 
 
-def test_selected_polygons_give_their_bounding_box_in_raster_crs(dialog, road_raster_layer):
+def test_polygons_are_the_areas_to_process_in_raster_crs(dialog, road_raster_layer):
+    """As Deepness offers it: a polygon layer's polygons (the selected ones when some are) are the
+    areas processed; the extent is their bounding box on the raster."""
     from qgis.core import QgsCoordinateTransform, QgsProject
 
     wgs84 = QgsCoordinateReferenceSystem("EPSG:4326")
@@ -233,27 +235,57 @@ def test_selected_polygons_give_their_bounding_box_in_raster_crs(dialog, road_ra
         feat = QgsFeature()
         feat.setGeometry(QgsGeometry.fromRect(to_wgs.transformBoundingBox(rect)))
         feats.append(feat)
-    polygons.dataProvider().addFeatures(feats)
-    QgsProject.instance().addMapLayer(polygons)
-    dialog.polygon_combo.setLayer(polygons)
-    _select_extent(dialog, EXTENT_SELECTION)
+    empty = QgsVectorLayer("Polygon?crs=EPSG:4326", "nothing drawn", "memory")
+    QgsProject.instance().addMapLayers([polygons, empty])
+    dialog.polygon_combo.setLayer(empty)
+    _select_extent(dialog, EXTENT_POLYGONS)
     assert dialog.polygon_combo.isEnabled()
-
-    with pytest.raises(ValueError, match="Select at least one feature"):
+    with pytest.raises(ValueError, match="has no polygons"):
         dialog.params()
     dialog.accept()
     assert dialog.result() != dialog.Accepted
-    assert "Select at least one feature" in dialog.error_label.text()
+    assert "has no polygons" in dialog.error_label.text()
+
+    polygons.dataProvider().addFeatures(feats)
+    dialog.polygon_combo.setLayer(polygons)
+    params = dialog.params()  # nothing selected: all polygons, clipped to the raster
+    xmin, ymin, xmax, ymax = params.inference.extent
+    assert xmin == pytest.approx(x0 + 10, abs=0.5) and ymax == pytest.approx(y0 - 20, abs=0.5)
+    assert QgsGeometry.fromWkt(params.aoi).area() == pytest.approx(2 * 400, rel=0.1)  # in the raster's CRS
 
     polygons.selectByIds([polygons.getFeatures().__next__().id()])
-    xmin, ymin, xmax, ymax = dialog.params().inference.extent
+    params = dialog.params()
+    xmin, ymin, xmax, ymax = params.inference.extent
     assert xmin == pytest.approx(x0 + 10, abs=0.5) and xmax == pytest.approx(x0 + 30, abs=0.5)
     assert ymin == pytest.approx(y0 - 40, abs=0.5) and ymax == pytest.approx(y0 - 20, abs=0.5)
+    assert QgsGeometry.fromWkt(params.aoi).area() == pytest.approx(400, rel=0.1)
 
     far = [f.id() for f in polygons.getFeatures()][1]
     polygons.selectByIds([far])
     with pytest.raises(ValueError, match="does not overlap"):
         dialog.params()
+    _select_extent(dialog, EXTENT_LAYER)
+    assert dialog.params().aoi is None
+
+
+def test_closed_advanced_group_leaves_no_gap(dialog):
+    """The window is as tall as its content with Advanced closed, and grows when it opens."""
+    from qgis.core import QgsApplication
+
+    dialog.show()
+    for _ in range(3):
+        QgsApplication.processEvents()
+    closed = dialog.height()
+    assert closed <= dialog.sizeHint().height() + 2
+    assert dialog.advanced.geometry().top() - dialog.output_widget.geometry().bottom() < 80
+    dialog.advanced.setCollapsed(False)
+    for _ in range(3):
+        QgsApplication.processEvents()
+    assert dialog.height() > closed + 100
+    dialog.advanced.setCollapsed(True)
+    for _ in range(3):
+        QgsApplication.processEvents()
+    assert dialog.height() == closed
 
 
 def test_accept_closes_with_valid_values(dialog, tiny_checkpoint):
@@ -268,3 +300,26 @@ def test_missing_model_file_says_so(dialog, tmp_path):
     dialog.model_widget.setFilePath(str(tmp_path / "nowhere.pt"))
     assert not dialog.buttons.button(QDialogButtonBox.Ok).isEnabled()
     assert "No model file" in dialog.model_info.text() and "nowhere.pt" in dialog.model_info.text()
+
+
+def test_a_web_map_is_processed_in_the_map_view(qgis_iface, qgis_new_project, tmp_path):
+    """An XYZ layer's whole extent is the world: the dialog offers the map view (or polygons) instead."""
+    from PIL import Image
+
+    (tmp_path / "tiles" / "1" / "0").mkdir(parents=True)
+    Image.new("RGB", (256, 256), (90, 120, 60)).save(tmp_path / "tiles" / "1" / "0" / "0.png")
+    xyz = QgsRasterLayer(f"type=xyz&url=file://{tmp_path}/tiles/%7Bz%7D/%7Bx%7D/%7By%7D.png&zmin=1&zmax=1",
+                         "basemap", "wms")
+    assert xyz.isValid()
+    qgis_new_project.addMapLayer(xyz)
+    qgis_iface.setActiveLayer(xyz)
+    dlg = SegmentDialog(qgis_iface)
+    assert dlg.layer_combo.currentLayer() == xyz
+    assert dlg.extent_combo.currentData() == EXTENT_CANVAS  # chosen for it
+    whole = dlg.extent_combo.model().item(dlg.extent_combo.findData(EXTENT_LAYER))
+    assert not whole.isEnabled() and "whole world" in whole.toolTip()
+    _select_extent(dlg, EXTENT_LAYER)  # set from code all the same: Run says what to choose
+    dlg.accept()
+    assert dlg.result() != dlg.Accepted and "whole extent is the whole world" in dlg.error_label.text()
+    assert "Current map view" in dlg.error_label.text()
+    dlg.deleteLater()

@@ -127,6 +127,21 @@ def test_cpu_command_is_one_pip_target_install_with_numpy_pinned_to_qgis(tmp_pat
     assert "numpy==1.24.2" in command and "numpy<2" not in command
     assert "rasterio>=1.3" in command and "onnxruntime>=1.17" in command and not [a for a in command if "torch" in a]
     assert packages.numpy_requirement(None, "3.11") == "numpy<2" and packages.numpy_requirement(None, "3.13") == "numpy"
+    # pandas 3 needs a newer numpy than QGIS's: bounded, or pip downloads release after release of it
+    assert "pandas<3" in command
+
+
+def test_a_set_is_installed_only_for_what_it_adds(tmp_path):
+    adds = [p for p in TRAINING.packages if p not in CPU.packages]
+    torch_cmd, rest = packages.pip_commands(TRAINING, "python3", tmp_path / "py3.11", "1.24.2", platform="linux",
+                                            only=adds)
+    assert torch_cmd[-1] == "torch>=2.2,<3"
+    assert rest[rest.index("--no-warn-script-location") + 1:] == [
+        "numpy==1.24.2", "onnx>=1.16", "matplotlib>=3.7", "imageio>=2.31"]  # numpy pinned, no CPU package, no pandas
+    (only_torch,) = packages.pip_commands(TRAINING, "python3", tmp_path / "py3.11", "1.24.2", platform="linux",
+                                          only=[p for p in adds if p.name == "torch"])
+    assert only_torch[-1] == "torch>=2.2,<3"
+    assert packages.pip_commands(CPU, "python3", tmp_path / "py3.11", only=[]) == []
 
 
 def test_training_commands_take_torch_from_its_index_first(tmp_path):
@@ -247,7 +262,42 @@ def test_dialog_offers_both_sets_with_sizes_and_the_manual_command(dialog, qgis_
     dialog.copy_button.click()
     assert QGuiApplication.clipboard().text() == dialog.command_text()
     assert "All installed." in dialog.missing_labels["cpu"].text()
-    assert dialog.install_button.isEnabled() and not dialog.cancel_button.isEnabled()
+    # both sets are installed here: nothing to install, the heading says so, the command reinstalls by hand
+    assert not dialog.install_button.isEnabled() and not dialog.cancel_button.isEnabled()
+    assert "Every package RoadSeg uses is installed" in dialog.intro.text()
+    assert "is installed; to install it again" in dialog.manual.text()
+
+
+def test_training_after_cpu_installs_only_what_it_adds(dialog, monkeypatch):
+    real = packages.installed
+    monkeypatch.setattr(packages, "installed", lambda m: m not in ("torch", "onnx") and real(m))
+    dialog.refresh()
+    assert not dialog.radios["training"].isChecked() or dialog.selected() is TRAINING
+    dialog.radios["training"].setChecked(True)
+    assert [p.name for p in dialog.to_install()] == ["torch", "onnx"] and dialog.install_button.isEnabled()
+    torch_cmd, rest = dialog.commands()
+    assert torch_cmd[-1] == "torch>=2.2,<3"
+    assert "onnx>=1.16" in rest and dialog.numpy and f"numpy=={dialog.numpy}" in rest  # numpy stays pinned
+    assert not [a for a in rest if a.split("<")[0].split(">")[0] in ("rasterio", "scipy", "sknw", "geopandas")]
+    assert "Install Training and GPU" in dialog.intro.text()
+    dialog.radios["cpu"].setChecked(True)  # installed: nothing for Install to do
+    assert not dialog.install_button.isEnabled() and "CPU inference is installed" in dialog.manual.text()
+
+
+def test_heading_after_installing_training(dialog, monkeypatch):
+    monkeypatch.setattr(packages, "pip_commands", lambda *a, **k: [[sys.executable, "-c", FAKE_PIP]])
+    real = packages.installed
+    installed_now = {"torch": False}
+    monkeypatch.setattr(packages, "installed", lambda m: installed_now.get(m, True) and real(m))
+    dialog.refresh()
+    dialog.radios["training"].setChecked(True)
+    assert "Install Training and GPU" in dialog.intro.text()
+    dialog.install_button.click()
+    installed_now["torch"] = True  # what pip did, as the re-check after it sees it
+    assert wait_until(lambda: dialog.outcome) and dialog.outcome == "ready", dialog.status.text()
+    assert "Install Training and GPU" not in dialog.intro.text()
+    assert "training and the GPU all work" in dialog.intro.text()
+    assert not dialog.install_button.isEnabled()  # installed now
 
 
 def test_dialog_lists_what_is_missing(dialog, monkeypatch):
@@ -260,7 +310,16 @@ def test_dialog_lists_what_is_missing(dialog, monkeypatch):
     assert "QGIS's Python does not have" in dialog.intro.text()
 
 
-def test_dialog_runs_pip_live_then_rechecks_and_loads(dialog, monkeypatch):
+@pytest.fixture
+def tqdm_missing(dialog, monkeypatch):
+    """The dialog with one package of both sets missing, so Install has something to do."""
+    real = packages.installed
+    monkeypatch.setattr(packages, "installed", lambda m: m != "tqdm" and real(m))
+    dialog.refresh()
+    return dialog
+
+
+def test_dialog_runs_pip_live_then_rechecks_and_loads(dialog, tqdm_missing, monkeypatch):
     monkeypatch.setattr(packages, "pip_commands", lambda *a, **k: [[sys.executable, "-c", FAKE_PIP]])
     seen = []
     dialog.installed.connect(seen.append)
@@ -275,7 +334,7 @@ def test_dialog_runs_pip_live_then_rechecks_and_loads(dialog, monkeypatch):
     assert "RoadSeg is ready" in dialog.status.text() and dialog.install_button.isEnabled()
 
 
-def test_dialog_cancel_kills_pip(dialog, monkeypatch):
+def test_dialog_cancel_kills_pip(dialog, tqdm_missing, monkeypatch):
     monkeypatch.setattr(packages, "pip_commands",
                         lambda *a, **k: [[sys.executable, "-c", "import time; print('Collecting x', flush=True); "
                                           "time.sleep(60)"]])
@@ -288,7 +347,7 @@ def test_dialog_cancel_kills_pip(dialog, monkeypatch):
     assert dialog.install_button.isEnabled() and not dialog.running()
 
 
-def test_dialog_reports_a_failing_pip_and_modules_that_do_not_import(dialog, monkeypatch):
+def test_dialog_reports_a_failing_pip_and_modules_that_do_not_import(dialog, tqdm_missing, monkeypatch):
     monkeypatch.setattr(packages, "pip_commands", lambda *a, **k: [[sys.executable, "-c", "raise SystemExit(3)"]])
     dialog.install_button.click()
     assert wait_until(lambda: dialog.outcome) and dialog.outcome == "failed"
@@ -302,7 +361,7 @@ def test_dialog_reports_a_failing_pip_and_modules_that_do_not_import(dialog, mon
     assert "roadseg_absent_mod cannot be imported" in dialog.status.text()
 
 
-def test_dialog_says_restart_when_this_qgis_cannot_load_them(dialog, monkeypatch):
+def test_dialog_says_restart_when_this_qgis_cannot_load_them(dialog, tqdm_missing, monkeypatch):
     monkeypatch.setattr(packages, "pip_commands", lambda *a, **k: [[sys.executable, "-c", FAKE_PIP]])
     monkeypatch.setattr(deps, "load_installed", lambda modules: {"numpy": "ImportError: another numpy is loaded"})
     seen = []
@@ -312,9 +371,11 @@ def test_dialog_says_restart_when_this_qgis_cannot_load_them(dialog, monkeypatch
     assert seen == [False] and "Restart QGIS" in dialog.status.text() and "numpy" in dialog.status.text()
 
 
-def test_dialog_reports_an_unwritable_folder(qgis_app, tmp_path):
+def test_dialog_reports_an_unwritable_folder(qgis_app, tmp_path, monkeypatch):
     from roadseg_plugin.installer_dialog import InstallerDialog
 
+    real = packages.installed
+    monkeypatch.setattr(packages, "installed", lambda m: m != "tqdm" and real(m))  # something to install
     (tmp_path / "file").write_text("")
     dlg = InstallerDialog(python=sys.executable, target=tmp_path / "file" / "py3.11")
     dlg.install_button.click()

@@ -110,3 +110,78 @@ def test_real_tile_one_epoch(roadseg_provider, mass_tile, tiny_checkpoint, tmp_p
     check_outputs(result, tmp_path, load_model(tiny_checkpoint)[1])
     history = (Path(result["OUTPUT_FOLDER"]) / "history.csv").read_text().splitlines()
     assert len(history) == 2 and np.isfinite(float(history[1].split(",")[1]))
+
+
+def recording_feedback():
+    """A real Processing feedback that keeps what the algorithm tells the log."""
+    from qgis.core import QgsProcessingFeedback
+
+    class Recording(QgsProcessingFeedback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.infos: list[str] = []
+            self.warnings: list[str] = []
+
+        def pushInfo(self, info: str) -> None:  # noqa: N802 (QGIS API)
+            self.infos.append(info)
+            super().pushInfo(info)
+
+        def reportError(self, error: str, fatalError: bool = False) -> None:  # noqa: N802, N803 (QGIS API)
+            self.warnings.append(error)
+            super().reportError(error, fatalError)
+
+    return Recording()
+
+
+def test_training_talks_in_the_processing_log(roadseg_provider, road_rasters, tiny_checkpoint, tmp_path: Path) -> None:
+    """Progress per round with the time left and the fine-tune's findings reach the Processing log
+    as they happen (not only train.log), and the summary is there once."""
+    import processing
+
+    path, mask = road_rasters("area.tif", size=192, seed=7)
+    feedback = recording_feedback()
+    params = base_params(tmp_path, [path], lines_layer(mask_to_lines_wkt(mask)), tiny_checkpoint, MINUTES=0.2)
+    result = processing.run("roadseg:trainfromlines", params, feedback=feedback)
+    epochs = [line for line in feedback.infos if line.startswith("round ")]
+    assert epochs and epochs[0].startswith("round 1: step ") and " left)" in epochs[0], feedback.infos
+    assert "val_loss=" in epochs[0] and any(line.startswith("training for 0.2 min") for line in feedback.infos)
+    assert any(line.startswith("start model on the validation area") for line in feedback.infos)
+    summaries = [line for line in feedback.infos if line.startswith("validation area (")]
+    assert summaries == [result["SUMMARY"]], feedback.infos  # once
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert all(line in log for line in epochs)  # the same lines as train.log
+
+
+def test_early_stopping_is_told_in_the_processing_log(qgis_processing) -> None:
+    """The real EarlyStopping callback's notice reaches the feedback through `log_to_feedback`."""
+    from roadseg_plugin.processing.base import log_to_feedback
+    from training.callbacks.early_stopping import EarlyStopping
+
+    class Run:
+        stop_training, monitor, mode = False, "val_loss", "min"
+
+    feedback, stopper, run = recording_feedback(), EarlyStopping(patience=1), Run()
+    stopper.on_train_begin(run)
+    with log_to_feedback(feedback):
+        stopper.on_epoch_end(run, {"epoch": 1, "val_loss": 0.5})
+        stopper.on_epoch_end(run, {"epoch": 2, "val_loss": 0.6})
+    assert run.stop_training
+    assert feedback.infos == ["early stopping: val_loss did not improve for 1 epochs"]
+
+
+def test_without_the_training_packages_one_line_names_the_installer(roadseg_provider, road_rasters, tiny_checkpoint,
+                                                                   tmp_path: Path, monkeypatch) -> None:
+    """No torch in QGIS's Python: one line with the menu item and the set, no ModuleNotFoundError."""
+    from qgis.core import QgsProcessingException
+
+    from roadseg_plugin import packages
+
+    real = packages.installed  # what the dependency checks ask (find_spec)
+    monkeypatch.setattr(packages, "installed", lambda name: name != "torch" and real(name))
+    path, mask = road_rasters("area.tif", size=128)
+    with pytest.raises(QgsProcessingException) as caught:
+        run(base_params(tmp_path, [path], lines_layer(mask_to_lines_wkt(mask)), tiny_checkpoint))
+    message = str(caught.value)
+    assert message == ("Train model from drawn road lines needs Python packages that are not installed: torch. "
+                       'Install them with Plugins > RoadSeg > Install packages... "Training and GPU"'), message
+    assert "\n" not in message and not (tmp_path / "out").exists()

@@ -97,7 +97,8 @@ def test_model_resolution_resamples(qgis_app, rgb) -> None:
 
     reader = ProviderReader(layer(str(rgb[0])), gsd_m=2.0)
     assert (reader.width, reader.height) == (60, 50)
-    assert reader.transform.a == pytest.approx(2.0) and reader.gsd_m == pytest.approx(2.0)
+    # ground metres: the UTM grid's unit is within 0.05 % of a metre here
+    assert reader.transform.a == pytest.approx(2.0, rel=5e-4) and reader.gsd_m == pytest.approx(2.0, rel=1e-6)
     values, valid = full(reader)
     assert not valid[:5, :5].any() and valid[10:, 10:].all()
     assert abs(float(values[:, valid].mean()) - 125) < 5  # averaged, not garbage
@@ -110,8 +111,8 @@ def test_feet_and_degree_layers_are_read_at_the_model_gsd_in_metres(qgis_app, tm
     data = np.full((3, 40, 50), 90, np.uint8)
     feet = write(tmp_path / "ft.tif", data, crs="EPSG:2249", res=2.0, origin=(700000.0, 3000000.0))
     reader = ProviderReader(layer(str(feet)), gsd_m=1.0)  # 1 m = 3.28083 US survey feet
-    assert reader.transform.a == pytest.approx(1 / 0.3048006096, rel=1e-9) and reader.gsd_m == pytest.approx(1.0)
-    assert ProviderReader(layer(str(feet))).gsd_m == pytest.approx(2 * 0.3048006096, rel=1e-9)  # native pixels
+    assert reader.transform.a == pytest.approx(1 / 0.3048006096, rel=1e-4) and reader.gsd_m == pytest.approx(1.0)
+    assert ProviderReader(layer(str(feet))).gsd_m == pytest.approx(2 * 0.3048006096, rel=1e-4)  # native pixels
     wgs84 = write(tmp_path / "deg.tif", data, crs="EPSG:4326", res=2e-5, origin=(10.0, 60.0 + 20 * 2e-5))
     reader = ProviderReader(layer(str(wgs84)), gsd_m=1.0)
     east, north = metres_per_degree(60.0)  # WGS84 radii of curvature at the centre latitude
@@ -190,7 +191,8 @@ def test_web_map_layer_colour_channels(qgis_app, tmp_path: Path) -> None:
     from PIL import Image
     from qgis.core import QgsRectangle
 
-    from roadseg_plugin.qgis_reader import ProviderReader, raster_source
+    from roadseg_plugin.core.errors import RasterError
+    from roadseg_plugin.qgis_reader import ProviderReader, is_web_map, raster_source
 
     for x in range(4):
         for y in range(4):
@@ -200,8 +202,13 @@ def test_web_map_layer_colour_channels(qgis_app, tmp_path: Path) -> None:
             Image.fromarray(tile).save(tmp_path / "tiles" / "2" / str(x) / f"{y}.png")
     url = f"file://{tmp_path}/tiles/%7Bz%7D/%7Bx%7D/%7By%7D.png"
     xyz = layer(f"type=xyz&url={url}&zmin=2&zmax=2", "wms")
-    with pytest.raises(Exception, match="no pixel size"):
-        ProviderReader(xyz)  # a web map has no resolution of its own
+    assert is_web_map(xyz) and not is_web_map(layer(str(write(tmp_path / "a.tif", np.zeros((3, 4, 4), np.uint8)))))
+    with pytest.raises(RasterError, match="web map layer .* whole extent is the whole world; choose the area"):
+        ProviderReader(xyz, gsd_m=1.0)  # its whole extent: refused before any work
+    with pytest.raises(RasterError, match="no pixel size"):
+        ProviderReader(xyz, QgsRectangle(-9e6, 1e6, -6e6, 4e6))  # a web map has no resolution of its own
+    with pytest.raises(RasterError, match="more than one GeoTIFF holds; choose a smaller area"):
+        ProviderReader(xyz, QgsRectangle(-9e6, 1e6, -6e6, 4e6), gsd_m=0.5)  # 3000 km at 0.5 m
     reader = raster_source(xyz, QgsRectangle(-9e6, 1e6, -6e6, 4e6), gsd_m=30000.0)
     assert isinstance(reader, ProviderReader) and (reader.count, reader.dtype) == (3, "uint8")
     values, valid = full(reader)
@@ -218,3 +225,23 @@ def test_materialise_writes_values_and_mask(qgis_app, rgb, tmp_path: Path) -> No
         assert np.array_equal(src.read(), data)
         assert (src.dataset_mask() > 0).sum() == 120 * 100 - 100
         assert src.crs == rasterio.crs.CRS.from_epsg(32619)
+
+
+def test_areas_of_interest_are_the_only_valid_pixels(qgis_app, rgb) -> None:
+    """Polygons (in the layer's CRS) limit the grid to their bounding box and the valid pixels to
+    their inside, as Deepness's "processed area from polygons"."""
+    from qgis.core import QgsGeometry
+
+    from roadseg_plugin.qgis_reader import raster_source
+
+    triangle = QgsGeometry.fromWkt(f"POLYGON(({X0 + 20} {Y0 - 20}, {X0 + 80} {Y0 - 20}, {X0 + 20} {Y0 - 80}, "
+                                   f"{X0 + 20} {Y0 - 20}))")
+    ring = QgsGeometry.fromWkt(f"POLYGON(({X0 + 90} {Y0 - 10}, {X0 + 110} {Y0 - 10}, {X0 + 110} {Y0 - 30}, "
+                               f"{X0 + 90} {Y0 - 30}, {X0 + 90} {Y0 - 10}))")
+    reader = raster_source(layer(str(rgb[0])), aoi=QgsGeometry.unaryUnion([triangle, ring]))
+    assert (reader.width, reader.height) == (90, 70)  # their bounding box, on the layer's pixels
+    values, valid = full(reader)
+    assert valid.sum() == pytest.approx(60 * 60 / 2 + 20 * 20, rel=0.05)
+    assert valid[15, 5] and not valid[55, 55]  # inside the triangle / beyond its diagonal
+    assert valid[10, 75] and not valid[50, 80]  # inside the square / below it
+    assert (values[:, valid] == rgb[1][:, 10:80, 20:110][:, valid]).all()  # the layer's own pixels

@@ -92,7 +92,7 @@ def test_task_manager_run_adds_road_lines_in_the_raster_crs(qgis_new_project, ro
     assert _on_roads_fraction(lines, mask) > 0.9
     symbol = lines.renderer().symbol()
     assert symbol.symbolLayer(symbol.symbolLayerCount() - 1).width() == pytest.approx(ROAD_WIDTH_MM)
-    assert len(QgsProject.instance().mapLayersByName("Roads probability")) == 0
+    assert len(QgsProject.instance().mapLayersByName("Road probability (aerial)")) == 0
     assert len(bar.get_messages(Qgis.Success)) == 1 and "road lines" in bar.get_messages(Qgis.Success)[0]
 
 
@@ -113,7 +113,7 @@ def test_file_output_with_probability_raster(qgis_new_project, road_model, bar, 
     assert probability == out.with_name("roads_probability.tif") and probability.is_file()
     lines = _added_lines("My roads")
     assert lines.source().startswith(str(out)) and lines.crs().authid() == "EPSG:32619"
-    prob_layer = QgsProject.instance().mapLayersByName("My roads probability")[0]
+    prob_layer = QgsProject.instance().mapLayersByName("Road probability (aerial)")[0]  # as Processing names it
     assert prob_layer.crs().authid() == "EPSG:32619"
     assert isinstance(prob_layer.renderer(), QgsSingleBandPseudoColorRenderer)
     assert _on_roads_fraction(lines, mask) > 0.9
@@ -244,3 +244,35 @@ def test_temporary_output_folder_goes_after_a_failure(qgis_new_project, road_ras
     assert task.run() is False
     assert task.outcome.status is Status.FAILED
     assert set(Path(task._temp_root).glob("roadseg_*")) == before
+
+
+def test_a_plain_png_gets_lines_over_it_and_the_warning_stays(qgis_new_project, road_model, bar, tmp_path,
+                                                             qgis_iface):
+    """An image without georeferencing: QGIS draws it at x = column, y = -row; the lines are there too
+    (not above it), and the "no georeferencing" warning stays in the message bar and the log."""
+    import rasterio
+    from qgis.core import QgsApplication
+
+    from tests.conftest import draw_roads, road_image
+
+    rng = np.random.default_rng(4)
+    mask = draw_roads(128, rng, n=3, width=7)
+    path = tmp_path / "photo.png"
+    with rasterio.open(path, "w", driver="PNG", width=128, height=128, count=3, dtype="uint8") as dst:
+        dst.write(road_image(mask, rng))
+    raster = QgsRasterLayer(str(path), "photo")
+    assert raster.isValid() and not raster.crs().isValid()
+    qgis_new_project.addMapLayer(raster)
+    logged = []
+    QgsApplication.messageLog().messageReceived.connect(lambda message, tag, level: logged.append((tag, message)))
+    task = RoadSegTask(run_params(raster.id(), road_model, threshold=0.5, min_length=5.0,
+                                  layer_name="Roads (photo)"), iface=qgis_iface)
+    assert task.run()
+    task.finished(True)
+    lines = _added_lines("Roads (photo)")
+    assert lines.featureCount() >= 2
+    assert raster.extent().contains(lines.extent()) and raster.extent().toString(0) == "0,-128 : 128,0"
+    assert _on_roads_fraction(lines, mask, origin=(0.0, 0.0)) > 0.9  # x = column, y = -row
+    (warning,) = bar.get_messages(Qgis.Warning)
+    assert "no georeferencing" in warning and "log messages" in warning
+    assert any(tag == "RoadSeg" and "no georeferencing" in message for tag, message in logged)

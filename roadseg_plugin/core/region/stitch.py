@@ -57,7 +57,7 @@ def group_pieces(task: GroupTask, *ready: Any) -> dict[str, Any]:
     radius = max(halo - MARGIN_PX, 1)
     cut = task.threshold * 255.0  # as vectorise_raster reads a uint8 probability band
     n_cols = -(-w // block)
-    ids, pts, stats = [], [], []
+    ids, pts, samples = [], [], []
     with PartsMosaic(list(task.parts)) as mosaic:
         for r0 in range(r_lo, r_hi, block):
             for c0 in range(c_lo, c_hi, block):
@@ -74,11 +74,11 @@ def group_pieces(task: GroupTask, *ready: Any) -> dict[str, Any]:
                 if pieces.pts:
                     ids += [(r0 // block) * n_cols + c0 // block] * len(pieces.pts)
                     pts += pieces.pts
-                    stats += pieces.stats
+                    samples += pieces.samples
     buf = io.BytesIO()
     np.savez(buf, block=np.asarray(ids, np.int64), sizes=np.asarray([len(p) for p in pts], np.int64),
              pts=(np.concatenate(pts) if pts else np.zeros((0, 2))).astype(np.int32),
-             stats=np.concatenate(stats) if stats else np.zeros((0, 3)))
+             samples=np.concatenate(samples) if samples else np.zeros((0, 2)))
     digest = write_atomic(Path(task.out), buf.getvalue())
     return {"part": task.out, "sha256": digest, "pieces": len(pts), "seconds": time.perf_counter() - start}
 
@@ -87,13 +87,13 @@ def load_pieces(files: Sequence[str | Path]) -> Any:
     """The pieces of `files` in `collect_pieces` order: by block (row-major), then as found."""
     from ..skeleton_pieces import Pieces
 
-    ids, sizes, pts, stats = [], [], [], []
+    ids, sizes, pts, samples = [], [], [], []
     for path in files:
         with np.load(path) as data:
             ids.append(data["block"])
             sizes.append(data["sizes"])
             pts.append(data["pts"].astype(np.int64))
-            stats.append(data["stats"].astype(np.float64))
+            samples.append(data["samples"].astype(np.float64))
     pieces = Pieces(PROB_SCALE)
     if not ids or not sum(len(i) for i in ids):
         return pieces
@@ -101,7 +101,8 @@ def load_pieces(files: Sequence[str | Path]) -> Any:
     flat = np.split(np.concatenate(pts), np.cumsum(size)[:-1])
     order = np.argsort(block, kind="stable")  # a block lies in one group: its own order is kept
     pieces.pts = [flat[i] for i in order]
-    pieces.stats = [np.concatenate(stats)[order]]
+    per_piece = np.split(np.concatenate(samples), np.cumsum(size - 1)[:-1])  # a piece of k points: k - 1 segments
+    pieces.samples = [per_piece[i] for i in order]
     return pieces
 
 
@@ -113,21 +114,14 @@ def stitch_lines(files: Sequence[str | Path], prob_raster: str | Path, vectorise
     """
     import rasterio
 
-    # the clean-up sequence of road_graph._graph, after its collect_pieces
-    from ..road_graph import _bridge_gaps, _drop_short, _merge_chains, _pieces_graph, _prune_spurs
-    from ..vectorise import _frame, _scale
+    # road_graph._graph after its collect_pieces, and vectorise_raster's grid
+    from ..road_graph import _pieces_graph, clean
+    from ..vectorise import _frame, _scale, georeferencing
 
     with rasterio.open(prob_raster) as src:
-        shape, transform, crs = src.shape, src.transform, src.crs
-    crs_text = None
-    if crs is not None:
-        epsg = crs.to_epsg()
-        crs_text = f"EPSG:{epsg}" if epsg else crs.to_wkt()
+        shape = src.shape
+        transform, crs, crs_text = georeferencing(src)
     scale = _scale(transform, crs, shape)
-    graph = _pieces_graph(load_pieces(files), shape[1], scale)
-    _merge_chains(graph)
-    _prune_spurs(graph, vectorise.spur_length)
-    _bridge_gaps(graph, vectorise.gap, scale)
-    _merge_chains(graph)
-    _drop_short(graph, vectorise.min_length)
+    graph = clean(_pieces_graph(load_pieces(files), shape[1], scale), scale, min_length=vectorise.min_length,
+                  spur_length=vectorise.spur_length, gap=vectorise.gap)
     return _frame(graph, transform, crs_text, shape, vectorise.tolerance, vectorise.smooth, not binary)
