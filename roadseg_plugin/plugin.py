@@ -23,6 +23,7 @@ PLUGIN_NAME = "RoadSeg"
 MENU = "&RoadSeg"
 ACTION_TEXT = "Segment roads"
 INSTALL_TEXT = "Install packages..."
+TRAIN_TEXT = "Train model from drawn road lines..."
 ICON_PATH = Path(__file__).resolve().parent / "icon.png"
 
 
@@ -38,6 +39,7 @@ class RoadSegPlugin:
         self.iface = iface
         self.action: QAction | None = None
         self.install_action: QAction | None = None
+        self.train_action: QAction | None = None
         self.toolbar = None
         self.provider = None
         self.installer = None  # the open InstallerDialog
@@ -80,6 +82,11 @@ class RoadSegPlugin:
         self.install_action.setToolTip("Install the Python packages RoadSeg needs into QGIS's Python")
         self.install_action.triggered.connect(self.open_installer)
         self.iface.addPluginToMenu(MENU, self.install_action)
+        self.train_action = QAction(TRAIN_TEXT, self.iface.mainWindow())
+        self.train_action.setObjectName("roadsegTrainFromLines")
+        self.train_action.setToolTip("Teach the model your imagery from road lines you digitised (Processing)")
+        self.train_action.triggered.connect(self.open_training)
+        self.iface.addPluginToMenu(MENU, self.train_action)
         self.check_dependencies()
 
     def unload(self) -> None:
@@ -96,6 +103,11 @@ class RoadSegPlugin:
             self.installer.cancel_install()
             self.installer.close()
         self.installer = None
+        if self.train_action is not None:
+            self.iface.removePluginMenu(MENU, self.train_action)
+            self.train_action.triggered.disconnect(self.open_training)
+            self.train_action.deleteLater()
+            self.train_action = None
         if self.install_action is not None:
             self.iface.removePluginMenu(MENU, self.install_action)
             self.install_action.triggered.disconnect(self.open_installer)
@@ -148,6 +160,16 @@ class RoadSegPlugin:
         if self._message_shown():
             self.iface.messageBar().popWidget(self.message)
         self.message = None
+
+    def open_training(self) -> None:
+        """Processing's "Train model from drawn road lines" dialog (the packages checked first)."""
+        if not self.check_dependencies():
+            return
+        import processing
+
+        from .processing.base import PROVIDER_ID
+
+        processing.execAlgorithmDialog(f"{PROVIDER_ID}:trainfromlines", {})
 
     def open_installer(self) -> None:
         """Show the package installer (one window; brought to the front when already open)."""

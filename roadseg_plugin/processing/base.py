@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     import geopandas as gpd
 
 T = TypeVar("T")
+PROVIDER_ID = "roadseg"  # algorithm ids are "roadseg:<name>"
 
 ICON = PLUGIN_DIR / "icon.png"
 LINE_FIELDS = (("id", QVariant.Int), ("length_m", QVariant.Double), ("width_m", QVariant.Double),

@@ -4,7 +4,7 @@ from __future__ import annotations
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
-from .base import ICON
+from .base import ICON, PROVIDER_ID
 from .evaluate_model import EvaluateModelAlgorithm
 from .segment_region import SegmentRegionAlgorithm
 from .segment_roads import SegmentRoadsAlgorithm
@@ -24,7 +24,7 @@ class RoadSegProvider(QgsProcessingProvider):
             self.addAlgorithm(algorithm)
 
     def id(self) -> str:
-        return "roadseg"
+        return PROVIDER_ID
 
     def name(self) -> str:
         return "RoadSeg"

@@ -323,3 +323,38 @@ def test_a_web_map_is_processed_in_the_map_view(qgis_iface, qgis_new_project, tm
     assert dlg.result() != dlg.Accepted and "whole extent is the whole world" in dlg.error_label.text()
     assert "Current map view" in dlg.error_label.text()
     dlg.deleteLater()
+
+
+def test_teach_it_your_imagery_opens_the_training_dialog_for_this_layer_and_model(
+        dialog, road_raster_layer, roadseg_provider, tiny_checkpoint, qgis_iface, monkeypatch):
+    """The dialog's route to "Train model from drawn road lines": Processing's own dialog opens
+    with this dialog's layer and model filled in (read from the real widgets, then closed).
+    pytest-qgis's interface has no browser model; the dialog gets a real one, as in the desktop."""
+    from qgis.gui import QgsBrowserGuiModel
+    from qgis.PyQt.QtCore import QTimer
+    from qgis.PyQt.QtWidgets import QApplication
+
+    from processing.gui.AlgorithmDialog import AlgorithmDialog
+
+    browser = QgsBrowserGuiModel()
+    monkeypatch.setattr(qgis_iface, "browserModel", lambda: browser, raising=False)
+    dialog.model_widget.setFilePath(str(tiny_checkpoint))
+    seen: dict = {}
+
+    def inspect_and_close() -> None:
+        opened = [w for w in QApplication.topLevelWidgets() if isinstance(w, AlgorithmDialog) and w.isVisible()]
+        if not opened:
+            QTimer.singleShot(50, inspect_and_close)
+            return
+        panel = opened[0].mainWidget()
+        seen["algorithm"] = opened[0].algorithm().id()
+        seen["model"] = panel.wrappers["INIT_MODEL"].parameterValue()
+        seen["raster"] = panel.wrappers["RASTER"].parameterValue()
+        opened[0].reject()
+
+    QTimer.singleShot(50, inspect_and_close)
+    assert dialog.train_button.text() == "Teach it your imagery..." and "10 minutes" in dialog.train_button.toolTip()
+    assert dialog.open_training() == {}  # closed without running: the model stays
+    assert seen["algorithm"] == "roadseg:trainfromlines" and seen["model"] == str(tiny_checkpoint)
+    assert road_raster_layer.id() in str(seen["raster"]) or road_raster_layer.source() in str(seen["raster"])
+    assert dialog.model_widget.filePath() == str(tiny_checkpoint)

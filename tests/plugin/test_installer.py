@@ -405,7 +405,7 @@ def test_missing_packages_give_one_line_with_an_install_button(plugin_missing_ra
     from qgis.PyQt.QtWidgets import QPushButton
 
     from roadseg_plugin.installer_dialog import InstallerDialog
-    from roadseg_plugin.plugin import INSTALL_TEXT, MENU
+    from roadseg_plugin.plugin import INSTALL_TEXT, MENU, TRAIN_TEXT
 
     plugin, bar = plugin_missing_rasterio, qgis_iface.messageBar()
     assert len(bar.items()) == 1
@@ -419,6 +419,10 @@ def test_missing_packages_give_one_line_with_an_install_button(plugin_missing_ra
     assert "Missing: rasterio." in plugin.installer.missing_labels["cpu"].text()
     qgis_iface.addPluginToMenu.assert_any_call(MENU, plugin.install_action)
     assert plugin.install_action.text() == INSTALL_TEXT
+    qgis_iface.addPluginToMenu.assert_any_call(MENU, plugin.train_action)  # Train model from drawn road lines...
+    assert plugin.train_action.text() == TRAIN_TEXT
+    plugin.train_action.trigger()  # the packages are missing: the same one line, no dialog, no second line
+    assert len(bar.items()) == 1
     plugin._installed(True)  # an installation that loaded everything: the line goes
     assert bar.items() == []
 
