@@ -330,11 +330,10 @@ def test_teach_it_your_imagery_opens_the_training_dialog_for_this_layer_and_mode
     """The dialog's route to "Train model from drawn road lines": Processing's own dialog opens
     with this dialog's layer and model filled in (read from the real widgets, then closed).
     pytest-qgis's interface has no browser model; the dialog gets a real one, as in the desktop."""
+    from processing.gui.AlgorithmDialog import AlgorithmDialog
     from qgis.gui import QgsBrowserGuiModel
     from qgis.PyQt.QtCore import QTimer
     from qgis.PyQt.QtWidgets import QApplication
-
-    from processing.gui.AlgorithmDialog import AlgorithmDialog
 
     browser = QgsBrowserGuiModel()
     monkeypatch.setattr(qgis_iface, "browserModel", lambda: browser, raising=False)
