@@ -122,7 +122,8 @@ def test_the_auto_form_is_the_fastest_form_that_agrees_with_fp32_on_this_cpu(tin
     info = _precision(quantize_model(tiny_checkpoint, imagery, crops=6))
     speeds, agreement = info["tiles_per_s"], info["agreement"]
     assert set(speeds) == set(agreement) == set(AUTO_FORMS) and min(speeds.values()) > 0
-    passing = [form for form in AUTO_FORMS if agreement[form] >= MIN_AGREEMENT]
+    passing = ([form for form in AUTO_FORMS if agreement[form] >= MIN_AGREEMENT]
+               or [max(AUTO_FORMS, key=lambda form: agreement[form])])  # none agrees: the closest
     assert info["form"] in passing
     assert speeds[info["form"]] >= max(speeds[form] for form in passing) * (1 - SAME_SPEED)
     assert info["cpu"] == describe_cpu() and info["calibration_crops"] == 6
