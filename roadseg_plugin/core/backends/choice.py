@@ -1,10 +1,11 @@
 """Backend "auto" on CPU: the fastest of a model's ONNX files on this CPU, measured once.
 
 Whether the int8 model beats fp32 depends on the CPU, not on the model alone: with AVX-512
-VNNI the bundled model's int8 forward passes run about 2.4x faster than fp32, with AVX2 alone
-far less (see README, "Speed"). So on first use `auto` runs a few forward passes of each file on
-a batch like the engine's (interleaved, median of `ROUNDS`) and keeps the fastest; fp32 unless
-int8 is faster by more than `INT8_MARGIN` (int8 is within 0.005 IoU, fp32 exact).
+VNNI the bundled model's int8 forward passes run about 2.4x faster than fp32, with AVX2 kernels
+1.7x, and an int8 file made for one CPU may not pay off on another (README, "Speed on your CPU").
+So on first use `auto` runs a few forward passes of each file on one tile (interleaved, median
+of `ROUNDS`) and keeps the fastest; fp32 unless int8 is faster by more than `INT8_MARGIN` (int8
+is within 0.005 IoU, fp32 exact).
 
 The result is cached per CPU (name, instruction sets, threads, ONNX Runtime version: see
 `cpu.cpu_signature`) and per file contents (SHA-256 of each ONNX file), in a small JSON file in
