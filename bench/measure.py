@@ -21,17 +21,17 @@ def batch_size_for(backend: Backend) -> int:
     return DEFAULT_BATCH["cuda" if "cuda" in backend.device else "cpu"]
 
 
-def read_speed(src: Path, backend: Backend) -> tuple[float, np.ndarray, float]:
+def read_speed(src: Path, backend: Backend, overlap: int | None = None) -> tuple[float, np.ndarray, float]:
     """Read and normalise every tile of `src` as the engine does, without the model.
 
     Returns:
-        (Mpx/s, the first batch of tiles, raster pixels per tile).
+        (Mpx/s, the first batch of tiles, raster pixels per tile at `overlap`, default the model's).
     """
     meta = backend.meta
     with open_raster(src, gsd_m=meta.gsd_m) as reader:
         bands = choose_bands(reader, meta.in_channels)
         normaliser, _ = make_normaliser(reader, meta, bands)
-        grid = TileGrid(reader.height, reader.width, meta.tile, meta.overlap)
+        grid = TileGrid(reader.height, reader.width, meta.tile, meta.overlap if overlap is None else overlap)
         start, first = time.perf_counter(), None
         for batch in iter_tile_batches(reader, grid, bands, normaliser, batch_size_for(backend)):
             first = batch.tiles if first is None else first

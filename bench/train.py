@@ -20,18 +20,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "massachusetts-roads" / "train"
-FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
-
-
-def cpu_flags() -> dict[str, bool]:
-    """The instruction sets that decide CPU speed, from /proc/cpuinfo (empty elsewhere)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {}
-    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-    present = set(line.split(":", 1)[-1].split())
-    return {flag: flag in present for flag in FLAGS}
 
 
 def _batches(batch: int, tile: int, count: int) -> list[dict]:
@@ -125,7 +113,9 @@ def run(steps: int, batch: int = 16, tile: int = 256) -> dict:
             step(batches[i % len(batches)])
     speeds = {s.name: batch / statistics.median(s.seconds) for s in configs}
     reference = speeds["fp32_nchw"]
-    out = {"cpu_flags": cpu_flags(), "threads": torch.get_num_threads(), "batch": batch, "tile": tile,
+    from roadseg_plugin.core.backends.cpu import cpu_features, cpu_name
+
+    out = {"cpu": cpu_name(), "cpu_flags": cpu_features(), "threads": torch.get_num_threads(), "batch": batch, "tile": tile,
            "steps": steps, "data_crops_s": None,
            "trainer_uses": "bf16_channels_last" if picked else "fp32_channels_last"}
     data = data_speed(batch, tile, 2)

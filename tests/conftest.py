@@ -16,6 +16,19 @@ needs_shared_data = pytest.mark.skipif(
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_user_cache(tmp_path_factory: pytest.TempPathFactory):
+    """The tests' own user cache folder (exports, the CPU backend choice): never the real one.
+    Set in the environment, so CLI subprocesses share it."""
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("user-cache"))
+    yield
+    if before is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = before
+
+
 def draw_roads(size: int, rng: np.random.Generator, n: int = 3, width: int = 5) -> np.ndarray:
     """A boolean mask of a few straight roads across a square."""
     mask = np.zeros((size, size), bool)

@@ -20,6 +20,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -35,7 +36,7 @@ from .backends import BatchRunner, load_backend
 from .errors import Cancelled, OutputError
 from .model_meta import ModelMeta
 from .normalise import InputNormaliser, Radiometry, choose_stretch, data_valid
-from .params import DEFAULT_BATCH
+from .params import DEFAULT_BATCH, read_model_info
 from .probability_raster import OUTPUT_BLOCK, RasterSink, check_written, encoder_for, gdal_cache_mb, temporary_output
 from .readers import ColumnView, RasterReader, band_stretch, choose_bands, open_raster, read_rows
 from .tiling import GridView, RollingBlend, TileGrid, cut_tile, touching
@@ -324,19 +325,26 @@ def segment_raster(src: str | os.PathLike | RasterReader, dst: str | os.PathLike
         raise OutputError(dst, "output would overwrite the input raster", "choose another output name")
     if isinstance(src, (str, os.PathLike)):
         open_raster(src, bands=bands, extent=extent, native_gsd_m=gsd).close()  # a bad raster before the model
-    loaded = load_backend(model, device=device, backend=backend, tta=tta)
-    meta = loaded.meta
+    meta = read_model_info(model)  # without loading it: the model loads while the raster's statistics are read
     tile, overlap = tile or meta.tile, meta.overlap if overlap is None else overlap
     multiple = 2 ** int(meta.arch_config.get("depth", 4))
     if tile % multiple:
         raise ValueError(f"tile {tile} must be a multiple of {multiple} for this model")
     threshold = meta.threshold if threshold is None else threshold
-    reader = (open_raster(src, gsd_m=meta.gsd_m, bands=bands, extent=extent, native_gsd_m=gsd)
-              if isinstance(src, (str, os.PathLike)) else src)
+    with ThreadPoolExecutor(1, thread_name_prefix="roadseg-load") as pool:
+        loading = pool.submit(load_backend, model, device=device, backend=backend, tta=tta)
+        reader = (open_raster(src, gsd_m=meta.gsd_m, bands=bands, extent=extent, native_gsd_m=gsd)
+                  if isinstance(src, (str, os.PathLike)) else src)
+        try:
+            chosen = choose_bands(reader, meta.in_channels, bands)
+            grid = TileGrid(reader.height, reader.width, tile, overlap)
+            normaliser, notes = make_normaliser(reader, meta, chosen)
+            loaded = loading.result()
+        except BaseException:
+            if reader is not src:
+                reader.close()  # type: ignore[union-attr]  # only readers opened here
+            raise
     try:
-        chosen = choose_bands(reader, meta.in_channels, bands)
-        grid = TileGrid(reader.height, reader.width, tile, overlap)
-        normaliser, notes = make_normaliser(reader, meta, chosen)
         runner = BatchRunner(loaded.predict, batch_size or DEFAULT_BATCH["cuda" if "cuda" in loaded.device else "cpu"])
         tmp = temporary_output(dst)
         try:

@@ -111,8 +111,9 @@ class InferenceParams:
                                label="Model", advanced=False)
     device: str = option("auto", "where the model runs: auto (the GPU when there is one), cpu or cuda",
                          label="Device", advanced=False, choices=DEVICES)
-    backend: str = option("auto", "auto (torch on CUDA; on CPU the int8 model made from this checkpoint when "
-                                  "there is one, else fp32 ONNX Runtime), torch, onnxruntime or onnxruntime-int8",
+    backend: str = option("auto", "auto (torch on CUDA; on CPU whichever of fp32 ONNX Runtime and the int8 model "
+                                  "made from this checkpoint is faster on this CPU), torch, onnxruntime or "
+                                  "onnxruntime-int8",
                           label="Backend", choices=BACKENDS)
     threshold: float | None = option(None, "road probability above which a pixel is road; unset: the model's own",
                                      unit="0-1", label="Road probability threshold", advanced=False)

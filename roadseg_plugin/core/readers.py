@@ -31,6 +31,7 @@ from rasterio.windows import Window
 
 from .errors import RasterError
 from .gsd import IMAGE_FRAME, mean_gsd_m, pixel_size_m
+from .normalise import percentiles
 
 GSD_TOLERANCE = 0.25  # resample when the raster's GSD differs from the model's by more than this
 SUPPORTED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
@@ -397,8 +398,7 @@ def band_stretch(reader: RasterReader, bands: list[int], low: float = 2.0,
     overview = getattr(reader, "read_overview", None)
     data, valid = overview(bands) if overview is not None else _sample_windows(reader, bands)
     limits = np.zeros((len(bands), 2), dtype=np.float32)
-    for i, band in enumerate(data.astype(np.float64)):
-        values = band[valid & np.isfinite(band)]
-        lo, hi = np.percentile(values, [low, high]) if values.size else (0.0, 1.0)
+    for i, band in enumerate(data):
+        lo, hi = percentiles(band[valid & np.isfinite(band)] if band.dtype.kind == "f" else band[valid], low, high)
         limits[i] = (lo, hi if hi > lo else lo + 1.0)
     return limits

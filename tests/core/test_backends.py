@@ -54,8 +54,13 @@ def test_every_backend_loads_the_bundled_model_and_they_agree(real_batch):
 
 
 @needs_bundled_model
-def test_auto_picks_the_shipped_int8_model_on_cpu():
-    assert load_backend(device="cpu").name == "onnxruntime-int8"
+def test_auto_runs_the_faster_of_the_shipped_onnx_files_on_this_cpu():
+    from roadseg_plugin.core.backends.choice import cached_choice, pick
+    from roadseg_plugin.core.onnx_backend import find_fp32, find_int8
+
+    name = load_backend(device="cpu").name
+    choice = cached_choice({"onnxruntime": find_fp32(), "onnxruntime-int8": find_int8()})
+    assert choice is not None and choice.name == name == pick(choice.tiles_per_s)
 
 
 @needs_bundled_model

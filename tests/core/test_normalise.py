@@ -167,3 +167,17 @@ def test_segment_raster_reports_the_mapping(tmp_path, tiny_checkpoint):
     result = segment_raster(write_raster(tmp_path / "dark.tif", dark), tmp_path / "out.tif", tmp_path / "norm.pt",
                             backend="torch")
     assert any("mapped per band onto the training range" in w for w in result.warnings)
+
+
+def test_the_engine_normaliser_gives_every_8_bit_level_exactly_as_standardise():
+    meta = meta_with(None)
+    levels = np.repeat(np.arange(256, dtype=np.uint8)[None, None, :], 3, axis=0)
+    valid = np.ones(levels.shape[1:], bool)
+    got = InputNormaliser(meta, "uint8")(levels, valid)
+    assert np.array_equal(got.view(np.uint32), standardise(levels, meta).view(np.uint32))  # bit for bit
+    stretched = InputNormaliser(meta, "uint8", np.array([[20.0, 200.0]] * 3, np.float32),
+                                np.asarray(TARGET, np.float32))(levels, valid)
+    assert not np.array_equal(stretched, got) and np.all(np.diff(stretched, axis=2) >= 0)
+    holes = valid.copy()
+    holes[0, ::7] = False
+    assert np.all(InputNormaliser(meta, "uint8")(levels, holes)[:, ~holes] == 0)

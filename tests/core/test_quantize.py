@@ -38,14 +38,15 @@ def quantized(tiny_checkpoint: Path, imagery: Path) -> Path:
     return quantize_model(tiny_checkpoint, imagery, crops=6)
 
 
-def test_quantize_writes_an_int8_model_that_auto_picks_on_cpu(tiny_checkpoint, quantized, imagery):
+def test_quantize_writes_an_int8_model_the_engine_finds(tiny_checkpoint, quantized, imagery):
     assert quantized == int8_path(tiny_checkpoint) and find_int8(tiny_checkpoint) == quantized
     ops = {node.op_type for node in onnx.load(str(quantized)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     _, meta = load_model(tiny_checkpoint)
     assert read_onnx_meta(quantized).to_dict() == meta.to_dict()
 
-    int8, fp32 = load_backend(tiny_checkpoint, "cpu"), load_backend(tiny_checkpoint, "cpu", "onnxruntime")
+    int8 = load_backend(tiny_checkpoint, "cpu", "onnxruntime-int8")
+    fp32 = load_backend(tiny_checkpoint, "cpu", "onnxruntime")
     assert (int8.name, fp32.name) == ("onnxruntime-int8", "onnxruntime")
     batch = normalise(scene(64, 64, seed=9), meta)[None]
     a, b = int8.predict(batch), fp32.predict(batch)
@@ -95,7 +96,8 @@ def test_quantize_command(tiny_checkpoint, imagery, tmp_path, capsys):
 def test_the_shipped_int8_model_belongs_to_the_shipped_checkpoint():
     # Fails when roadseg_default.pt is replaced without `python -m roadseg_plugin quantize`.
     assert find_int8() is not None, "re-run: python -m roadseg_plugin quantize --calibration IMAGES"
-    int8, fp32 = load_backend(device="cpu"), load_backend(device="cpu", backend="onnxruntime")
+    int8 = load_backend(device="cpu", backend="onnxruntime-int8")
+    fp32 = load_backend(device="cpu", backend="onnxruntime")
     assert int8.name == "onnxruntime-int8"
     with rasterio.open(SAMPLE) as src:  # real imagery shipped in the repository
         batch = normalise(src.read(window=Window(0, 0, 512, 512)), int8.meta)[None]
@@ -103,3 +105,48 @@ def test_the_shipped_int8_model_belongs_to_the_shipped_checkpoint():
     threshold = int8.meta.threshold
     assert (b > threshold).mean() > 0.02, "the sample crop must show roads"
     assert ((a > threshold) == (b > threshold)).mean() > 0.99 and np.abs(a - b).mean() < 0.01
+
+
+def _precision(path: Path) -> dict:
+    import json
+
+    from roadseg_plugin.core.onnx_backend import PRECISION_KEY
+
+    return json.loads({p.key: p.value for p in onnx.load(str(path)).metadata_props}[PRECISION_KEY])
+
+
+def test_the_auto_form_is_the_fastest_form_that_agrees_with_fp32_on_this_cpu(tiny_checkpoint, imagery):
+    from roadseg_plugin.core.backends.cpu import describe_cpu
+    from roadseg_plugin.core.quantize import AUTO_FORMS, MIN_AGREEMENT, SAME_SPEED
+
+    info = _precision(quantize_model(tiny_checkpoint, imagery, crops=6))
+    speeds, agreement = info["tiles_per_s"], info["agreement"]
+    assert set(speeds) == set(agreement) == set(AUTO_FORMS) and min(speeds.values()) > 0
+    passing = ([form for form in AUTO_FORMS if agreement[form] >= MIN_AGREEMENT]
+               or [max(AUTO_FORMS, key=lambda form: agreement[form])])  # none agrees: the closest
+    assert info["form"] in passing
+    assert speeds[info["form"]] >= max(speeds[form] for form in passing) * (1 - SAME_SPEED)
+    assert info["cpu"] == describe_cpu() and info["calibration_crops"] == 6
+
+
+def test_each_form_is_the_graph_it_names(tiny_checkpoint, imagery, tmp_path):
+    def graph(form: str) -> list:
+        return list(onnx.load(str(quantize_model(tiny_checkpoint, imagery, tmp_path / f"{form}.onnx", crops=4,
+                                                 form=form))).graph.node)
+
+    qoperator = graph("qoperator-per-channel")
+    assert "QLinearConv" in {n.op_type for n in qoperator}
+    for form, stem_in_int8 in (("qdq-per-channel", False), ("qdq-per-channel-int8-stem", True)):
+        nodes = graph(form)
+        first_conv = next(n for n in nodes if n.op_type == "Conv")
+        makers = {out: n.op_type for n in nodes for out in n.output}
+        assert (makers.get(first_conv.input[0]) == "DequantizeLinear") == stem_in_int8, form
+        assert _precision(tmp_path / f"{form}.onnx")["form"] == form
+    with pytest.raises(ValueError, match="unknown int8 form 'int4'"):
+        quantize_model(tiny_checkpoint, imagery, form="int4")
+
+
+def test_the_quantize_command_refuses_an_unknown_form(tiny_checkpoint, imagery, capsys):
+    assert main(["quantize", str(tiny_checkpoint), "--calibration", str(imagery), "--form", "int4"]) == 2
+    assert "form int4: is not one of auto, qdq-per-channel" in capsys.readouterr().err
+    assert find_int8(tiny_checkpoint) is None

@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import CheckpointError, OutputError
-from ..onnx_backend import find_int8
+from ..onnx_backend import export_onnx, find_int8
 from ..params import BACKENDS as BACKEND_NAMES
 from ..params import BUNDLED_MODEL
 from .base import Backend, BatchRunner, onnxruntime_available, physical_cores
+from .choice import fastest_onnx
 from .onnxruntime_backend import OnnxRuntimeBackend
 from .onnxruntime_int8 import OnnxRuntimeInt8Backend
 from .tta import DihedralTTA
@@ -94,11 +95,12 @@ def load_backend(model: str | os.PathLike | None = None, device: str = "auto", b
                  tta: bool = False) -> Backend:
     """Load a checkpoint (or exported .onnx file) onto the best backend for `device`.
 
-    `backend="auto"` means torch on CUDA; on CPU, ONNX Runtime when installed: the int8 model
-    made from this exact checkpoint when there is one (`onnx_backend.find_int8`, shipped for the
-    bundled model), else the fp32 export (shipped for the bundled model, else made once and
-    cached, see `onnx_backend.export_onnx`); torch is the fallback, with a note, when ONNX
-    Runtime is missing or the export cannot be made. Without torch, a checkpoint with neither
+    `backend="auto"` means torch on CUDA; on CPU, ONNX Runtime when installed: of the int8 model
+    made from this exact checkpoint (`onnx_backend.find_int8`, shipped for the bundled model) and
+    the fp32 export (shipped for the bundled model, else made once and cached, see
+    `onnx_backend.export_onnx`), whichever runs faster on this CPU (measured on first use and
+    cached, see `choice`); torch is the fallback, with a note, when ONNX Runtime is missing or
+    the export cannot be made. Without torch, a checkpoint with neither
     ONNX file beside it is a CheckpointError that says what to install. An .onnx file runs only
     on ONNX Runtime.
 
@@ -135,15 +137,24 @@ def load_backend(model: str | os.PathLike | None = None, device: str = "auto", b
 
 
 def _onnxruntime_else_torch(path: Path) -> Backend:
-    """The int8 model of this checkpoint, else its fp32 export; torch when no export can be made.
+    """The fastest of this checkpoint's ONNX files on this CPU (`choice.fastest_onnx`: its int8
+    model, when one was made from it, against its fp32 export); torch when no export can be made.
 
-    Without torch only existing ONNX files can run: int8, else fp32, else a CheckpointError.
+    Without torch only existing ONNX files can run: the int8 model alone when no fp32 export lies
+    beside it, the fp32 export alone when no int8 model does, else a CheckpointError.
     """
     try:
         int8 = find_int8(path)  # hashes the checkpoint: looked up once per load
-        # the fp32 export beside the checkpoint; made (and cached) here only when torch is installed,
-        # else a CheckpointError that says what to install
-        return OnnxRuntimeInt8Backend(int8, "cpu") if int8 is not None else OnnxRuntimeBackend.load(path, "cpu")
+        if int8 is None:
+            # the fp32 export beside the checkpoint; made (and cached) here only when torch is
+            # installed, else a CheckpointError that says what to install
+            return OnnxRuntimeBackend.load(path, "cpu")
+        try:
+            fp32 = export_onnx(path)
+        except (CheckpointError, OutputError, ImportError, RuntimeError):  # no fp32 export can be made
+            # here (no torch, a read-only folder): the int8 model is all there is
+            return OnnxRuntimeInt8Backend(int8, "cpu")
+        return fastest_onnx({"onnxruntime": fp32, "onnxruntime-int8": int8})
     except (OutputError, ImportError, RuntimeError) as exc:  # export impossible here: torch still works
         if not torch_available():
             raise CheckpointError(path, f"ONNX Runtime cannot run it ({str(exc).splitlines()[0][:120]})",

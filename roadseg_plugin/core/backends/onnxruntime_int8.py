@@ -1,7 +1,8 @@
 """The int8 ONNX Runtime backend: the quantised model made from exactly this checkpoint.
 
-About 1.5x faster than fp32 on the CPUs we target at no measurable accuracy cost (see
-`quantize`); `auto` picks it on CPU whenever `find_int8` finds one for the checkpoint.
+2.4x the speed of fp32 with AVX-512 VNNI, 1.7x with AVX2 kernels, within 0.005 IoU (see
+`quantize`); `auto` runs it on CPU when `find_int8` finds one for the checkpoint and it is the
+faster of the two on this CPU (`choice`).
 """
 from __future__ import annotations
 
