@@ -115,8 +115,8 @@ def run(steps: int, batch: int = 16, tile: int = 256) -> dict:
     reference = speeds["fp32_nchw"]
     from roadseg_plugin.core.backends.cpu import cpu_features, cpu_name
 
-    out = {"cpu": cpu_name(), "cpu_flags": cpu_features(), "threads": torch.get_num_threads(), "batch": batch, "tile": tile,
-           "steps": steps, "data_crops_s": None,
+    out = {"cpu": cpu_name(), "cpu_flags": cpu_features(), "threads": torch.get_num_threads(), "batch": batch,
+           "tile": tile, "steps": steps, "data_crops_s": None,
            "trainer_uses": "bf16_channels_last" if picked else "fp32_channels_last"}
     data = data_speed(batch, tile, 2)
     out["data_crops_s"] = None if data is None else round(data, 1)
