@@ -158,7 +158,10 @@ def test_installed_copy_runs_its_own_training_package(plugin_zip: Path, tmp_path
     """With only QGIS's plugin folder on sys.path (no source checkout), the algorithms find
     `roadseg_plugin.training`, and no top-level `training` or `processing` shadowing appears."""
     plugins = install_plugin.install(plugin_zip, tmp_path / "profile").parent
+    # QGIS's Python has no editable install of this checkout (`make setup` gives the dev venv one
+    # for the console commands): its import finder is left out, as QGIS would not have it
     code = ("import importlib.util, sys\n"
+            "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in getattr(f, '__module__', '')]\n"
             "from roadseg_plugin.processing.base import import_training\n"
             "train, drawn = import_training('train'), import_training('drawn_lines')\n"
             "print(train.__file__); print(drawn.__file__)\n"
