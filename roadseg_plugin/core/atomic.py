@@ -13,6 +13,7 @@ the QGIS server account can read the model or mask a run produced.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -21,6 +22,8 @@ import shutil
 import socket
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -31,8 +34,21 @@ HOST_TAG = hashlib.sha1(socket.gethostname().encode("utf-8", "replace")).hexdige
 _RANDOM = r"[a-z0-9_]{8}"  # tempfile's random part
 
 
+NAME_TAG_BYTES = 100  # longer output names are shortened in temporary names (a name holds at most 255 bytes)
+
+
+def name_tag(dst: Path) -> str:
+    """`dst`'s name, or for a long one its start and a hash: temporaries of a 240-byte output name
+    must still fit in a file name."""
+    name = dst.name
+    if len(os.fsencode(name)) <= NAME_TAG_BYTES:
+        return name
+    raw = os.fsencode(name)
+    return raw[:NAME_TAG_BYTES - 12].decode("utf-8", "ignore") + "~" + hashlib.sha1(raw).hexdigest()[:10]
+
+
 def _prefix(dst: Path, pid: int | None = None) -> str:
-    return f".{dst.name}.{os.getpid() if pid is None else pid}-{HOST_TAG}."
+    return f".{name_tag(dst)}.{os.getpid() if pid is None else pid}-{HOST_TAG}."
 
 
 def temporary_sibling(dst: Path, suffix: str = ".tmp") -> Path:
@@ -92,7 +108,7 @@ def _windows_process_alive(pid: int) -> bool:
 
 def stale_temporaries(dst: Path) -> list[Path]:
     """The temporaries of `dst` (files or folders beside it) left by dead processes of this machine."""
-    pattern = re.compile(re.escape(f".{dst.name}.") + r"(\d+)-" + re.escape(HOST_TAG) + r"\." + _RANDOM
+    pattern = re.compile(re.escape(f".{name_tag(dst)}.") + r"(\d+)-" + re.escape(HOST_TAG) + r"\." + _RANDOM
                          + r"(\.[A-Za-z0-9_.]+)?")
     try:
         entries = list(os.scandir(dst.parent))
@@ -127,23 +143,224 @@ def remove_stale_temporaries(dst: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def dataset_file(name: str | os.PathLike) -> Path | None:
-    """The local file behind a raster name: a path, or the file of `DRIVER:file:layer` names.
+# ------------------------------------------------------------------ output locks
 
-    The file part may hold colons itself (GPKG:C:\\data\\r.gpkg:table), so the longest part
-    after the driver that names an existing file wins.
+class OutputBusyError(OSError):
+    """Another live run holds the lock of an output (see `output_lock`)."""
+
+    def __init__(self, path: Path, owner: str) -> None:
+        self.path, self.owner = path, owner
+        super().__init__(f"{path} is being written by {owner}")
+
+
+def _lock_path(dst: Path) -> Path:
+    return dst.parent / f".{name_tag(dst)}.lock"
+
+
+def _describe_owner(text: str) -> tuple[str, bool]:
+    """("process N on this machine" / "a run on another machine", stale?) from a lock's `pid-host`."""
+    match = re.fullmatch(r"(\d+)-([0-9a-f]{6})", text.strip())
+    if match is None:
+        return "another run", False  # being written this instant, or not ours: never taken over
+    pid, host = int(match.group(1)), match.group(2)
+    if host != HOST_TAG:
+        return f"a run on another machine (process {pid})", False
+    return f"another run (process {pid})", not process_alive(pid)
+
+
+def _claim(lock: Path, content: str) -> bool:
+    """Create `lock` holding `content`, atomically (a hard link of a finished file); False if it exists."""
+    try:
+        tmp = temporary_sibling(lock)
+    except OSError:
+        return _claim_plain(lock, content)
+    try:
+        tmp.write_text(content)
+        try:
+            os.link(tmp, lock)
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links here (some network or Windows file systems)
+            return _claim_plain(lock, content)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _claim_plain(lock: Path, content: str) -> bool:
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666 & ~_UMASK)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as fh:
+        fh.write(content)
+    return True
+
+
+@contextmanager
+def output_lock(*outputs: Path | None) -> Iterator[None]:
+    """Hold `.<name>.lock` beside each output while a run writes it.
+
+    A second run for the same output finds the lock and is refused (`OutputBusyError`) instead
+    of racing the first (the last writer would win). A lock left by a killed process of this
+    machine is taken over; one of a live process, of another machine, or unreadable is not.
+    Folders that cannot be written are skipped (the output checks report them).
     """
-    text = os.fspath(name)
-    if os.path.exists(text):
-        return Path(text)
-    driver, sep, rest = text.partition(":")
-    if sep and driver.isupper():  # GPKG:/data/r.gpkg:layer, NETCDF:"f.nc":var
-        parts = rest.split(":")
-        for end in range(len(parts), 0, -1):
-            candidate = ":".join(parts[:end]).strip('"')
-            if candidate and os.path.exists(candidate):
-                return Path(candidate)
-    return None
+    mine = f"{os.getpid()}-{HOST_TAG}"
+    held: list[Path] = []
+    try:
+        for dst in dict.fromkeys(Path(p) for p in outputs if p is not None):
+            lock = _lock_path(dst)
+            if not os.access(lock.parent, os.W_OK):
+                continue
+            for _ in range(3):
+                if _claim(lock, mine):
+                    held.append(lock)
+                    break
+                try:
+                    owner, stale = _describe_owner(lock.read_text()[:64])
+                except OSError:
+                    continue  # released meanwhile: try again
+                if not stale:
+                    raise OutputBusyError(dst, owner)
+                log.info("%s: removed the lock of a run that was killed", lock)
+                lock.unlink(missing_ok=True)
+            else:
+                raise OutputBusyError(dst, "another run")
+        yield
+    finally:
+        for lock in held:
+            try:
+                if lock.read_text() == mine:
+                    lock.unlink()
+            except OSError:
+                pass
+
+
+# ------------------------------------------------------------------ which files a name reads
+
+_DRIVER_PREFIX = re.compile(r"([A-Za-z][A-Za-z0-9_]+):(.+)", re.S)  # 2+ characters: never a drive letter
+_ARCHIVES = ("/vsizip/", "/vsigzip/", "/vsitar/", "/vsi7z/", "/vsirar/", "/vsicached?/", "/vsisparse/")
+_VRT_SOURCES = ("SourceFilename", "SourceDataset", "SourceFilenameOrDataset", "OverviewDataset")
+_MAX_DEPTH = 16  # VRTs of VRTs...: deeper nesting is not followed (GDAL itself stops at a few levels)
+
+
+def dataset_files(name: str | os.PathLike) -> list[Path]:
+    """Every local file a GDAL dataset name reads: the one rule for "is this an input?".
+
+    Understood: plain paths; `DRIVER:` prefixes in any case with the file anywhere after them
+    (`GPKG:r.gpkg:table`, `gpkg:r.gpkg:table`, `GTIFF_DIR:1:in.tif`, `NETCDF:"f.nc":var`);
+    `vrt://file?options`; `/vsizip/`, `/vsigzip/`, `/vsitar/`, `/vsisubfile/` ... over a local
+    file; VRT files (and VRT XML given as the name) with their sources, followed recursively
+    (relative sources against the VRT's folder). Remote names (`/vsicurl/`, `https://`, ...) and
+    `/vsimem/` give nothing local.
+    """
+    found: dict[str, Path] = {}
+    _collect(os.fspath(name), Path.cwd(), found, 0)
+    if _is_file(os.fspath(name)):
+        for extra in _gdal_file_list(os.fspath(name)):
+            _collect(extra, Path.cwd(), found, 1)
+    return list(found.values())
+
+
+def dataset_file(name: str | os.PathLike) -> Path | None:
+    """The main local file behind a dataset name (see `dataset_files`), or None."""
+    files = dataset_files(name)
+    return files[0] if files else None
+
+
+def _gdal_file_list(name: str) -> list[str]:
+    """The files GDAL itself says the dataset uses (sidecars: .aux.xml, world files, .ovr, .msk);
+    empty when rasterio is missing or the name does not open as a raster."""
+    if name.lstrip().startswith("<") or len(name) > 4096:
+        return []
+    try:
+        import rasterio
+
+        with rasterio.Env(CPL_LOG="/dev/null" if os.name == "posix" else "NUL"), rasterio.open(name) as src:
+            return [f for f in src.files if not f.startswith("/vsi")]
+    except Exception:  # noqa: BLE001 - anything that does not open is judged by its name alone
+        return []
+
+
+def _collect(text: str, base: Path, found: dict[str, Path], depth: int) -> None:
+    text = text.strip().strip('"')
+    if depth > _MAX_DEPTH or not text:
+        return
+    if text.lstrip().startswith("<VRTDataset"):
+        _vrt_sources(text, base, found, depth)
+        return
+    path = text if os.path.isabs(text) else os.path.join(base, text)
+    if _is_file(path):
+        key = os.path.realpath(path)
+        if key not in found:
+            found[key] = Path(path)
+            if _looks_like_vrt(path):
+                try:
+                    with open(path, "rb") as fh:
+                        xml = fh.read(64 << 20).decode("utf-8", "replace")
+                except OSError:
+                    return
+                _vrt_sources(xml, Path(path).parent, found, depth)
+        return
+    lower = text.lower()
+    if lower.startswith("vrt://"):
+        _collect(text[6:].split("?", 1)[0], base, found, depth + 1)
+    elif lower.startswith("/vsisubfile/"):  # /vsisubfile/offset_size,filename
+        _collect(text[12:].split(",", 1)[-1], base, found, depth + 1)
+    elif lower.startswith("/vsicrypt/"):  # /vsicrypt/key=...,file=filename
+        _collect(text.split("file=", 1)[-1] if "file=" in text else "", base, found, depth + 1)
+    elif lower.startswith(_ARCHIVES) or lower.startswith("/vsi") and not lower.startswith("/vsimem/"):
+        inner = text[text.index("/", 1) + 1:]
+        if inner.startswith("{") and "}" in inner:  # /vsizip/{path with .zip inside}/file
+            _collect(inner[1:inner.index("}")], base, found, depth + 1)
+        else:
+            _longest_prefix(inner, "/", base, found, depth)
+    elif match := _DRIVER_PREFIX.fullmatch(text):
+        _longest_prefix(match.group(2), ":", base, found, depth)
+
+
+def _longest_prefix(rest: str, sep: str, base: Path, found: dict[str, Path], depth: int) -> None:
+    """The longest run of `sep`-separated parts of `rest` that names a file (or a dataset name)."""
+    parts = rest.split(sep)
+    spans = sorted(((i, j) for i in range(len(parts)) for j in range(i + 1, len(parts) + 1)),
+                   key=lambda ij: ij[0] - ij[1])
+    for i, j in spans:
+        candidate = sep.join(parts[i:j]).strip().strip('"')
+        if candidate and (_is_file(candidate if os.path.isabs(candidate) else os.path.join(base, candidate))
+                          or candidate.lower().startswith(("/vsi", "vrt://"))):
+            _collect(candidate, base, found, depth + 1)
+            return
+
+
+def _is_file(path: str) -> bool:
+    try:
+        return os.path.isfile(path)
+    except (OSError, ValueError):  # a name too long, or with NUL
+        return False
+
+
+def _looks_like_vrt(path: str) -> bool:
+    if path.lower().endswith(".vrt"):
+        return True
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(64).lstrip().startswith(b"<VRTDataset")
+    except OSError:
+        return False
+
+
+def _vrt_sources(xml: str, folder: Path, found: dict[str, Path], depth: int) -> None:
+    import xml.etree.ElementTree as ElementTree
+
+    try:
+        root = ElementTree.fromstring(xml)
+    except ElementTree.ParseError:
+        return
+    for element in root.iter():
+        if element.tag in _VRT_SOURCES and element.text:
+            relative = element.get("relativeToVRT", "0") == "1" or element.get("relativetoVRT", "0") == "1"
+            _collect(element.text, folder if relative else Path.cwd(), found, depth + 1)
 
 
 def same_file(a: Path, b: Path) -> bool:
@@ -154,3 +371,70 @@ def same_file(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return False
+
+
+def reads_file(name: str | os.PathLike, path: str | os.PathLike) -> Path | None:
+    """The file of dataset `name` (see `dataset_files`) that `path` is, or None."""
+    return next((f for f in dataset_files(name) if same_file(Path(path), f)), None)
+
+
+# ------------------------------------------------------------------ several outputs at once
+
+def replace_together(moves: list[tuple[Path, Path]]) -> None:
+    """Move each staged file onto its destination: all of them, or none.
+
+    Every destination already there is first hard-linked to a backup name beside it (copied
+    where the file system has no hard links), so one that cannot be replaced (immutable,
+    append-only, locked, not ours) fails before any output changed. Then each file is renamed
+    into place, each rename atomic; if one fails, those already moved are put back from their
+    backups. The backups are removed at the end.
+
+    Raises:
+        OSError: with `filename` the destination that could not be replaced; every
+            destination holds what it held before.
+    """
+    backups: dict[Path, Path] = {}
+    try:
+        for _, dst in moves:
+            if os.path.lexists(dst):
+                backups[dst] = _backup(dst)
+        done: list[Path] = []
+        try:
+            for src, dst in moves:
+                try:
+                    os.replace(src, dst)
+                except OSError as exc:
+                    raise OSError(exc.errno, exc.strerror, str(dst)) from None
+                done.append(dst)
+        except BaseException:
+            for dst in reversed(done):
+                if dst in backups:
+                    os.replace(backups.pop(dst), dst)
+                else:
+                    os.unlink(dst)
+            raise
+    finally:
+        for backup in backups.values():
+            try:
+                backup.unlink()
+            except OSError:
+                pass
+
+
+def _backup(dst: Path) -> Path:
+    """A second name for `dst`'s current content, beside it (`.<name>.<pid>-<host>.<random>.old`)."""
+    backup = temporary_sibling(dst, ".old")
+    try:
+        backup.unlink()
+        try:
+            os.link(dst, backup)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                raise OSError(exc.errno, exc.strerror, str(dst)) from None
+            shutil.copy2(dst, backup)  # no hard links here: a real copy
+            with open(dst, "r+b"):  # and the original must be writable to be replaced
+                pass
+    except BaseException:
+        backup.unlink(missing_ok=True)
+        raise
+    return backup

@@ -10,11 +10,14 @@ running an algorithm then reports `deps.dependency_message()` as a `QgsProcessin
 from __future__ import annotations
 
 import importlib
+import os
+import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from qgis.core import (
     QgsFeature,
@@ -24,6 +27,7 @@ from qgis.core import (
     QgsFields,
     QgsGeometry,
     QgsProcessingAlgorithm,
+    QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
     QgsWkbTypes,
@@ -167,6 +171,26 @@ class RoadSegAlgorithm(QgsProcessingAlgorithm):
     def progress(feedback: QgsProcessingFeedback, start: float = 0.0, end: float = 100.0) -> Callable[[float], None]:
         """A core `on_progress(fraction)` callback mapped onto `start..end` percent of the bar."""
         return lambda fraction: feedback.setProgress(start + (end - start) * max(0.0, min(1.0, fraction)))
+
+
+def check_sink_destination(alg: QgsProcessingAlgorithm, parameters: dict[str, Any], name: str,
+                           context: QgsProcessingContext, inputs: list[object]) -> None:
+    """Refuse a sink written over one of `inputs`, by the CLI's rule (`pipeline.check_outputs`:
+    every name form of a file, VRT sources, hard links). Memory layers and databases pass."""
+    from ..core.errors import RoadSegError
+    from ..core.pipeline import check_outputs
+
+    destination = alg.parameterAsOutputLayer(parameters, name, context) or ""
+    if destination.startswith("ogr:"):
+        match = re.search(r"dbname='?([^' ]+)", destination)
+        destination = match.group(1) if match else ""
+    path = destination.split("|")[0]
+    if not path or not os.path.isabs(path):  # memory:, TEMPORARY_OUTPUT, postgres:...
+        return
+    try:
+        check_outputs({"road lines": Path(path)}, inputs)
+    except RoadSegError as exc:
+        raise QgsProcessingException(qgis_message(exc, alg)) from exc
 
 
 def line_fields() -> QgsFields:

@@ -27,6 +27,7 @@ from .base import (
     RoadSegAlgorithm,
     add_lines,
     add_parameters,
+    check_sink_destination,
     in_python_thread,
     lengths_note,
     line_fields,
@@ -90,6 +91,7 @@ class SegmentRoadsAlgorithm(RoadSegAlgorithm):
         if lengths_note(layer.crs()):
             feedback.pushInfo(f"{lengths_note(layer.crs())}: minimum road length {vectorise.min_length:g} m")
         mask_path = self.parameterAsOutputLayer(parameters, self.MASK_OUTPUT, context) or None
+        check_sink_destination(self, parameters, self.OUTPUT, context, [layer.source(), params.model_path])
 
         def work():  # in a Python thread: the reader and the vectoriser use pyproj
             return extract_roads(layer_source(layer, params), None, params, vectorise, prob_out=mask_path,

@@ -156,6 +156,9 @@ def test_a_killed_run_leaves_temporaries_that_the_next_run_removes(big, tmp_path
     assert proc.returncode == -signal.SIGKILL
     assert hashes(*outputs) == before
     left = temporaries(tmp_path)
+    locks = [tmp_path / ".prob.tif.lock", tmp_path / ".roads.gpkg.lock"]  # the killed run's claim on its outputs
+    assert all(lock.read_text().startswith(f"{proc.pid}-") for lock in locks)
+    left = [name for name in left if not name.endswith(".lock")]
     assert left and all(re.match(rf"\.prob\.tif\.{proc.pid}-\w+\.\w+\.tmp", name) for name in left), left
 
     done = cli("segment", big["image"], "--out", tmp_path / "roads.gpkg", "--mask-out", tmp_path / "prob.tif")

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..errors import Cancelled, OutputError, ParamError
 from ..params import VECTOR_FORMATS, InferenceParams, VectoriseParams, read_model_info
-from ..pipeline import LinesSummary
+from ..pipeline import LinesSummary, locked_outputs
 from .cluster import DEFAULT_TIMEOUT, connect, dashboard_link
 from .job import Job, RegionProgress
 from .manifest import Manifest, input_identity, options_identity
@@ -138,6 +138,16 @@ def segment_region(inputs: list[str | os.PathLike], out_dir: str | os.PathLike,
     folder = Path(os.path.abspath(out_dir))
     sources = expand_inputs(inputs)
     check_folder(folder, list(inputs), sources, params.model_path)
+    with locked_outputs(folder):  # a second run into this folder is refused, not raced
+        return _run(start, inputs, folder, sources, params, vectorise, meta, scheduler, workers, chunk, resume,
+                    skip_bad, timeout, model_threads, on_progress, say, is_cancelled)
+
+
+def _run(start: float, inputs: list, folder: Path, sources: list[str], params: InferenceParams,
+         vectorise: VectoriseParams, meta: Any, scheduler: str | None, workers: int | None, chunk: int, resume: bool,
+         skip_bad: bool, timeout: float, model_threads: int | None,
+         on_progress: Callable[[RegionProgress], None] | None, say: Callable[[str], None],
+         is_cancelled: Callable[[], bool] | None) -> RegionResult:
     lines_path = folder / (LINES_STEM + VECTOR_FORMATS[vectorise.format or "gpkg"][1])
     plans, notes = plan_inputs(sources, params, vectorise, meta, chunk, skip_bad)
     identity = {"inputs": [input_identity(p.source) for p in plans], "model": {"sha256": _model_hash(params)},
