@@ -135,19 +135,20 @@ def check_raster_size(name: object, width: int, height: int, how: str = "") -> N
                           "process part of it (--extent), split it into tiles (segment-region), or check --gsd")
 
 
-def vectorise_bytes(width: int, block: int, halo: int, context_rows: int) -> float:
-    """Memory of the vectoriser on a raster `width` px wide: a block with its halo, and the centre
+def vectorise_bytes(width: int, height: int, block: int, halo: int, context_rows: int) -> float:
+    """Memory of the vectoriser on a raster of this size: a block with its halo, and the centre
     lines of the band of rows it cleans at a time (`road_stream`)."""
-    band_rows = block + 2 * context_rows
+    band_rows = min(block + 2 * context_rows, height)
     return MODEL_OVERHEAD + MASK_BYTES * (block + 2 * halo) ** 2 + SKELETON_SHARE * SKELETON_BYTES * band_rows * width
 
 
-def check_vectorise(width: int, block: int, halo: int, context_rows: int, context_from: str, value: object) -> None:
-    """Refuse vectoriser settings whose memory on a raster `width` px wide does not fit.
+def check_vectorise(width: int, height: int, block: int, halo: int, context_rows: int, context_from: str,
+                    value: object) -> None:
+    """Refuse vectoriser settings whose memory on a raster of this size does not fit.
 
     `context_from`, `value`: the option that sets the band's context rows (gap or spur length).
     """
-    need = vectorise_bytes(width, block, halo, context_rows)
+    need = vectorise_bytes(width, height, block, halo, context_rows)
     if need <= memory_budget():
         return
     if MASK_BYTES * (block + 2 * halo) ** 2 > memory_budget() / 2:

@@ -94,7 +94,7 @@ def _check_positive(name: str, value: float | None, allow_zero: bool = False, in
     if isinstance(value, float) and math.isnan(value):
         raise ParamError(name, value, "is not a number")
     if isinstance(value, float) and math.isinf(value):
-        raise ParamError(name, value, "must be a finite number")
+        raise ParamError(name, value, "must be a finite number", "give an ordinary number, e.g. 1")
     if integer and (isinstance(value, bool) or int(value) != value):
         raise ParamError(name, value, "must be a whole number")
     if value < 0 or (value == 0 and not allow_zero):
@@ -156,6 +156,8 @@ class InferenceParams:
         for name in ("tile", "batch_size"):
             _check_positive(name, getattr(self, name), integer=True)
         _check_positive("overlap", self.overlap, allow_zero=True, integer=True)
+        if self.gsd is not None and math.isinf(self.gsd):
+            raise ParamError("gsd", self.gsd, "must be a finite number", "the raster's metres per pixel, e.g. 0.5")
         _check_positive("gsd", self.gsd)
         if self.tile is not None and self.overlap is not None and not self.overlap < self.tile // 2:
             raise ParamError("overlap", self.overlap, f"must be less than half the tile ({self.tile})")
@@ -179,7 +181,7 @@ class InferenceParams:
             raise ParamError("overlap", overlap, f"must be less than half the tile ({tile})")
         base = int(meta.arch_config.get("base_channels", 16))
         batch = self.batch_size or DEFAULT_BATCH["cuda" if str(self.device).startswith("cuda") else "cpu"]
-        check_tile(tile, batch, base, 2**depth, example=meta.tile)
+        check_tile(tile, 1, base, 2**depth, example=meta.tile)  # one tile must fit; then the batch
         check_batch(batch, tile, base)
         if self.bands is not None and len(self.bands) != meta.in_channels:
             raise ParamError("bands", ",".join(map(str, self.bands)),

@@ -326,8 +326,8 @@ def check_raster_size(source: str | os.PathLike, params: InferenceParams, meta: 
     from .vectorise import check_memory
 
     with open_raster(source, gsd_m=meta.gsd_m, extent=params.extent, native_gsd_m=params.gsd) as reader:
-        width, gsd_m = reader.width, reader.gsd_m
-    check_memory(width, gsd_m, **vectorise_params.kwargs())
+        width, height, gsd_m = reader.width, reader.height, reader.gsd_m
+    check_memory(width, height, gsd_m, **vectorise_params.kwargs())
 
 
 def _reading(source: Source, params: InferenceParams) -> dict[str, Any]:

@@ -259,10 +259,10 @@ def iter_raster_frames(path: str | Path, **options: Any) -> Iterator:
             yield source.frame([])
 
 
-def check_memory(width: int, gsd_m: float | None, *, min_length: float = MIN_LENGTH_M,
+def check_memory(width: int, height: int, gsd_m: float | None, *, min_length: float = MIN_LENGTH_M,
                  spur_length: float = SPUR_LENGTH_M, gap: float = GAP_M, tolerance: float = TOLERANCE_M,
                  smooth: bool = False, block_size: int | None = BLOCK_SIZE, halo: int = HALO_PX) -> None:
-    """Refuse vectoriser options whose memory on a raster `width` px wide, of `gsd_m` metre pixels,
+    """Refuse vectoriser options whose memory on a raster of this size, of `gsd_m` metre pixels,
     does not fit this machine (`limits.check_vectorise`): the band `road_stream` cleans at a time
     holds the centre lines of `block_size` + 2 x context rows, and the context grows with the gap
     and spur lengths in pixels."""
@@ -272,7 +272,7 @@ def check_memory(width: int, gsd_m: float | None, *, min_length: float = MIN_LEN
     step = gsd_m or 1.0
     context = context_rows((step, step), spur_length, gap)
     larger = ("gap", gap) if gap >= spur_length else ("spur_length", spur_length)
-    check_vectorise(width, block_size or BLOCK_SIZE, halo, context, *larger)
+    check_vectorise(width, height, block_size or BLOCK_SIZE, halo, context, *larger)
 
 
 VECTORISE_CACHE_MB = 64  # GDAL's block cache while vectorising (its default, 5 % of RAM, grows with area)
@@ -312,7 +312,7 @@ class RasterLines:
             _check_georeferencing(self.src, self.path)
             scale = _scale(self.src.transform, self.src.crs, self.src.shape)
             options = {k: v for k, v in self.options.items() if k not in ("on_progress", "is_cancelled")}
-            check_memory(self.src.width, min(scale), **options)
+            check_memory(self.src.width, self.src.height, min(scale), **options)
             with self._reading():
                 self._prepare()
         except BaseException:

@@ -16,14 +16,13 @@ import pytest
 import rasterio
 
 from tests.core.test_engine import write_contrast_checkpoint
-from tests.reliability.test_segment_cli import (  # noqa: F401 - `small` is a fixture
+from tests.reliability.test_segment_cli import (
     TORCH,
     cli,
     hashes,
     one_error,
     previous_outputs,
     scene,
-    small,
     temporaries,
     write_tif,
 )
@@ -175,7 +174,8 @@ def test_a_long_valid_output_name_is_written_and_a_too_long_one_refused(small, t
     assert done.returncode == 0, done.stderr
     assert (tmp_path / name).is_file() and temporaries(tmp_path) == []
     before = hashes(tmp_path, small["image"])
-    one_error(cli("segment", small["image"], "--model", small["model"], *TORCH, "--out", tmp_path / ("r" * 250 + ".gpkg")),
+    too_long = tmp_path / ("r" * 250 + ".gpkg")
+    one_error(cli("segment", small["image"], "--model", small["model"], *TORCH, "--out", too_long),
               "the file name is 255 bytes long, over the 247")
     deep = tmp_path.joinpath(*["d" * 200] * 21) / "roads.gpkg"  # past PATH_MAX (4096)
     one_error(cli("segment", small["image"], "--model", small["model"], *TORCH, "--out", deep), "the path is",

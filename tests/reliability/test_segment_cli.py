@@ -26,7 +26,6 @@ import rasterio
 from affine import Affine
 
 from tests.conftest import draw_roads, road_image
-from tests.core.test_engine import write_contrast_checkpoint
 
 resource = pytest.importorskip("resource", reason="POSIX only: file size limits, SIGKILL")
 
@@ -85,19 +84,6 @@ def write_tif(path: Path, data: np.ndarray, transform: Affine | None = UTM, crs:
 def scene(size: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return road_image(draw_roads(size, rng, n=5), rng)
-
-
-@pytest.fixture(scope="module")
-def small(tmp_path_factory) -> dict[str, Path]:
-    """A 200 px and a 512 px image, the tiny model, and a probability raster and lines of the 512 px one."""
-    root = tmp_path_factory.mktemp("small")
-    files = {"model": write_contrast_checkpoint(root / "tiny.pt"), "image": write_tif(root / "img.tif", scene(200)),
-             "large": write_tif(root / "large.tif", scene(512, seed=1))}
-    files["prob"], files["lines"] = root / "prob.tif", root / "lines.gpkg"
-    done = cli("segment", files["large"], "--model", files["model"], *TORCH, "--out", files["lines"],
-               "--mask-out", files["prob"], "--min-length", "5")
-    assert done.returncode == 0, done.stderr
-    return files
 
 
 def previous_outputs(small: dict[str, Path], folder: Path) -> tuple[Path, Path]:
