@@ -72,7 +72,7 @@ def _is_seam(key: Key) -> bool:
 
 
 def _key_row(key: Key) -> int:
-    return int(key[2] if _is_seam(key) else key[0])
+    return key[2] if len(key) == 6 else key[0]
 
 
 def _seam(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> Key:
@@ -87,11 +87,13 @@ def _node(p: np.ndarray) -> Key:
 class _Component:
     """Lines joined by shared nodes or seams; `length` so far, `open` seams still waiting."""
 
-    def __init__(self, key: Key) -> None:
+    __slots__ = ("keys", "length", "open", "max_row", "lines")
+
+    def __init__(self, key: Key, row: int) -> None:
         self.keys = {key}
         self.length = 0.0
         self.open = 0
-        self.max_row = _key_row(key)
+        self.max_row = row
         self.lines: list[Line] = []
 
 
@@ -103,10 +105,10 @@ class _Stitcher:
         self.component: dict[Key, _Component] = {}
         self.waiting: dict[Key, Line] = {}  # seam -> the part that ends there, until its other side comes
 
-    def _of(self, key: Key) -> _Component:
+    def _of(self, key: Key, row: int) -> _Component:
         found = self.component.get(key)
         if found is None:
-            found = self.component[key] = _Component(key)
+            found = self.component[key] = _Component(key, row)
         return found
 
     def _merge(self, a: _Component, b: _Component) -> _Component:
@@ -125,9 +127,10 @@ class _Stitcher:
 
     def add(self, part: Line) -> None:
         first, last = part.ends
-        comp = self._merge(self._of(first), self._of(last))
+        rows = _key_row(first), _key_row(last)
+        comp = self._merge(self._of(first, rows[0]), self._of(last, rows[1]))
         comp.length += part.length
-        comp.max_row = max(comp.max_row, _key_row(first), _key_row(last))
+        comp.max_row = max(comp.max_row, *rows)
         for key in dict.fromkeys(part.ends):
             if not _is_seam(key):
                 continue
@@ -216,6 +219,12 @@ class LineStream:
         """The runs of an edge's segments that rows [top, bottom) own, to the stitcher."""
         pts = _oriented(data, data["start"])
         width, prob = _samples(data, data["start"])
+        low, high = int(pts[:, 0].min()), int(pts[:, 0].max())
+        if high < top - 1 or low > bottom:  # no segment's midpoint row can be in the band
+            return
+        if low >= top and high < bottom:  # the whole edge: the common case, no seam
+            self.stitcher.add(Line(pts, width, prob, float(data["len"]), (_node(pts[0]), _node(pts[-1]))))
+            return
         rows = segment_rows(pts)
         last = len(pts) - 1
         for s, e in zip(*runs((rows >= top) & (rows < bottom)), strict=True):

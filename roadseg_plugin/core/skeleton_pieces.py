@@ -186,17 +186,28 @@ class Pieces:
     def rows_from(self, top: int) -> Pieces:
         """The same pieces without the segments owned by rows above `top` (cut where they cross)."""
         kept = Pieces(self.prob_scale)
-        for pts, width, prob in zip(self.pts, self.width, self.prob, strict=True):
-            rows = segment_rows(pts)
-            if rows.min() >= top:
+        if not self.pts:
+            return kept
+        # rows owned by each piece's segments, lowest and highest, for all pieces at once
+        sizes = np.fromiter((len(p) for p in self.pts), np.int64, len(self.pts))
+        flat = np.concatenate(self.pts)[:, 0].astype(np.int64)
+        rows = (flat[:-1] + flat[1:] + 1) // 2
+        ends = np.cumsum(sizes)
+        starts = ends - sizes  # each piece's first segment
+        between = ends[:-1] - 1  # the step from one piece to the next: no segment
+        low, high = rows.copy(), rows.copy()
+        low[between], high[between] = np.iinfo(np.int64).max, np.iinfo(np.int64).min
+        low, high = np.minimum.reduceat(low, starts), np.maximum.reduceat(high, starts)
+        for i, (pts, width, prob) in enumerate(zip(self.pts, self.width, self.prob, strict=True)):
+            if low[i] >= top:
                 kept.pts.append(pts)
                 kept.width.append(width)
                 kept.prob.append(prob)
-                continue
-            for s, e in zip(*runs(rows >= top), strict=True):
-                kept.pts.append(pts[s:e + 1])
-                kept.width.append(width[s:e])
-                kept.prob.append(prob[s:e])
+            elif high[i] >= top:
+                for s, e in zip(*runs(segment_rows(pts) >= top), strict=True):
+                    kept.pts.append(pts[s:e + 1])
+                    kept.width.append(width[s:e])
+                    kept.prob.append(prob[s:e])
         return kept
 
 
