@@ -205,7 +205,7 @@ def cmd_vectorise(args: argparse.Namespace) -> int:
 def cmd_export_onnx(args: argparse.Namespace) -> int:
     from .core.errors import OutputError
     from .core.onnx_backend import export_onnx
-    from .core.pipeline import check_outputs
+    from .core.outputs import check_outputs
 
     check_outputs({"ONNX model": args.out}, [args.model])
     if args.out.suffix.lower() != ".onnx":
@@ -217,8 +217,8 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     from .core.errors import OutputError
+    from .core.outputs import check_outputs
     from .core.params import BUNDLED_MODEL
-    from .core.pipeline import check_outputs
     from .core.quantize import calibration_images, quantize_model
 
     check_outputs({"int8 model": args.out}, [args.model or BUNDLED_MODEL, *calibration_images(args.calibration)])

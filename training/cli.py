@@ -127,8 +127,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from roadseg_plugin.core.outputs import check_outputs
     from roadseg_plugin.core.params import BUNDLED_MODEL, InferenceParams
-    from roadseg_plugin.core.pipeline import check_outputs
 
     from .evaluate import evaluate_model, format_table
 

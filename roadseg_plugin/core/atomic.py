@@ -13,7 +13,6 @@ the QGIS server account can read the model or mask a run produced.
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import logging
 import os
@@ -22,8 +21,6 @@ import shutil
 import socket
 import sys
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -143,100 +140,6 @@ def remove_stale_temporaries(dst: str | os.PathLike) -> list[Path]:
     return removed
 
 
-# ------------------------------------------------------------------ output locks
-
-class OutputBusyError(OSError):
-    """Another live run holds the lock of an output (see `output_lock`)."""
-
-    def __init__(self, path: Path, owner: str) -> None:
-        self.path, self.owner = path, owner
-        super().__init__(f"{path} is being written by {owner}")
-
-
-def _lock_path(dst: Path) -> Path:
-    return dst.parent / f".{name_tag(dst)}.lock"
-
-
-def _describe_owner(text: str) -> tuple[str, bool]:
-    """("process N on this machine" / "a run on another machine", stale?) from a lock's `pid-host`."""
-    match = re.fullmatch(r"(\d+)-([0-9a-f]{6})", text.strip())
-    if match is None:
-        return "another run", False  # being written this instant, or not ours: never taken over
-    pid, host = int(match.group(1)), match.group(2)
-    if host != HOST_TAG:
-        return f"a run on another machine (process {pid})", False
-    return f"another run (process {pid})", not process_alive(pid)
-
-
-def _claim(lock: Path, content: str) -> bool:
-    """Create `lock` holding `content`, atomically (a hard link of a finished file); False if it exists."""
-    try:
-        tmp = temporary_sibling(lock)
-    except OSError:
-        return _claim_plain(lock, content)
-    try:
-        tmp.write_text(content)
-        try:
-            os.link(tmp, lock)
-        except FileExistsError:
-            return False
-        except OSError:  # no hard links here (some network or Windows file systems)
-            return _claim_plain(lock, content)
-        return True
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _claim_plain(lock: Path, content: str) -> bool:
-    try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666 & ~_UMASK)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "w") as fh:
-        fh.write(content)
-    return True
-
-
-@contextmanager
-def output_lock(*outputs: Path | None) -> Iterator[None]:
-    """Hold `.<name>.lock` beside each output while a run writes it.
-
-    A second run for the same output finds the lock and is refused (`OutputBusyError`) instead
-    of racing the first (the last writer would win). A lock left by a killed process of this
-    machine is taken over; one of a live process, of another machine, or unreadable is not.
-    Folders that cannot be written are skipped (the output checks report them).
-    """
-    mine = f"{os.getpid()}-{HOST_TAG}"
-    held: list[Path] = []
-    try:
-        for dst in dict.fromkeys(Path(p) for p in outputs if p is not None):
-            lock = _lock_path(dst)
-            if not os.access(lock.parent, os.W_OK):
-                continue
-            for _ in range(3):
-                if _claim(lock, mine):
-                    held.append(lock)
-                    break
-                try:
-                    owner, stale = _describe_owner(lock.read_text()[:64])
-                except OSError:
-                    continue  # released meanwhile: try again
-                if not stale:
-                    raise OutputBusyError(dst, owner)
-                log.info("%s: removed the lock of a run that was killed", lock)
-                lock.unlink(missing_ok=True)
-            else:
-                raise OutputBusyError(dst, "another run")
-        yield
-    finally:
-        for lock in held:
-            try:
-                if lock.read_text() == mine:
-                    lock.unlink()
-            except OSError:
-                pass
-
-
 # ------------------------------------------------------------------ which files a name reads
 
 _DRIVER_PREFIX = re.compile(r"([A-Za-z][A-Za-z0-9_]+):(.+)", re.S)  # 2+ characters: never a drive letter
@@ -261,12 +164,6 @@ def dataset_files(name: str | os.PathLike) -> list[Path]:
         for extra in _gdal_file_list(os.fspath(name)):
             _collect(extra, Path.cwd(), found, 1)
     return list(found.values())
-
-
-def dataset_file(name: str | os.PathLike) -> Path | None:
-    """The main local file behind a dataset name (see `dataset_files`), or None."""
-    files = dataset_files(name)
-    return files[0] if files else None
 
 
 def _gdal_file_list(name: str) -> list[str]:
@@ -376,65 +273,3 @@ def same_file(a: Path, b: Path) -> bool:
 def reads_file(name: str | os.PathLike, path: str | os.PathLike) -> Path | None:
     """The file of dataset `name` (see `dataset_files`) that `path` is, or None."""
     return next((f for f in dataset_files(name) if same_file(Path(path), f)), None)
-
-
-# ------------------------------------------------------------------ several outputs at once
-
-def replace_together(moves: list[tuple[Path, Path]]) -> None:
-    """Move each staged file onto its destination: all of them, or none.
-
-    Every destination already there is first hard-linked to a backup name beside it (copied
-    where the file system has no hard links), so one that cannot be replaced (immutable,
-    append-only, locked, not ours) fails before any output changed. Then each file is renamed
-    into place, each rename atomic; if one fails, those already moved are put back from their
-    backups. The backups are removed at the end.
-
-    Raises:
-        OSError: with `filename` the destination that could not be replaced; every
-            destination holds what it held before.
-    """
-    backups: dict[Path, Path] = {}
-    try:
-        for _, dst in moves:
-            if os.path.lexists(dst):
-                backups[dst] = _backup(dst)
-        done: list[Path] = []
-        try:
-            for src, dst in moves:
-                try:
-                    os.replace(src, dst)
-                except OSError as exc:
-                    raise OSError(exc.errno, exc.strerror, str(dst)) from None
-                done.append(dst)
-        except BaseException:
-            for dst in reversed(done):
-                if dst in backups:
-                    os.replace(backups.pop(dst), dst)
-                else:
-                    os.unlink(dst)
-            raise
-    finally:
-        for backup in backups.values():
-            try:
-                backup.unlink()
-            except OSError:
-                pass
-
-
-def _backup(dst: Path) -> Path:
-    """A second name for `dst`'s current content, beside it (`.<name>.<pid>-<host>.<random>.old`)."""
-    backup = temporary_sibling(dst, ".old")
-    try:
-        backup.unlink()
-        try:
-            os.link(dst, backup)
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
-                raise OSError(exc.errno, exc.strerror, str(dst)) from None
-            shutil.copy2(dst, backup)  # no hard links here: a real copy
-            with open(dst, "r+b"):  # and the original must be writable to be replaced
-                pass
-    except BaseException:
-        backup.unlink(missing_ok=True)
-        raise
-    return backup

@@ -201,7 +201,7 @@ def write_lines(gdf, path: str | Path, driver: str | None = None) -> Path:
             incomplete (a feature or a GeoPackage's spatial index missing); nothing is left at
             the target in any of these cases and a file already there is kept.
     """
-    from .atomic import replace_together
+    from .commit import replace_together
 
     target = Path(path)
     driver_for(target, driver)

@@ -175,10 +175,10 @@ class RoadSegAlgorithm(QgsProcessingAlgorithm):
 
 def check_sink_destination(alg: QgsProcessingAlgorithm, parameters: dict[str, Any], name: str,
                            context: QgsProcessingContext, inputs: list[object]) -> None:
-    """Refuse a sink written over one of `inputs`, by the CLI's rule (`pipeline.check_outputs`:
+    """Refuse a sink written over one of `inputs`, by the CLI's rule (`outputs.check_outputs`:
     every name form of a file, VRT sources, hard links). Memory layers and databases pass."""
     from ..core.errors import RoadSegError
-    from ..core.pipeline import check_outputs
+    from ..core.outputs import check_outputs
 
     destination = alg.parameterAsOutputLayer(parameters, name, context) or ""
     if destination.startswith("ogr:"):

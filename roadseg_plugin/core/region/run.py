@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import Cancelled, OutputError, ParamError
+from ..outputs import locked_outputs
 from ..params import VECTOR_FORMATS, InferenceParams, VectoriseParams, read_model_info
-from ..pipeline import LinesSummary, locked_outputs
+from ..pipeline import LinesSummary
 from .cluster import DEFAULT_TIMEOUT, connect, dashboard_link
 from .job import Job, RegionProgress
 from .manifest import Manifest, input_identity, options_identity
@@ -195,7 +196,7 @@ def _model_hash(params: InferenceParams) -> str:
 def _check_new_outputs(manifest: Manifest, folder: Path, outputs: list[Path], sources: list[str],
                        params: InferenceParams) -> None:
     """A new run writes no file that is already there; none of its outputs is an input."""
-    from ..pipeline import check_outputs
+    from ..outputs import check_outputs
 
     if manifest.parts or manifest.path.exists():
         return  # resuming: these are the run's own
