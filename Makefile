@@ -21,10 +21,14 @@ test-fast: setup
 demo: setup
 	$(PY) scripts/demo.py
 
+# LARGE: side of the real-tile mosaic `bench large` segments (50000: about 40 min on 2 cores; 8000 for a quick check)
+LARGE ?= 50000
+
 bench: setup
 	$(PY) -m bench
 	$(PY) -m bench region
 	$(PY) -m bench train
+	$(PY) -m bench large --size $(LARGE)
 
 evaluate: setup
 	$(PY) -m training evaluate --data $(DATA) --json out.json

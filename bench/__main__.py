@@ -1,6 +1,7 @@
 """`python -m bench [--size N] [--reps R] [--device auto] [--json PATH] [--model M]`: engine benchmarks.
 (`python -m bench region ...`: region runs on Dask workers, see bench/region.py;
-`python -m bench train`: CPU training crops/s, see bench/train.py.)
+`python -m bench train`: CPU training crops/s, see bench/train.py; `python -m bench large [--size N]`:
+a whole `segment` of a 50,000 px mosaic of real tiles, see bench/large.py.)
 
 Builds a synthetic N x N georeferenced RGB GeoTIFF and reports, in input-raster Mpx/s:
 the CPU and its instruction sets (AVX2, AVX-512, VNNI, AMX: they decide which backend is
@@ -101,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         from .region import main as region_main
 
         return region_main((sys.argv[1:] if argv is None else argv)[1:])
+    if (sys.argv[1:] if argv is None else argv)[:1] == ["large"]:  # `python -m bench large`: see bench/large.py
+        from .large import main as large_main
+
+        return large_main((sys.argv[1:] if argv is None else argv)[1:])
     args = parse_args(argv)
     from roadseg_plugin.core.backends import resolve_device
     from roadseg_plugin.core.checkpoint import BUNDLED_MODEL

@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import fields
@@ -139,16 +140,39 @@ def _quantize_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_quantize)
 
 
+LONG_RUN_S = 3600  # runs projected to take longer are announced once, with how long they will take
+PROJECT_AFTER_S = 60  # ... after this much of the run, when the speed is known
+
+
 def _progress_bar(label: str):
+    import time
+
     from tqdm import tqdm
 
     bar = tqdm(total=100, desc=label, unit="%", disable=None, leave=False,
                bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}")
+    start, said = time.monotonic(), [False]
 
     def update(fraction: float) -> None:
         bar.update(round(100 * fraction) - bar.n)
+        elapsed = time.monotonic() - start
+        if not said[0] and elapsed > PROJECT_AFTER_S and 0 < fraction < 1:
+            said[0] = True
+            total = elapsed / fraction
+            if total > LONG_RUN_S:
+                bar.write(f"note: {label}: {100 * fraction:.2g} % done in {elapsed:.0f} s; at this speed the whole "
+                          f"run takes about {_duration(total)}; Ctrl-C stops it and keeps earlier outputs",
+                          file=sys.stderr)
 
     return bar, update
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 2 * 86400:
+        return f"{seconds / 86400:.0f} days"
+    if seconds >= 2 * 3600:
+        return f"{seconds / 3600:.0f} hours"
+    return f"{seconds / 60:.0f} minutes"
 
 
 def _report(result: Any, binary: bool = False) -> None:
@@ -185,10 +209,14 @@ def cmd_vectorise(args: argparse.Namespace) -> int:
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from .core.errors import OutputError
     from .core.onnx_backend import export_onnx
-    from .core.pipeline import check_outputs
+    from .core.outputs import check_outputs
 
     check_outputs({"ONNX model": args.out}, [args.model])
+    if args.out.suffix.lower() != ".onnx":
+        raise OutputError(args.out, f"the ONNX model cannot be written as {args.out.suffix!r}",
+                          "name it something.onnx")
     print(f"wrote {export_onnx(args.model, args.out, deepness=args.deepness)}")
     if args.deepness:
         from .core.deepness import deepness_notes
@@ -200,12 +228,15 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from .core.errors import ParamError
+    from .core.errors import OutputError, ParamError
+    from .core.outputs import check_outputs
     from .core.params import BUNDLED_MODEL
-    from .core.pipeline import check_outputs
-    from .core.quantize import FORMS, quantize_model
+    from .core.quantize import FORMS, calibration_images, quantize_model
 
-    check_outputs({"int8 model": args.out}, [args.model or BUNDLED_MODEL])
+    check_outputs({"int8 model": args.out}, [args.model or BUNDLED_MODEL, *calibration_images(args.calibration)])
+    if args.out is not None and args.out.suffix.lower() != ".onnx":
+        raise OutputError(args.out, f"the int8 model is an ONNX file and cannot be written as {args.out.suffix!r}",
+                          "name it something.onnx")
     if args.form != "auto" and args.form not in FORMS:
         raise ParamError("form", args.form, f"is not one of auto, {', '.join(FORMS)}")
     print(f"wrote {quantize_model(args.model, args.calibration, args.out, args.crops, form=args.form)}")
@@ -249,11 +280,13 @@ def _signals() -> Iterator[None]:
 
 @contextmanager
 def _quiet_libraries() -> Iterator[None]:
-    """Drop GDAL's logged messages and hold back what C code prints on file descriptor 2.
+    """Drop GDAL's logged messages, hold back what C code prints on file descriptor 2 and the
+    libraries' Python warnings (rasterio's NotGeoreferencedWarning, pyogrio's missing-CRS note:
+    RoadSeg says what matters in its own `warning:` lines).
 
-    Python's own stderr (the error line, warnings, the progress bar) still reaches the terminal:
-    when it is descriptor 2 it is moved to a copy of it. The held-back text is written out only
-    when an exception escapes (a bug: the traceback follows it).
+    Python's own stderr (the error line, RoadSeg's warnings, the progress bar) still reaches the
+    terminal: when it is descriptor 2 it is moved to a copy of it. The held-back text is written
+    out only when an exception escapes (a bug: the traceback follows it).
     """
     loggers = [logging.getLogger(name) for name in QUIET_LOGGERS]
     saved_loggers = [(lg.propagate, lg.handlers[:]) for lg in loggers]
@@ -261,6 +294,9 @@ def _quiet_libraries() -> Iterator[None]:
         lg.handlers, lg.propagate = [logging.NullHandler()], False
     capture = saved_fd = None
     python_stderr = sys.stderr
+    caught_warnings = warnings.catch_warnings(record=True)
+    held = caught_warnings.__enter__()  # Python warnings (rasterio's NotGeoreferencedWarning, pyogrio's ...)
+    warnings.simplefilter("always")
     try:
         python_stderr.flush()
         own_fd = python_stderr.fileno() == 2
@@ -279,8 +315,11 @@ def _quiet_libraries() -> Iterator[None]:
     except BaseException:
         _restore_stderr(python_stderr, saved_fd, capture, replay=True)
         capture = saved_fd = None
+        for w in held[-20:]:  # a bug: what the libraries warned about may explain it
+            print(warnings.formatwarning(w.message, w.category, w.filename, w.lineno).rstrip(), file=sys.stderr)
         raise
     finally:
+        caught_warnings.__exit__(None, None, None)
         _restore_stderr(python_stderr, saved_fd, capture, replay=False)
         for lg, (propagate, handlers) in zip(loggers, saved_loggers, strict=True):
             lg.propagate, lg.handlers = propagate, handlers
@@ -302,14 +341,29 @@ def _restore_stderr(python_stderr: Any, saved_fd: int | None, capture: Any, repl
         capture.close()
 
 
+class _WarningLines(logging.Handler):
+    """RoadSeg's logged warnings as `warning: ...` lines on stderr (the one shape users see)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"warning: {record.getMessage()}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the process exit status."""
     args = build_parser().parse_args(argv)
+    own = logging.getLogger("roadseg_plugin")
+    handler = _WarningLines(logging.WARNING)
+    own.addHandler(handler)
     with _signals(), _quiet_libraries():
         try:
             return args.func(args)
         except (RoadSegError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        except OSError as exc:  # what no check foresaw (a file vanished, a device error): still one line
+            where = f"{exc.filename}: " if exc.filename else ""
+            print(f"error: {where}{exc.strerror or exc}; check the path, its permissions and free disk space",
+                  file=sys.stderr)
             return EXIT_BAD_INPUT
         except (Cancelled, KeyboardInterrupt):
             print("error: cancelled; earlier outputs are unchanged", file=sys.stderr)
@@ -317,3 +371,5 @@ def main(argv: list[str] | None = None) -> int:
         except Terminated:
             print("error: terminated; earlier outputs are unchanged", file=sys.stderr)
             return EXIT_TERMINATED
+        finally:
+            own.removeHandler(handler)

@@ -175,8 +175,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from roadseg_plugin.core.outputs import check_outputs
     from roadseg_plugin.core.params import BUNDLED_MODEL, InferenceParams
-    from roadseg_plugin.core.pipeline import check_outputs
 
     from .evaluate import evaluate_model, format_table
 
@@ -273,6 +273,12 @@ def _interrupted(args: argparse.Namespace, how: str) -> str:
     return f"{how} before the first epoch ended; no model was written"
 
 
+# Plain PNG tiles have no georeferencing (RoadSeg reads them as pixels and says so once);
+# matplotlib warns when Debian's and pip's copies are both installed (no 3-D plots are made);
+# pyogrio notes a missing CRS RoadSeg already reports.
+LIBRARY_NOISE = ("Dataset has no geotransform", "Unable to import Axes3D", "'crs' was not provided")
+
+
 def _terminate(signum: int, frame: object) -> None:
     raise Terminated()
 
@@ -290,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("rasterio").setLevel(logging.WARNING)  # GDAL's errors reach the user in our one line
     warnings.filterwarnings("ignore", message="skipping: ")  # --skip-bad: already logged, once
+    for message in LIBRARY_NOISE:  # what libraries say that the user can do nothing about
+        warnings.filterwarnings("ignore", message=message)
     previous = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM unwinds like Ctrl-C: files are closed
     try:
         commands = {"train": cmd_train, "evaluate": cmd_evaluate, "robustness": cmd_robustness,

@@ -16,6 +16,7 @@ from typing import Any
 
 from roadseg_plugin.core.atomic import same_file
 from roadseg_plugin.core.errors import CheckpointError, OutputError, ParamError
+from roadseg_plugin.core.limits import check_batch, check_model_size, check_tile
 from roadseg_plugin.core.normalise import MODES
 from roadseg_plugin.core.params import DEVICES, read_model_info
 
@@ -148,7 +149,10 @@ class TrainConfig:
         if str(self.device) not in DEVICES and not str(self.device).startswith("cuda:"):
             raise ParamError("device", self.device, f"is not one of {', '.join(DEVICES)}")
         # fine-tuning keeps the start model's architecture, so its depth decides the tile sizes
-        depth = self.depth if self.init is None else read_model_info(self.init).depth
+        start = None if self.init is None else read_model_info(self.init)
+        depth = self.depth if start is None else start.depth
+        base = self.base_channels if start is None else int(start.arch_config.get("base_channels", 16))
+        check_model_size(3 if start is None else start.in_channels, base, depth, training=True)
         multiple = 2**depth
         for name in ("tile", "infer_tile"):
             value = getattr(self, name)
@@ -156,6 +160,9 @@ class TrainConfig:
             if value % multiple:
                 raise ParamError(name, value, f"must be a multiple of {multiple} for a depth-{depth} U-Net",
                                  f"e.g. {max(multiple, round(value / multiple) * multiple)}")
+        check_tile(self.tile, self.batch_size, base, multiple, training=True, example=256)
+        check_batch(self.batch_size, self.tile, base, training=True)
+        check_tile(self.infer_tile, 1, base, multiple, name="infer_tile", example=512)
         _whole("overlap", self.overlap, 0, "e.g. 32")
         if not self.overlap < self.infer_tile // 2:
             raise ParamError("overlap", self.overlap, f"must be less than half the infer_tile ({self.infer_tile})",

@@ -28,14 +28,12 @@ from roadseg_plugin.core.errors import DatasetError
 from roadseg_plugin.core.gsd import mean_gsd_m
 from roadseg_plugin.core.model_meta import ModelMeta
 from roadseg_plugin.core.normalise import Radiometry, remap_image, training_radiometry
+from roadseg_plugin.core.readers import STRICT_READ  # truncated PNGs raise instead of giving made-up rows
 
 from .augment import augment
 
 log = logging.getLogger(__name__)
 MIN_VALID = 0.5  # crops with less valid area carry too little signal
-# GDAL's whole-image PNG decoder returns made-up rows for a truncated PNG without any error
-# (GDAL 3.10, verified); the row-by-row decoder raises, so the file is refused, not trained on.
-STRICT_READ = {"GDAL_PNG_WHOLE_IMAGE_OPTIM": "NO"}
 
 
 @dataclass

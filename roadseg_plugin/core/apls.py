@@ -1,6 +1,6 @@
 """APLS: Average Path Length Similarity of road masks (Van Etten et al. 2018, SpaceNet 3).
 
-Both masks become cleaned centreline graphs (`vectorise.road_graph`, pixel units, no gap
+Both masks become cleaned centreline graphs (`road_stream.road_graph`, pixel units, no gap
 bridging so the mask is judged as it is). Control nodes are injected along every edge at
 `node_spacing_px`. For the ground truth -> proposal direction each truth control node is
 snapped onto the nearest point of the proposal graph (inserted there as a node) when it
@@ -20,7 +20,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import dijkstra
 from scipy.spatial import cKDTree
 
-from .road_graph import MIN_LENGTH_M, SPUR_LENGTH_M, road_graph
+from .params import MIN_LENGTH_M, SPUR_LENGTH_M
+from .road_stream import road_graph
 
 NODE_SPACING_PX = 50.0  # SpaceNet injects control points every 50 m; masks here are ~1 m/px
 MAX_SNAP_PX = 4.0  # SpaceNet's max_snap_dist (4 m)

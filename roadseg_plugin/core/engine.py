@@ -31,7 +31,7 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from .atomic import dataset_file, same_file
+from .atomic import reads_file
 from .backends import BatchRunner, load_backend
 from .errors import Cancelled, OutputError
 from .model_meta import ModelMeta
@@ -320,8 +320,7 @@ def segment_raster(src: str | os.PathLike | RasterReader, dst: str | os.PathLike
     """
     start = time.perf_counter()
     dst = Path(dst)
-    source_file = dataset_file(src) if isinstance(src, (str, os.PathLike)) else None
-    if source_file is not None and same_file(dst, source_file):  # the pipeline's own rule, for direct calls
+    if isinstance(src, (str, os.PathLike)) and reads_file(src, dst):  # the pipeline's own rule, for direct calls
         raise OutputError(dst, "output would overwrite the input raster", "choose another output name")
     if isinstance(src, (str, os.PathLike)):
         open_raster(src, bands=bands, extent=extent, native_gsd_m=gsd).close()  # a bad raster before the model

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointError
+from .errors import CheckpointError, ParamError
 
 FORMAT = "roadseg-checkpoint"
 ONNX_META_KEY = "roadseg_meta"
@@ -73,7 +73,7 @@ class ModelMeta:
         """
         if not isinstance(data, dict):
             raise CheckpointError(path, "the model carries no metadata", "re-export it with this version of RoadSeg")
-        for key in ("arch", "arch_config", "bands", "mean", "std"):
+        for key in ("arch", "arch_config", "bands", "mean", "std", "threshold"):
             if key not in data:
                 raise CheckpointError(path, f"metadata key {key!r} is missing",
                                       "re-export the model with this version of RoadSeg")
@@ -112,6 +112,7 @@ class ModelMeta:
             raise bad("arch_config.depth", f"must be a whole number >= 1, not {depth!r}")
         if self.tile % 2**depth:
             raise bad("tile", f"({self.tile}) must be a multiple of {2**depth} for a depth-{depth} U-Net")
+        self._check_sizes(path)
         if not isinstance(self.extra, dict):
             raise bad("extra", "is not a mapping")
         from .normalise import NORMALISATION_KEY, Radiometry  # numpy: only once metadata is checked
@@ -120,6 +121,21 @@ class ModelMeta:
             Radiometry.from_dict(self.extra.get(NORMALISATION_KEY)).check(len(self.bands))
         except ValueError as exc:
             raise bad(f"extra.{NORMALISATION_KEY}", str(exc)) from None
+
+    def _check_sizes(self, path: object) -> None:
+        """The model's width, depth and tile must fit this machine's memory (`limits`)."""
+        from .limits import check_model_size, check_tile
+
+        base = self.arch_config.get("base_channels", 16)
+        if not isinstance(base, int) or isinstance(base, bool) or base < 1:
+            raise CheckpointError(path, f"metadata key 'arch_config.base_channels' must be a whole number >= 1, "
+                                  f"not {base!r}", "the file was edited or is damaged; retrain or re-export the model")
+        try:
+            check_model_size(self.in_channels, base, self.depth)
+            check_tile(self.tile, 1, base, 2**self.depth)
+        except ParamError as exc:
+            raise CheckpointError(path, f"metadata key {exc.name!r} ({exc.value}) {exc.problem}",
+                                  "the file was edited or is damaged; retrain or re-export the model") from None
 
 
 def _is_list(values: object, kind: type | tuple[type, ...]) -> bool:
@@ -177,6 +193,9 @@ def read_checkpoint_payload_light(path: Path) -> dict[str, Any]:
             data = archive.read(names[0])
     except CheckpointError:
         raise
+    except PermissionError:
+        raise CheckpointError(path, "cannot be read (permission denied)",
+                              "check the file's permissions, or copy it somewhere you can read") from None
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
         raise CheckpointError(path, f"file is truncated or damaged ({type(exc).__name__})",
                               "copy the model file again or retrain") from None
@@ -249,6 +268,9 @@ def _onnx_metadata(path: Path) -> dict[str, str]:
 
 def read_meta(path: Path) -> ModelMeta:
     """`ModelMeta` of a .pt checkpoint or .onnx model (see `params.read_model_info`)."""
+    if path.is_file() and not os.access(path, os.R_OK):
+        raise CheckpointError(path, "cannot be read (permission denied)",
+                              "check the file's permissions, or copy it somewhere you can read")
     if path.suffix.lower() == ".onnx":
         return read_onnx_meta(path)
     if not path.is_file():

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from .model_meta import ONNX_META_KEY as META_KEY
 from .model_meta import ModelMeta
 from .params import BUNDLED_MODEL
 
+log = logging.getLogger(__name__)
 DIGEST_KEY = "roadseg_checkpoint_sha256"
 PRECISION_KEY = "roadseg_precision"  # present (JSON) only in int8 models
 OPSET = 17
@@ -88,6 +91,8 @@ def export_onnx(checkpoint: str | os.PathLike | None = None, out: str | os.PathL
     if cached is not None:
         return cached
     cached = cached_onnx_path(checkpoint, digest)
+    if cached.exists() and export_digest(cached) is None:  # not an export of ours: never replaced
+        cached = user_cache_dir() / cached.name
     net, meta = _load_for_export(checkpoint)
     try:
         return _export_to(net, meta, digest, cached)
@@ -111,15 +116,49 @@ def _load_for_export(checkpoint: Path) -> tuple[object, ModelMeta]:
     return load_model(checkpoint)
 
 
+def export_digest(path: str | os.PathLike) -> str | None:
+    """The checkpoint hash an exported ONNX file carries; None when it is not a readable RoadSeg export."""
+    from .model_meta import _onnx_metadata
+
+    try:
+        return _onnx_metadata(Path(path)).get(DIGEST_KEY)
+    except CheckpointError:
+        return None
+
+
+def _verified(path: Path, digest: str) -> bool:
+    """`path` is an export of the checkpoint whose full hash is `digest` (the name alone is not
+    trusted: a file copied or written under it would run in the checkpoint's place)."""
+    if not path.is_file():
+        return False
+    carried = export_digest(path)
+    if carried != digest:
+        log.warning("%s: not an export of this checkpoint (it carries %s); not used", path,
+                    (carried or "no RoadSeg checkpoint hash")[:12])
+        return False
+    return True
+
+
+def is_export_of(path: str | os.PathLike, checkpoint: str | os.PathLike) -> bool:
+    """`path` is a name `checkpoint`'s ONNX exports are cached under (`<stem>.<sha12>[.int8].onnx`
+    beside it or in the user cache), whatever the hash: such a file is never an output."""
+    path, checkpoint = Path(path), Path(checkpoint)
+    if not re.fullmatch(re.escape(checkpoint.stem) + r"\.[0-9a-f]{12}(\.int8)?\.onnx", path.name):
+        return False
+    folder = os.path.realpath(path.parent)
+    return folder in (os.path.realpath(checkpoint.parent), os.path.realpath(user_cache_dir()))
+
+
 def find_fp32(checkpoint: str | os.PathLike | None = None, digest: str | None = None) -> Path | None:
     """The fp32 export of exactly this checkpoint (default: the bundled one) beside it or in the
-    user cache, or None. Needs no torch: the name carries the checkpoint's hash."""
+    user cache, or None. Needs no torch: the name carries the checkpoint's hash, and the file the
+    full hash, which must match."""
     checkpoint = Path(checkpoint) if checkpoint is not None else BUNDLED_MODEL
     if not checkpoint.is_file():
         return None
     digest = digest or checkpoint_digest(checkpoint)
     for path in (cached_onnx_path(checkpoint, digest), user_cache_dir() / f"{checkpoint.stem}.{digest[:12]}.onnx"):
-        if path.is_file():
+        if _verified(path, digest):
             return path
     return None
 
@@ -210,11 +249,13 @@ def int8_path(checkpoint: str | os.PathLike, digest: str | None = None) -> Path:
 def find_int8(checkpoint: str | os.PathLike | None = None) -> Path | None:
     """The int8 model made from exactly this checkpoint (default: the bundled one), or None.
 
-    The name carries the checkpoint's hash, so a retrained or replaced checkpoint never runs
-    with a stale int8 model: it falls back to fp32 until `quantize_model` is run again.
+    The name carries the checkpoint's hash and the file the full hash, so a retrained or
+    replaced checkpoint never runs with a stale int8 model, nor with another model copied under
+    its name: it falls back to fp32 until `quantize_model` is run again.
     """
     checkpoint = Path(checkpoint) if checkpoint is not None else BUNDLED_MODEL
     if not checkpoint.is_file():
         return None
-    path = int8_path(checkpoint)
-    return path if path.is_file() else None
+    digest = checkpoint_digest(checkpoint)
+    path = int8_path(checkpoint, digest)
+    return path if _verified(path, digest) else None

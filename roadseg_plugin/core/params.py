@@ -51,6 +51,7 @@ GAP_M = 15.0  # bridge aligned line ends closer than this
 TOLERANCE_M = 1.0  # Douglas-Peucker tolerance
 BLOCK_SIZE = 1024  # vectorise in blocks of this many pixels (measured: 1.5x faster than 2048) ...
 HALO_PX = 64  # ... overlapping by this much: exact skeletons and widths for roads up to ~90 px wide
+MAX_BLOCK_PX = 16384  # the skeleton tracer (sknw) returns int16 coordinates
 
 
 def option(default: Any, help: str, unit: str = "", label: str = "", advanced: bool = True,
@@ -95,10 +96,12 @@ def check_threshold(value: float | None, name: str = "threshold") -> float | Non
 def _check_positive(name: str, value: float | None, allow_zero: bool = False, integer: bool = False) -> None:
     if value is None:
         return
-    if integer and (isinstance(value, bool) or int(value) != value):
-        raise ParamError(name, value, "must be a whole number")
     if isinstance(value, float) and math.isnan(value):
         raise ParamError(name, value, "is not a number")
+    if isinstance(value, float) and math.isinf(value):
+        raise ParamError(name, value, "must be a finite number", "give an ordinary number, e.g. 1")
+    if integer and (isinstance(value, bool) or int(value) != value):
+        raise ParamError(name, value, "must be a whole number")
     if value < 0 or (value == 0 and not allow_zero):
         raise ParamError(name, value, "must not be negative" if allow_zero else "must be greater than 0")
 
@@ -159,6 +162,8 @@ class InferenceParams:
         for name in ("tile", "batch_size"):
             _check_positive(name, getattr(self, name), integer=True)
         _check_positive("overlap", self.overlap, allow_zero=True, integer=True)
+        if self.gsd is not None and math.isinf(self.gsd):
+            raise ParamError("gsd", self.gsd, "must be a finite number", "the raster's metres per pixel, e.g. 0.5")
         _check_positive("gsd", self.gsd)
         if self.tile is not None and self.overlap is not None and not self.overlap < self.tile // 2:
             raise ParamError("overlap", self.overlap, f"must be less than half the tile ({self.tile})")
@@ -170,6 +175,8 @@ class InferenceParams:
 
     def check_model(self, meta: ModelMeta, path: object = "") -> None:
         """Refuse options the model cannot take, before it is loaded or any pixel is read."""
+        from .limits import check_batch, check_tile
+
         depth = int(meta.arch_config.get("depth", 4))
         tile = self.tile or meta.tile
         if tile % 2**depth:
@@ -178,6 +185,10 @@ class InferenceParams:
         overlap = meta.overlap if self.overlap is None else self.overlap
         if not overlap < tile // 2:
             raise ParamError("overlap", overlap, f"must be less than half the tile ({tile})")
+        base = int(meta.arch_config.get("base_channels", 16))
+        batch = self.batch_size or DEFAULT_BATCH["cuda" if str(self.device).startswith("cuda") else "cpu"]
+        check_tile(tile, 1, base, 2**depth, example=meta.tile)  # one tile must fit; then the batch
+        check_batch(batch, tile, base)
         if self.bands is not None and len(self.bands) != meta.in_channels:
             raise ParamError("bands", ",".join(map(str, self.bands)),
                              f"{len(self.bands)} band(s) chosen but the model {path} takes {meta.in_channels}",
@@ -213,8 +224,12 @@ class VectoriseParams:
             _check_positive(name, getattr(self, name), allow_zero=True)
         _check_positive("block_size", self.block_size, integer=True)
         _check_positive("halo", self.halo, integer=True)
-        if self.block_size is not None and self.block_size < 64:
-            raise ParamError("block_size", self.block_size, "must be at least 64 pixels")
+        if self.block_size is not None and not 64 <= self.block_size <= MAX_BLOCK_PX:
+            raise ParamError("block_size", self.block_size, f"must lie between 64 and {MAX_BLOCK_PX} pixels",
+                             f"e.g. {BLOCK_SIZE}")
+        block = self.block_size or BLOCK_SIZE
+        if not 32 <= self.halo <= block:
+            raise ParamError("halo", self.halo, f"must lie between 32 and the block size ({block})", f"e.g. {HALO_PX}")
         if self.format is not None:
             object.__setattr__(self, "format", vector_format(self.format))
 

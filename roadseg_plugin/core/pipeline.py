@@ -18,18 +18,18 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .advice import unfamiliar_imagery
-from .atomic import dataset_file, remove_stale_temporaries, same_file, temporary_folder
+from .atomic import remove_stale_temporaries, same_file, temporary_folder
 from .errors import Cancelled, OutputError, RoadSegError
+from .outputs import check_outputs, check_probability_output, locked_outputs
 from .params import (
     MASK_THRESHOLD,
-    RASTER_OUTPUT_SUFFIXES,
     InferenceParams,
     VectoriseParams,
     check_threshold,
@@ -69,21 +69,42 @@ class RoadsResult(LinesSummary):
     """What one run produced.
 
     Attributes:
-        lines: the road lines (fields id, length_m, width_m, mean_prob) in the raster's CRS.
-        lines_path: the file they were written to (None when not asked to write).
+        lines_path: the file the lines were written to (None when not asked to write).
         prob_path: the probability raster kept (None unless `prob_out` was given).
         segment: the engine's report (grid, backend, device, threshold, seconds); None for
             `vectorise_file`.
         threshold: the road threshold used.
         warnings: what the user should know (resampling, value stretch, no georeferencing...).
+        count, total_m: number and length (metres) of the lines.
+        held: the lines themselves when they were not written to a file (else read on demand
+            through `lines`: a file's lines are written as they are found, never all held).
     """
 
-    lines: gpd.GeoDataFrame
     lines_path: Path | None
     prob_path: Path | None
     segment: SegmentResult | None
     threshold: float
     warnings: list[str] = field(default_factory=list)
+    count: int = 0
+    total_m: float = 0.0
+    held: Any = None
+
+    @property
+    def lines(self) -> gpd.GeoDataFrame:
+        """The road lines (fields id, length_m, width_m, mean_prob) in the raster's CRS."""
+        if self.held is None and self.lines_path is not None:
+            import geopandas as gpd
+
+            return gpd.read_file(self.lines_path)
+        return self.held
+
+    @property
+    def n_lines(self) -> int:
+        return self.count
+
+    @property
+    def length_km(self) -> float:
+        return self.total_m / 1000
 
 
 def _stage(on_progress: Progress | None, lo: float, hi: float) -> Progress | None:
@@ -97,46 +118,7 @@ def _check_cancel(is_cancelled: Callable[[], bool] | None) -> None:
         raise Cancelled()
 
 
-# ----------------------------------------------------------------------- output checks
-
-def check_outputs(outputs: dict[str, Path | None], inputs: Iterable[str | os.PathLike | None]) -> None:
-    """Refuse outputs that would overwrite an input or each other, or cannot be written.
-
-    Args:
-        outputs: role ("lines", "probability raster", "ONNX model" ...) -> path, None skipped.
-        inputs: files that must survive the run (raster, model, ...); names that are not
-            local files (web layers) are skipped.
-
-    Raises:
-        OutputError: one line naming the output and the fix.
-    """
-    files = [f for f in (dataset_file(i) for i in inputs if i is not None) if f is not None]
-    chosen = [(role, Path(path)) for role, path in outputs.items() if path is not None]
-    for i, (role, path) in enumerate(chosen):
-        for source in files:
-            if same_file(path, source):
-                raise OutputError(path, f"the {role} would overwrite the input {source}",
-                                  "choose another output name; inputs are never replaced")
-        for other_role, other in chosen[:i]:
-            if same_file(path, other):
-                raise OutputError(path, f"the {role} and the {other_role} are the same file",
-                                  "give each output its own name")
-        folder = path.parent
-        if path.is_dir():
-            raise OutputError(path, "a folder with this name is in the way", "choose a file name")
-        if folder.exists() and not folder.is_dir():
-            raise OutputError(path, f"{folder} is a file, not a folder", "choose an output in an existing folder")
-        if not folder.is_dir():
-            raise OutputError(path, f"the folder {folder} does not exist", "create it first or choose another folder")
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise OutputError(path, f"cannot write in the folder {folder}", "choose a folder you can write to")
-
-
-def check_probability_output(path: Path | None) -> None:
-    if path is not None and path.suffix.lower() not in RASTER_OUTPUT_SUFFIXES:
-        raise OutputError(path, f"the probability raster is a GeoTIFF and cannot be written as {path.suffix!r}",
-                          "name it something.tif")
-
+# ----------------------------------------------------------------------- staging
 
 def clear_stale_temporaries(*outputs: Path | None) -> None:
     """Remove the temporaries that killed runs left beside these outputs (see `atomic`)."""
@@ -195,7 +177,8 @@ def extract_roads(source: Source, lines_out: str | os.PathLike | None, params: I
 
     Raises:
         RoadSegError (RasterError, CheckpointError, OutputError, ParamError): bad input, model,
-            option or output, raised before any pixel is read where it can be known then.
+            option or output, raised before any pixel is read where it can be known then;
+            another run writing the same output.
         Cancelled: nothing new was written; earlier files are untouched.
     """
     from .engine import segment_raster
@@ -210,34 +193,52 @@ def extract_roads(source: Source, lines_out: str | os.PathLike | None, params: I
     check_outputs({"road lines": lines_path, "probability raster": prob_path}, [*inputs, params.model_path])
     meta = read_model_info(params.model)
     params.check_model(meta, params.model_path)
+    if isinstance(source, (str, os.PathLike)):
+        check_raster_size(source, params, meta, vectorise_params)
     _check_cancel(is_cancelled)
-    clear_stale_temporaries(lines_path, prob_path)
-
-    with staging_folder(prob_path or lines_path) as tmp:
-        staged = tmp / "probability.tif"
-        with _named_output(tmp, prob_path or lines_path, "the probability raster" if prob_path else None):
-            segment = segment_raster(
-                source, staged, params.model, device=params.device, backend=params.backend, tile=params.tile,
-                overlap=params.overlap, batch_size=params.batch_size,
-                bands=list(params.bands) if params.bands else None, threshold=params.threshold,
-                binary=params.binary, tta=params.tta, **_reading(source, params),
-                on_progress=_stage(on_progress, 0.0, SEGMENT_SHARE), is_cancelled=is_cancelled)
+    with locked_outputs(lines_path, prob_path):
+        clear_stale_temporaries(lines_path, prob_path)
+        with staging_folder(prob_path or lines_path) as tmp, _line_staging(lines_path, prob_path, tmp) as lines_tmp:
+            staged = tmp / "probability.tif"
+            with _named_output(tmp, prob_path or lines_path, "the probability raster" if prob_path else None):
+                segment = segment_raster(
+                    source, staged, params.model, device=params.device, backend=params.backend, tile=params.tile,
+                    overlap=params.overlap, batch_size=params.batch_size,
+                    bands=list(params.bands) if params.bands else None, threshold=params.threshold,
+                    binary=params.binary, tta=params.tta, **_reading(source, params),
+                    on_progress=_stage(on_progress, 0.0, SEGMENT_SHARE), is_cancelled=is_cancelled)
+                _check_cancel(is_cancelled)
+                lines = _vectorise(staged, segment.threshold, vectorise_params, lines_path, lines_tmp,
+                                   _stage(on_progress, SEGMENT_SHARE, SEGMENT_SHARE + VECTORISE_SHARE), is_cancelled)
             _check_cancel(is_cancelled)
-            lines = _vectorise(staged, segment.threshold, vectorise_params,
-                               _stage(on_progress, SEGMENT_SHARE, SEGMENT_SHARE + VECTORISE_SHARE), is_cancelled)
-        _check_cancel(is_cancelled)
-        _commit(lines, lines_path, vectorise_params, staged, prob_path)
+            _commit(lines, lines_path, staged if prob_path is not None else None, prob_path)
     if on_progress is not None:
         on_progress(1.0)
-    advice = unfamiliar_imagery(float(lines["length_m"].sum()) / 1000 if len(lines) else 0.0,
-                                _area_km2(segment), segment.radiometry_distance)
+    advice = unfamiliar_imagery(lines.total_m / 1000, _area_km2(segment), segment.radiometry_distance)
     warnings = ([advice] if advice else []) + list(segment.warnings)  # first: the dialog's message bar shows one
-    return RoadsResult(lines, lines_path, prob_path, segment, segment.threshold, warnings)
+    return RoadsResult(lines_path, prob_path, segment, segment.threshold, warnings, lines.count,
+                       lines.total_m, lines.frame)
 
 
 def _area_km2(segment: SegmentResult) -> float | None:
     """The ground area the engine predicted, from its grid (None without a pixel size)."""
     return segment.width * segment.height * segment.gsd_m**2 / 1e6 if segment.gsd_m else None
+
+
+def check_raster_size(source: str | os.PathLike, params: InferenceParams, meta: Any,
+                      vectorise_params: VectoriseParams) -> None:
+    """Refuse a raster (as the model will see it: cropped, resampled) too large for this machine,
+    for the engine or for the vectoriser, before anything is written.
+
+    Raises:
+        RasterError, ParamError: naming the size or the option, and the limit.
+    """
+    from .readers import open_raster
+    from .vectorise import check_memory
+
+    with open_raster(source, gsd_m=meta.gsd_m, extent=params.extent, native_gsd_m=params.gsd) as reader:
+        width, height, gsd_m = reader.width, reader.height, reader.gsd_m
+    check_memory(width, height, gsd_m, **vectorise_params.kwargs())
 
 
 def _reading(source: Source, params: InferenceParams) -> dict[str, Any]:
@@ -260,15 +261,18 @@ def vectorise_file(mask: str | os.PathLike, lines_out: str | os.PathLike | None,
     if lines_path is not None:
         driver_for(lines_path, vectorise_params.format)
     check_outputs({"road lines": lines_path}, [mask])
-    clear_stale_temporaries(lines_path)
-    if threshold is None:
-        threshold = stored_threshold(mask) or MASK_THRESHOLD
-    lines = _vectorise(Path(mask), threshold, vectorise_params, _stage(on_progress, 0.0, 0.98), is_cancelled)
-    _check_cancel(is_cancelled)
-    _commit(lines, lines_path, vectorise_params, None, None)
+    with locked_outputs(lines_path):
+        clear_stale_temporaries(lines_path)
+        if threshold is None:
+            threshold = stored_threshold(mask) or MASK_THRESHOLD
+        with _line_staging(lines_path, None, None) as lines_tmp:
+            lines = _vectorise(Path(mask), threshold, vectorise_params, lines_path, lines_tmp,
+                               _stage(on_progress, 0.0, 0.98), is_cancelled)
+            _check_cancel(is_cancelled)
+            _commit(lines, lines_path, None, None)
     if on_progress is not None:
         on_progress(1.0)
-    return RoadsResult(lines, lines_path, None, None, threshold)
+    return RoadsResult(lines_path, None, None, threshold, [], lines.count, lines.total_m, lines.frame)
 
 
 def stored_threshold(mask: str | os.PathLike) -> float | None:
@@ -283,24 +287,65 @@ def stored_threshold(mask: str | os.PathLike) -> float | None:
         return None  # the vectoriser reports unreadable files; a bad tag is ignored
 
 
-def _vectorise(raster: Path, threshold: float, params: VectoriseParams, on_progress: Progress | None,
-               is_cancelled: Callable[[], bool] | None) -> gpd.GeoDataFrame:
-    from .vectorise import vectorise_raster
+@contextmanager
+def _line_staging(lines_path: Path | None, prob_path: Path | None, shared: Path | None) -> Iterator[Path | None]:
+    """Where the lines are written before they move into place: beside them (the raster's staging
+    folder when both lie in one folder)."""
+    if lines_path is None:
+        yield None
+    elif shared is not None and prob_path is not None and same_file(lines_path.parent, prob_path.parent):
+        yield shared / "lines"
+    elif shared is not None and prob_path is None:
+        yield shared / "lines"
+    else:
+        with staging_folder(lines_path) as tmp:
+            yield tmp / "lines"
 
-    return vectorise_raster(raster, threshold=threshold, on_progress=on_progress, is_cancelled=is_cancelled,
-                            **params.kwargs())
+
+@dataclass
+class _Lines:
+    """The vectoriser's output: staged files (written to a file) or a frame (kept in memory)."""
+
+    count: int
+    total_m: float
+    staged: list[Path] = field(default_factory=list)
+    frame: Any = None
 
 
-def _commit(lines: gpd.GeoDataFrame, lines_path: Path | None, params: VectoriseParams,
-            staged_prob: Path | None, prob_path: Path | None) -> None:
-    """Move every output into place; the probability raster only once the lines are written."""
-    from .vector_io import write_lines
+def _vectorise(raster: Path, threshold: float, params: VectoriseParams, lines_path: Path | None,
+               folder: Path | None, on_progress: Progress | None,
+               is_cancelled: Callable[[], bool] | None) -> _Lines:
+    """Vectorise `raster`: into a staged line file in `folder` batch by batch (memory does not grow
+    with the number of lines), or into a frame when no file is asked for."""
+    from .vector_io import LineWriter
+    from .vectorise import iter_raster_frames, vectorise_raster
 
-    if lines_path is not None:
-        write_lines(lines, lines_path, driver=params.format)  # atomic: all or nothing
+    options = dict(threshold=threshold, on_progress=on_progress, is_cancelled=is_cancelled, **params.kwargs())
+    if lines_path is None or folder is None:
+        frame = vectorise_raster(raster, **options)
+        return _Lines(len(frame), float(frame["length_m"].sum()), frame=frame)
+    folder.mkdir()
+    writer = LineWriter(lines_path, folder, params.format)
+    count, total, last = 0, 0.0, None
+    for frame in iter_raster_frames(raster, **options):
+        writer.append(frame)
+        count, total, last = count + len(frame), total + float(frame["length_m"].sum()), frame
+    return _Lines(count, total, writer.finish(empty=last))
+
+
+def _commit(lines: _Lines, lines_path: Path | None, staged_prob: Path | None, prob_path: Path | None) -> None:
+    """Move every output into place, all or none (`commit.replace_together`)."""
+    from .commit import replace_together
+    from .vector_io import placed_files, remove_stale_sidecars
+
+    moves = placed_files(lines.staged, lines_path) if lines_path is not None else []
     if prob_path is not None and staged_prob is not None:
-        try:
-            os.replace(staged_prob, prob_path)
-        except OSError as exc:
-            raise OutputError(prob_path, f"cannot move the finished raster into place ({exc.strerror})",
-                              "check that the file is not open elsewhere") from None
+        moves.append((staged_prob, prob_path))
+    try:
+        replace_together(moves)
+    except OSError as exc:
+        where = Path(exc.filename) if exc.filename else (lines_path or prob_path)
+        raise OutputError(where, f"cannot replace this file ({exc.strerror or exc}); no output was changed",
+                          "check that the file is not read-only, locked or open elsewhere") from None
+    if lines_path is not None:
+        remove_stale_sidecars(lines.staged, lines_path)

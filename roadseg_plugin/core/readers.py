@@ -31,6 +31,7 @@ from rasterio.windows import Window
 
 from .errors import RasterError
 from .gsd import IMAGE_FRAME, mean_gsd_m, pixel_size_m
+from .limits import check_raster_size
 from .normalise import percentiles
 
 GSD_TOLERANCE = 0.25  # resample when the raster's GSD differs from the model's by more than this
@@ -167,7 +168,11 @@ class RasterioReader:
         fx = fy = 1.0
         if gsd and gsd_m and any(abs(g / gsd_m - 1.0) > GSD_TOLERANCE for g in gsd):
             fx, fy = gsd[0] / gsd_m, gsd[1] / gsd_m
+        if not (math.isfinite(fx) and math.isfinite(fy)):
+            raise RasterError(self.name, f"pixel size {gsd} m cannot be resampled", "give a finite pixel size")
         width, height = max(1, round((c1 - c0) * fx)), max(1, round((r1 - r0) * fy))
+        how = f"resampled from {gsd[0]:.3g} m to the model's {gsd_m:g} m pixels, " if gsd and (fx, fy) != (1, 1) else ""
+        check_raster_size(self.name, width, height, how)  # before GDAL is asked for such a grid
         if (c0, r0, c1, r1) == (0, 0, src.width, src.height) and (fx, fy) == (1.0, 1.0) \
                 and not self._local_grid:
             return src
@@ -300,8 +305,24 @@ def gdal_reason(exc: BaseException) -> str:
     return (str(reason).strip().splitlines() or [type(reason).__name__])[0][:120]
 
 
+STRICT_READ = {"GDAL_PNG_WHOLE_IMAGE_OPTIM": "NO"}
+
+
+def strict_reading() -> None:
+    """Make GDAL report damaged files instead of inventing pixels, for every thread from now on.
+
+    GDAL's whole-image fast path for PNG returns made-up rows for a truncated file without an
+    error; row by row decoding raises one. Set as environment variables (GDAL reads them as
+    configuration), because the engine reads in its own thread, which `rasterio.Env` does not
+    reach. A value the user set is kept.
+    """
+    for key, value in STRICT_READ.items():
+        os.environ.setdefault(key, value)
+
+
 def _open_dataset(path: str | os.PathLike) -> rasterio.DatasetReader:
     """Open any GDAL dataset name (files, /vsi paths, GPKG:file:table, ...)."""
+    strict_reading()
     try:
         src = rasterio.open(path)
     except RasterioError as exc:

@@ -1,31 +1,28 @@
-"""Road mask -> cleaned skeleton graph in pixel coordinates (sknw), shared by vectorise and apls.
+"""Skeleton pieces -> cleaned skeleton graph in pixel coordinates: the clean-up rules.
 
-Pipeline (`skeleton_pieces`, then here): skeletonize the mask block by block (with a halo, so block skeletons equal the
-whole-mask skeleton), turn each block's skeleton into a graph with `sknw.build_sknw`, keep
-the path segments a block owns and stitch the pieces by pixel position into one sparse
-graph. The graph is then cleaned once, globally: chains through degree-2 nodes merged,
-spurs pruned, gaps between aligned line ends bridged, short components dropped.
+`skeleton_pieces` thins the mask block by block (with a halo, so block skeletons equal the
+whole-mask skeleton) and keeps the path pieces each block owns; `_pieces_graph` stitches pieces
+by pixel position into one sparse graph and `clean` cleans it: chains through degree-2 nodes
+merged, spurs pruned, gaps between aligned line ends bridged, chains merged again. Every rule
+looks only a bounded distance around what it decides, which lets `road_stream` run them band by
+band; it also drops short components, and `road_stream.road_graph` gives apls the whole graph.
 
 Clean-up lengths are in metres, converted with `scale` (metres per pixel along rows,
-columns). Each edge keeps one sample per segment of its skeleton (`s`, (segments, 2)): width
-2 * d - 1 px (d: distance to the nearest background pixel, as scipy's EDT) and probability,
-joined and cut with the segments, from which `vectorise` derives `width_m` and `mean_prob`.
+columns). Each edge keeps per-segment samples along its skeleton pixels: widths 2 * d - 1 px (d:
+distance to the nearest background pixel, as scipy's EDT) and probabilities, from which
+`vectorise` derives its `width_m` and `mean_prob` attributes.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from itertools import pairwise
 
 import networkx as nx
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from .errors import RasterError
-from .params import BLOCK_SIZE, GAP_M, HALO_PX, MIN_LENGTH_M, SPUR_LENGTH_M
-from .skeleton_pieces import MARGIN_PX, Pieces, Reader, collect_pieces
+from .skeleton_pieces import MARGIN_PX, Pieces, Reader
 
 GAP_ANGLE_DEG = 40.0  # an end's direction and the bridge may differ by at most this
 AUTO_BLOCK_PIXELS = 4096 * 4096  # in-memory masks larger than this are processed in blocks
@@ -59,7 +56,8 @@ def _pieces_graph(pieces: Pieces, width: int, scale: tuple[float, float]) -> nx.
     graph.add_nodes_from((i, {"rc": (int(k // width), int(k % width))}) for i, k in enumerate(uniq))
     graph.add_edges_from(
         (int(inv[i]), int(inv[n + i]),
-         {"pts": pieces.pts[i], "start": int(inv[i]), "len": float(lengths[i]), "s": pieces.samples[i]})
+         {"pts": pieces.pts[i], "start": int(inv[i]), "len": float(lengths[i]), "w": pieces.width[i],
+          "p": pieces.prob[i]})
         for i in range(n))
     return graph
 
@@ -69,18 +67,22 @@ def _oriented(data: dict, node: int) -> np.ndarray:
     return data["pts"] if data["start"] == node else data["pts"][::-1]
 
 
-def _oriented_samples(data: dict, node: int) -> np.ndarray:
-    """An edge's segment samples in the order of `_oriented(data, node)`."""
-    return data["s"] if data["start"] == node else data["s"][::-1]
-
-
-NO_SAMPLES = np.zeros((0, 2))  # a bridge has no skeleton pixels of its own
+def _samples(data: dict, node: int) -> tuple[np.ndarray, np.ndarray]:
+    """An edge's per-segment widths and probabilities, in the order of `_oriented(data, node)`."""
+    return (data["w"], data["p"]) if data["start"] == node else (data["w"][::-1], data["p"][::-1])
 
 
 def _join(a: int, da: dict, node: int, db: dict) -> dict:
     pts = np.concatenate([_oriented(da, node)[::-1], _oriented(db, node)[1:]])
-    samples = np.concatenate([_oriented_samples(da, node)[::-1], _oriented_samples(db, node)])
-    return {"pts": pts, "start": a, "len": da["len"] + db["len"], "s": samples}
+    (wa, pa), (wb, pb) = _samples(da, node), _samples(db, node)
+    return {"pts": pts, "start": a, "len": da["len"] + db["len"], "w": np.concatenate([wa[::-1], wb]),
+            "p": np.concatenate([pa[::-1], pb])}
+
+
+def _bridge(a: int, b: int, graph: nx.MultiGraph, length: float) -> None:
+    """A straight edge between nodes `a` and `b`: one segment with no width or probability sample."""
+    graph.add_edge(a, b, pts=np.array([graph.nodes[a]["rc"], graph.nodes[b]["rc"]], dtype=np.int32), start=a,
+                   len=float(length), w=np.full(1, np.nan, np.float32), p=np.zeros(1, np.float32))
 
 
 def _merge_chains(graph: nx.MultiGraph) -> None:
@@ -153,9 +155,7 @@ def _bridge_gaps(graph: nx.MultiGraph, gap_m: float, scale: tuple[float, float])
         for (i, j), dd in sorted(zip(pairs[ok].tolist(), dist[ok], strict=True), key=lambda t: t[1]):
             if not (used[i] or used[j]):
                 used[i] = used[j] = True
-                a, b = ends[i], ends[j]
-                graph.add_edge(a, b, pts=np.array([graph.nodes[a]["rc"], graph.nodes[b]["rc"]]),
-                               start=a, len=float(dd), s=NO_SAMPLES)
+                _bridge(ends[i], ends[j], graph, dd)
     _bridge_to_lines(graph, [e for e, u in zip(ends, used, strict=True) if not u],
                      pos[~used], dirs[~used], gap_m, sc, cos_max)
 
@@ -215,57 +215,12 @@ def _bridge_to_lines(graph: nx.MultiGraph, ends: list[int], pos: np.ndarray, dir
             bounds = [0, *cuts, len(pts) - 1]
             for a, b in pairwise(bounds):
                 part = pts[a:b + 1]
-                graph.add_edge(at[a], at[b], pts=part, start=at[a],
-                               len=float(_seg_lengths(part, tuple(sc)).sum()), s=d["s"][a:b])
+                graph.add_edge(at[a], at[b], pts=part, start=at[a], len=float(_seg_lengths(part, tuple(sc)).sum()),
+                               w=d["w"][a:b], p=d["p"][a:b])
         for i, e, dist in hits:
             target = at[i] if i in at else None
             if target is not None and target != e:
-                graph.add_edge(e, target, pts=np.array([graph.nodes[e]["rc"], graph.nodes[target]["rc"]]),
-                               start=e, len=dist, s=NO_SAMPLES)
-
-
-def _merge_close_junctions(graph: nx.MultiGraph, scale: tuple[float, float]) -> None:
-    """Make one junction of two joined by a link shorter than the road is wide there.
-
-    A crossing whose roads meet a few pixels apart skeletonises into two junctions and a stub
-    of 2-5 m between them, which no spur pruning removes (both its ends are junctions). The
-    link goes; its far junction's other lines end at the near one, moved to the link's middle.
-    """
-    sc = np.asarray(scale, dtype=np.float64)
-    for u, v, key, d in list(graph.edges(keys=True, data=True)):
-        if u == v or not graph.has_edge(u, v, key) or not len(d["s"]):
-            continue
-        width_m = float(d["s"][:, 0].mean()) * float(sc.mean())
-        if graph.degree(u) < 3 or graph.degree(v) < 3 or d["len"] >= width_m:
-            continue
-        middle = tuple(int(x) for x in d["pts"][len(d["pts"]) // 2])
-        graph.remove_edge(u, v, key)
-        for node in (u, v):  # every other line at either junction now ends at the middle
-            for _, other, k, e in list(graph.edges(node, keys=True, data=True)):
-                pts = _oriented(e, node).copy()
-                pts[0] = middle
-                far = node if other == node else other
-                target = u if far in (u, v) else far
-                graph.remove_edge(node, other, k)
-                graph.add_edge(u, target, pts=pts, start=u, len=float(_seg_lengths(pts, scale).sum()),
-                               s=_oriented_samples(e, node))
-        graph.nodes[u]["rc"] = middle
-        if v != u and graph.degree(v) == 0:
-            graph.remove_node(v)
-
-
-def _drop_short(graph: nx.MultiGraph, min_m: float) -> None:
-    """Remove connected components whose total length is below `min_m` (and lone nodes)."""
-    nodes = list(graph.nodes)
-    if not nodes:
-        return
-    ids = {n: i for i, n in enumerate(nodes)}
-    ends = np.array([(ids[u], ids[v]) for u, v in graph.edges()], dtype=np.int64).reshape(-1, 2)
-    lengths = np.array([d for *_, d in graph.edges(data="len")], dtype=np.float64)
-    adj = coo_matrix((np.ones(len(ends)), (ends[:, 0], ends[:, 1])), shape=(len(nodes), len(nodes)))
-    count, label = connected_components(adj, directed=False)
-    short = np.bincount(label[ends[:, 0]], lengths, minlength=count) < min_m
-    graph.remove_nodes_from([n for n, c in zip(nodes, label, strict=True) if short[c]])
+                _bridge(e, target, graph, dist)
 
 
 def _check(min_length: float, spur_length: float, gap: float, tolerance: float,
@@ -280,22 +235,41 @@ def _check(min_length: float, spur_length: float, gap: float, tolerance: float,
         raise ValueError(f"halo must be at least {2 * MARGIN_PX} pixels, got {halo}")
 
 
-def _graph(read: Reader, shape: tuple[int, int], scale: tuple[float, float], prob_scale: float, *,
-           min_length: float, spur_length: float, gap: float, block_size: int | None, halo: int,
-           on_progress: Callable[[float], None] | None = None,
-           is_cancelled: Callable[[], bool] | None = None) -> nx.MultiGraph:
-    h, w = shape
-    block = block_size or (max(h, w, 1) if h * w <= AUTO_BLOCK_PIXELS else BLOCK_SIZE)
-    pieces = collect_pieces(read, shape, block, halo, prob_scale, on_progress, is_cancelled)
-    return clean(_pieces_graph(pieces, w, scale), scale, min_length=min_length, spur_length=spur_length, gap=gap)
+def _merge_close_junctions(graph: nx.MultiGraph, scale: tuple[float, float]) -> None:
+    """Make one junction of two joined by a link shorter than the road is wide there.
+
+    A crossing whose roads meet a few pixels apart skeletonises into two junctions and a stub
+    of 2-5 m between them, which no spur pruning removes (both its ends are junctions). The
+    link goes; its far junction's other lines end at the near one, moved to the link's middle.
+    """
+    sc = np.asarray(scale, dtype=np.float64)
+    for u, v, key, d in list(graph.edges(keys=True, data=True)):
+        if u == v or not graph.has_edge(u, v, key) or not np.isfinite(d["w"]).any():
+            continue
+        width_m = float(np.nanmean(d["w"])) * float(sc.mean())
+        if graph.degree(u) < 3 or graph.degree(v) < 3 or d["len"] >= width_m:
+            continue
+        middle = tuple(int(x) for x in d["pts"][len(d["pts"]) // 2])
+        graph.remove_edge(u, v, key)
+        for node in (u, v):  # every other line at either junction now ends at the middle
+            for _, other, k, e in list(graph.edges(node, keys=True, data=True)):
+                pts = _oriented(e, node).copy()
+                pts[0] = middle
+                far = node if other == node else other
+                target = u if far in (u, v) else far
+                graph.remove_edge(node, other, k)
+                w, p = _samples(e, node)
+                graph.add_edge(u, target, pts=pts, start=u, len=float(_seg_lengths(pts, scale).sum()), w=w, p=p)
+        graph.nodes[u]["rc"] = middle
+        if v != u and graph.degree(v) == 0:
+            graph.remove_node(v)
 
 
-def clean(graph: nx.MultiGraph, scale: tuple[float, float], *, min_length: float, spur_length: float,
-          gap: float) -> nx.MultiGraph:
-    """The clean-up of a pieces graph (also run by the region stitcher): chains merged, spurs
-    pruned, gaps bridged, spurs pruned again (a line cut where a side road now joins it can
-    leave a stub of a few metres beyond the joint), junctions closer than the road's width
-    made one, short components dropped."""
+def clean(graph: nx.MultiGraph, spur_length: float, gap: float, scale: tuple[float, float]) -> None:
+    """The clean-up of a stitched skeleton graph, in place: chains merged, spurs pruned, gaps
+    bridged, spurs pruned again (a line cut where a side road now joins it can leave a stub of a
+    few metres beyond the joint), junctions closer than the road's width made one, chains merged
+    again. Short components are dropped by `road_stream`, which sees them whole."""
     _merge_chains(graph)
     _prune_spurs(graph, spur_length)
     _bridge_gaps(graph, gap, scale)
@@ -303,8 +277,6 @@ def clean(graph: nx.MultiGraph, scale: tuple[float, float], *, min_length: float
     _prune_spurs(graph, spur_length)
     _merge_close_junctions(graph, scale)
     _merge_chains(graph)
-    _drop_short(graph, min_length)
-    return graph
 
 
 def _array_reader(mask: np.ndarray, prob: np.ndarray | None) -> tuple[Reader, float]:
@@ -326,20 +298,3 @@ def _as_mask(mask: np.ndarray) -> np.ndarray:
         raise RasterError("mask", f"expected a 2-D road mask, got shape {mask.shape}",
                           "pass a single band (H, W) array")
     return mask if mask.dtype == bool else mask != 0
-
-
-def road_graph(mask: np.ndarray, prob: np.ndarray | None = None, *, scale: tuple[float, float] = (1.0, 1.0),
-               min_length: float = MIN_LENGTH_M, spur_length: float = SPUR_LENGTH_M, gap: float = GAP_M,
-               block_size: int | None = None, halo: int = HALO_PX) -> nx.MultiGraph:
-    """The cleaned road graph of a boolean mask, in pixel coordinates.
-
-    Nodes carry `rc` (row, col); each edge carries `pts` ((k, 2) int row/col vertices from
-    the node `start`), `len` (metres, with `scale` = metres per pixel along rows, columns),
-    and sample sums `n`, `sw` (width px), `sp` (probability) along its pixel path.
-    """
-    mask = _as_mask(mask)
-    _check(min_length, spur_length, gap, 0.0, block_size, halo)
-    read, prob_scale = _array_reader(mask, prob)
-    shape = (int(mask.shape[0]), int(mask.shape[1]))
-    return _graph(read, shape, scale, prob_scale, min_length=min_length, spur_length=spur_length,
-                  gap=gap, block_size=block_size, halo=halo)

@@ -2,13 +2,13 @@
 
 Each block of the mask is read with a halo, thinned, and turned into path pieces with
 `sknw`; a block keeps only the pieces whose pixels lie in its core, so pieces from all blocks
-join into the whole mask's skeleton (`road_graph` stitches and cleans them). Widths and
-probabilities are summed along each piece for the line attributes.
+join into the whole mask's skeleton (`road_stream` stitches and cleans them, a row of blocks at
+a time). Widths and probabilities are kept per segment for the line attributes.
 """
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import lru_cache
 
 import numpy as np
@@ -118,17 +118,39 @@ def _sknw_paths(ske: np.ndarray, kernels: tuple | None) -> list[np.ndarray] | No
     return paths
 
 
-class Pieces:
-    """Polyline pieces in global pixel coordinates plus each segment's samples.
+def runs(own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, stops) of the runs of True in a boolean array: own[start:stop] all True."""
+    edges = np.diff(np.concatenate(([0], own.view(np.int8), [0])))
+    return np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
 
-    Samples are kept per segment, not summed per piece, so that a line cut where a side road
-    joins it gets the width and probability of its own pixels (a proportional share of sums
-    gave both parts the same mean, to the last digit)."""
+
+def segment_rows(pts: np.ndarray) -> np.ndarray:
+    """The row that owns each segment of a path: the row of its rounded midpoint."""
+    return (pts[:-1, 0] + pts[1:, 0] + 1) // 2
+
+
+class Pieces:
+    """Polyline pieces in global pixel coordinates, with a width and probability per segment.
+
+    `width[i][k]` is the road width (2 * d - 1 px, d the distance to the nearest background
+    pixel, as scipy's EDT) at the first vertex of segment k of piece i, NaN for a segment with
+    no sample (a bridged gap); `prob[i][k]` the probability there (0 without probabilities).
+    Keeping them per segment lets a line be cut anywhere and its parts keep exact sums.
+    """
 
     def __init__(self, prob_scale: float = 1.0) -> None:
         self.prob_scale = prob_scale  # 1/255 for uint8 probabilities
         self.pts: list[np.ndarray] = []
-        self.samples: list[np.ndarray] = []  # per piece: (segments, 2) = width px, probability
+        self.width: list[np.ndarray] = []
+        self.prob: list[np.ndarray] = []
+
+    def __len__(self) -> int:
+        return len(self.pts)
+
+    def extend(self, other: Pieces) -> None:
+        self.pts += other.pts
+        self.width += other.width
+        self.prob += other.prob
 
     def add(self, paths: list[np.ndarray], at: tuple[int, int], origin: tuple[int, int],
             core: tuple[int, int, int, int], padded: np.ndarray, prob: np.ndarray | None, radius: int) -> None:
@@ -151,14 +173,42 @@ class Pieces:
                & (mid[:, 1] >= c0) & (mid[:, 1] < c1))
         if not own.any():
             return
-        edges = np.diff(np.concatenate(([0], own.view(np.int8), [0])))
-        starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-        self.pts.extend(verts[s:e + 1] for s, e in zip(starts, stops, strict=True))
+        starts, stops = runs(own)
         first = np.flatnonzero(own)  # each owned segment samples its first vertex
         rr, cc = local[first, 0], local[first, 1]
-        width = np.maximum(2.0 * _half_widths(padded, rr, cc, radius) - 1.0, 1.0)
-        p = np.zeros(first.size) if prob is None else prob[rr, cc] * self.prob_scale
-        self.samples.extend(np.split(np.column_stack([width, p]), np.cumsum(stops - starts)[:-1]))
+        width = np.maximum(2.0 * _half_widths(padded, rr, cc, radius) - 1.0, 1.0).astype(np.float32)
+        p = (np.zeros(first.size) if prob is None else prob[rr, cc] * self.prob_scale).astype(np.float32)
+        cuts = np.cumsum(stops - starts)[:-1]
+        self.pts.extend(verts[s:e + 1].astype(np.int32) for s, e in zip(starts, stops, strict=True))
+        self.width.extend(np.split(width, cuts))
+        self.prob.extend(np.split(p, cuts))
+
+    def rows_from(self, top: int) -> Pieces:
+        """The same pieces without the segments owned by rows above `top` (cut where they cross)."""
+        kept = Pieces(self.prob_scale)
+        if not self.pts:
+            return kept
+        # rows owned by each piece's segments, lowest and highest, for all pieces at once
+        sizes = np.fromiter((len(p) for p in self.pts), np.int64, len(self.pts))
+        flat = np.concatenate(self.pts)[:, 0].astype(np.int64)
+        rows = (flat[:-1] + flat[1:] + 1) // 2
+        ends = np.cumsum(sizes)
+        starts = ends - sizes  # each piece's first segment
+        between = ends[:-1] - 1  # the step from one piece to the next: no segment
+        low, high = rows.copy(), rows.copy()
+        low[between], high[between] = np.iinfo(np.int64).max, np.iinfo(np.int64).min
+        low, high = np.minimum.reduceat(low, starts), np.maximum.reduceat(high, starts)
+        for i, (pts, width, prob) in enumerate(zip(self.pts, self.width, self.prob, strict=True)):
+            if low[i] >= top:
+                kept.pts.append(pts)
+                kept.width.append(width)
+                kept.prob.append(prob)
+            elif high[i] >= top:
+                for s, e in zip(*runs(segment_rows(pts) >= top), strict=True):
+                    kept.pts.append(pts[s:e + 1])
+                    kept.width.append(width[s:e])
+                    kept.prob.append(prob[s:e])
+        return kept
 
 
 def _add_core(pieces: Pieces, sk: np.ndarray, core: tuple[int, int, int, int], origin: tuple[int, int],
@@ -196,25 +246,33 @@ def skeletonize_components(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def collect_pieces(read: Reader, shape: tuple[int, int], block: int, halo: int, prob_scale: float,
-                    on_progress: Callable[[float], None] | None,
-                    is_cancelled: Callable[[], bool] | None) -> Pieces:
-    """Skeletonize block by block (core + halo) and gather the pieces each core owns."""
+def block_rows(read: Reader, shape: tuple[int, int], block: int, halo: int, prob_scale: float,
+               on_progress: Callable[[float], None] | None,
+               is_cancelled: Callable[[], bool] | None) -> Iterator[tuple[int, Pieces]]:
+    """Skeletonize block by block (core + halo), one row of blocks at a time.
+
+    Yields (rows done, the pieces the cores of that block row own): every piece of the rows
+    above `rows done` has been yielded by then.
+    """
     h, w = shape
     radius = max(halo - MARGIN_PX, 1)
-    pieces = Pieces(prob_scale)
-    cores = [(r, min(r + block, h), c, min(c + block, w))
-             for r in range(0, h, block) for c in range(0, w, block)]
-    for i, (r0, r1, c0, c1) in enumerate(cores):
-        if is_cancelled is not None and is_cancelled():
-            raise Cancelled("vectorising cancelled")
-        wr0, wr1 = max(r0 - halo, 0), min(r1 + halo, h)
-        wc0, wc1 = max(c0 - halo, 0), min(c1 + halo, w)
-        mask, prob = read(wr0, wr1, wc0, wc1)
-        if mask.any():
-            padded = np.pad(mask, radius, constant_values=True)
-            _add_core(pieces, skeletonize_components(mask), (r0 - wr0, r1 - wr0, c0 - wc0, c1 - wc0), (wr0, wc0),
-                      padded, prob, radius)
-        if on_progress is not None:
-            on_progress((i + 1) / len(cores))
-    return pieces
+    n_blocks = -(-h // block) * -(-w // block)
+    done = 0
+    for r0 in range(0, h, block):
+        r1 = min(r0 + block, h)
+        pieces = Pieces(prob_scale)
+        for c0 in range(0, w, block):
+            c1 = min(c0 + block, w)
+            if is_cancelled is not None and is_cancelled():
+                raise Cancelled("vectorising cancelled")
+            wr0, wr1 = max(r0 - halo, 0), min(r1 + halo, h)
+            wc0, wc1 = max(c0 - halo, 0), min(c1 + halo, w)
+            mask, prob = read(wr0, wr1, wc0, wc1)
+            if mask.any():
+                padded = np.pad(mask, radius, constant_values=True)
+                _add_core(pieces, skeletonize_components(mask), (r0 - wr0, r1 - wr0, c0 - wc0, c1 - wc0),
+                          (wr0, wc0), padded, prob, radius)
+            done += 1
+            if on_progress is not None:
+                on_progress(done / n_blocks)
+        yield r1, pieces

@@ -1,8 +1,10 @@
 """Road mask -> clean centreline network as attributed lines (a GeoDataFrame).
 
-The cleaned skeleton graph comes from `road_graph` (block/halo skeletons, sknw, clean-up:
-chains merged, spurs pruned, gaps bridged, short components dropped). Its lines are
-simplified (Douglas-Peucker), optionally smoothed (Chaikin) and moved to map coordinates.
+The cleaned skeleton lines come from `road_stream` (block/halo skeletons, sknw, the clean-up of
+`road_graph`: chains merged, spurs pruned, gaps bridged, short components dropped), a row of
+blocks at a time. They are simplified (Douglas-Peucker), optionally smoothed (Chaikin) and
+moved to map coordinates; `iter_raster_frames` hands them out as they are finished, so a
+raster's lines are written in memory that follows its width, not its area.
 
 All clean-up lengths are true metres on the ground, converted with the ground size of a pixel
 at the centre of the mask (`gsd.pixel_size_m`: degrees at the centre latitude, a projection's
@@ -26,11 +28,11 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import networkx as nx
 import numpy as np
 import shapely
 
@@ -38,7 +40,8 @@ from .errors import RasterError
 from .gsd import IMAGE_FRAME, centre, metres_per_unit, segment_lengths_m
 from .gsd import pixel_size_m as _pixel_size_m  # private: the old vectorise.pixel_size_m had other arguments
 from .params import BLOCK_SIZE, GAP_M, HALO_PX, MASK_THRESHOLD, MIN_LENGTH_M, SPUR_LENGTH_M, TOLERANCE_M
-from .road_graph import _array_reader, _as_mask, _check, _graph
+from .road_graph import _array_reader, _as_mask, _check
+from .road_stream import Line, iter_lines
 
 log = logging.getLogger(__name__)
 
@@ -108,40 +111,47 @@ def _linestrings(coords: list[np.ndarray]) -> np.ndarray:
                                                                          [len(c) for c in coords]))
 
 
-def _frame(graph: nx.MultiGraph, transform, crs, shape: tuple[int, ...], tolerance: float,
-           smooth: bool, has_prob: bool):
+def _oriented_line(line: Line) -> tuple[tuple, Line]:
+    """The line from its smaller end (a ring: its smaller direction), and its sort key: the same
+    order of lines whatever the blocks and bands they were found in."""
+    pts = line.pts
+    ends, turned = (tuple(pts[0]), tuple(pts[-1])), (tuple(pts[-1]), tuple(pts[0]))
+    backwards = turned < ends or (ends == turned and len(pts) > 2 and tuple(pts[-2]) < tuple(pts[1]))
+    line = line.reversed() if backwards else line
+    return (*line.pts[0], *line.pts[-1], *line.pts[min(1, len(line.pts) - 1)], len(line.pts)), line
+
+
+def _frame(lines: list[Line], transform, crs, shape: tuple[int, ...], tolerance: float,
+           smooth: bool, has_prob: bool, first_id: int = 1):
+    """The GeoDataFrame of `lines` (pixel coordinates) in map coordinates, ids from `first_id`."""
     import geopandas as gpd
     from affine import Affine
 
-    paths: list[tuple] = []  # each line starts at its smaller end; lines sorted by it: same order whatever the blocks
-    for _, _, d in graph.edges(data=True):
-        pts = d["pts"] if tuple(d["pts"][0]) <= tuple(d["pts"][-1]) else d["pts"][::-1]
-        paths.append((tuple(pts[0]) + tuple(pts[-1]), len(paths), pts, d))
-    paths.sort(key=lambda p: p[:2])
-    data = [d for *_, d in paths]
-    if not data:
+    if not lines:
         return gpd.GeoDataFrame({"id": np.zeros(0, np.int64), **{f: np.zeros(0) for f in FIELDS[1:]}},
                                 geometry=gpd.GeoSeries([], crs=crs), crs=crs)
-    lines = _linestrings(_corners([pts[:, ::-1] + 0.5 for *_, pts, _ in paths]))  # (x, y) = (col, row) + 0.5
+    data = [line for _, line in sorted((_oriented_line(line) for line in lines), key=lambda kl: kl[0])]
+    geometry = _linestrings(_corners([line.pts[:, ::-1] + 0.5 for line in data]))  # (x, y) = (col, row) + 0.5
     px = _pixel_side_m(transform, crs, shape)
     tol_px = tolerance / px
     if tol_px > 0:  # Douglas-Peucker keeps line ends; only rings could collapse (13x slower guard)
-        ring = shapely.is_closed(lines)
-        lines[ring] = shapely.simplify(lines[ring], tol_px, preserve_topology=True)
-        lines[~ring] = shapely.simplify(lines[~ring], tol_px, preserve_topology=False)
+        ring = shapely.is_closed(geometry)
+        geometry[ring] = shapely.simplify(geometry[ring], tol_px, preserve_topology=True)
+        geometry[~ring] = shapely.simplify(geometry[~ring], tol_px, preserve_topology=False)
     if smooth:
-        lines = _linestrings([_chaikin(shapely.get_coordinates(g)) for g in lines])
-    n = np.array([len(d["s"]) for d in data])
-    sums = np.array([d["s"].sum(axis=0) for d in data]).reshape(-1, 2)  # width px, probability
-    width = np.where(n > 0, sums[:, 0] / np.maximum(n, 1) * px, np.nan)
-    prob = sums[:, 1] / np.maximum(n, 1) if has_prob else np.full(len(data), np.nan)
+        geometry = _linestrings([_chaikin(shapely.get_coordinates(g)) for g in geometry])
+    n = np.array([np.count_nonzero(~np.isnan(line.width)) for line in data])
+    sw = np.array([np.nansum(line.width, dtype=np.float64) for line in data])
+    width = np.where(n > 0, sw / np.maximum(n, 1) * px, np.nan)
+    sp = np.array([np.sum(line.prob, dtype=np.float64) for line in data])
+    prob = sp / np.maximum(n, 1) if has_prob else np.full(len(data), np.nan)
     t = transform if transform is not None else Affine.identity()
-    lines = shapely.transform(lines, lambda c: np.column_stack([t.a * c[:, 0] + t.b * c[:, 1] + t.c,
-                                                                t.d * c[:, 0] + t.e * c[:, 1] + t.f]))
-    xy, idx = shapely.get_coordinates(lines, return_index=True)
+    geometry = shapely.transform(geometry, lambda c: np.column_stack([t.a * c[:, 0] + t.b * c[:, 1] + t.c,
+                                                                      t.d * c[:, 0] + t.e * c[:, 1] + t.f]))
+    xy, idx = shapely.get_coordinates(geometry, return_index=True)
     length = _lengths_m(xy, idx, crs, len(data))
-    return gpd.GeoDataFrame({"id": np.arange(1, len(data) + 1, dtype=np.int64), "length_m": length,
-                             "width_m": width, "mean_prob": prob}, geometry=lines, crs=crs)
+    return gpd.GeoDataFrame({"id": np.arange(first_id, first_id + len(data), dtype=np.int64), "length_m": length,
+                             "width_m": width, "mean_prob": prob}, geometry=geometry, crs=crs)
 
 
 def vectorise_mask(mask: np.ndarray, transform=None, crs=None, prob: np.ndarray | None = None, *,
@@ -174,10 +184,10 @@ def vectorise_mask(mask: np.ndarray, transform=None, crs=None, prob: np.ndarray 
     shape = (int(mask.shape[0]), int(mask.shape[1]))
     scale = _scale(transform, crs, shape)
     read, prob_scale = _array_reader(mask, prob)
-    graph = _graph(read, shape, scale, prob_scale, min_length=min_length, spur_length=spur_length,
-                   gap=gap, block_size=block_size, halo=halo, on_progress=on_progress,
-                   is_cancelled=is_cancelled)
-    return _frame(graph, transform, crs, mask.shape, tolerance, smooth, prob is not None)
+    lines = [line for batch in iter_lines(read, shape, scale, prob_scale, min_length=min_length,
+                                          spur_length=spur_length, gap=gap, block_size=block_size, halo=halo,
+                                          on_progress=on_progress, is_cancelled=is_cancelled) for line in batch]
+    return _frame(lines, transform, crs, mask.shape, tolerance, smooth, prob is not None)
 
 
 def _raster_is_binary(src, band: int) -> bool:
@@ -200,7 +210,7 @@ def vectorise_raster(path: str | Path, *, threshold: float = MASK_THRESHOLD, ban
                      tolerance: float = TOLERANCE_M, smooth: bool = False, block_size: int | None = BLOCK_SIZE,
                      halo: int = HALO_PX, on_progress: Callable[[float], None] | None = None,
                      is_cancelled: Callable[[], bool] | None = None):
-    """Road centrelines of a mask or probability raster, read in windowed blocks.
+    """Road centrelines of a mask or probability raster, read in windowed blocks, as one frame.
 
     Which pixels are road: a uint8 band whose values are all 0/1 is a binary mask (1 = road,
     no `mean_prob`); any other uint8 band holds probability * 255 and a pixel is road when
@@ -208,34 +218,154 @@ def vectorise_raster(path: str | Path, *, threshold: float = MASK_THRESHOLD, ban
     band holds probabilities 0..1 (road when > threshold); other integer bands are masks
     (non-zero = road). Nodata pixels are never road. The raster's transform and CRS are used (a
     raster without any georeferencing: the frame QGIS draws it in, `gsd.IMAGE_FRAME`).
-    Memory is bounded by `block_size` (+ halo); see `vectorise_mask` for the other arguments.
+    The lines are collected in memory; `iter_raster_frames` hands them out a row of blocks at a
+    time instead (what the pipeline writes files from). See `vectorise_mask` for the arguments.
 
     Raises:
         RasterError: the file cannot be opened or read (truncated, damaged), the band does not
             exist, or it is placed by ground control points or RPCs only (warp it first).
     """
-    import rasterio
+    with RasterLines(path, threshold=threshold, band=band, min_length=min_length, spur_length=spur_length, gap=gap,
+                     tolerance=tolerance, smooth=smooth, block_size=block_size, halo=halo, on_progress=on_progress,
+                     is_cancelled=is_cancelled) as source:
+        frame = source.frame([line for batch in source.batches() for line in batch])
+    log.info("%s: %d road lines, %.1f km", path, len(frame), frame["length_m"].sum() / 1000)
+    return frame
 
-    _check(min_length, spur_length, gap, tolerance, block_size, halo)
-    try:
-        src = rasterio.open(path)
-    except (rasterio.errors.RasterioIOError, OSError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
-        raise RasterError(path, f"cannot open the raster ({first})",
-                          "check the path and that it is a GeoTIFF (or another GDAL raster)") from exc
-    with src:
-        _check_georeferencing(src, path)
+
+def iter_raster_frames(path: str | Path, **options: Any) -> Iterator:
+    """The road lines of `vectorise_raster(path, **options)`, a GeoDataFrame per row of blocks as
+    soon as its lines are final (ids continue from frame to frame; at least one frame, maybe
+    empty). Memory follows the raster's width, not its area or its length of road."""
+    with RasterLines(path, **options) as source:
+        first_id = 1
+        for batch in source.batches():
+            frame = source.frame(batch, first_id)
+            first_id += len(frame)
+            yield frame
+        if first_id == 1:
+            yield source.frame([])
+
+
+def check_memory(width: int, height: int, gsd_m: float | None, *, min_length: float = MIN_LENGTH_M,
+                 spur_length: float = SPUR_LENGTH_M, gap: float = GAP_M, tolerance: float = TOLERANCE_M,
+                 smooth: bool = False, block_size: int | None = BLOCK_SIZE, halo: int = HALO_PX) -> None:
+    """Refuse vectoriser options whose memory on a raster of this size, of `gsd_m` metre pixels,
+    does not fit this machine (`limits.check_vectorise`): the band `road_stream` cleans at a time
+    holds the centre lines of `block_size` + 2 x context rows, and the context grows with the gap
+    and spur lengths in pixels."""
+    from .limits import check_vectorise
+    from .road_stream import context_rows
+
+    step = gsd_m or 1.0
+    context = context_rows((step, step), spur_length, gap)
+    larger = ("gap", gap) if gap >= spur_length else ("spur_length", spur_length)
+    check_vectorise(width, height, block_size or BLOCK_SIZE, halo, context, *larger)
+
+
+VECTORISE_CACHE_MB = 64  # GDAL's block cache while vectorising (its default, 5 % of RAM, grows with area)
+
+
+class RasterLines:
+    """An open mask or probability raster and how its road lines are read (see `vectorise_raster`)."""
+
+    def __init__(self, path: str | Path, *, threshold: float = MASK_THRESHOLD, band: int = 1,
+                 min_length: float = MIN_LENGTH_M, spur_length: float = SPUR_LENGTH_M, gap: float = GAP_M,
+                 tolerance: float = TOLERANCE_M, smooth: bool = False, block_size: int | None = BLOCK_SIZE,
+                 halo: int = HALO_PX, on_progress: Callable[[float], None] | None = None,
+                 is_cancelled: Callable[[], bool] | None = None) -> None:
+        _check(min_length, spur_length, gap, tolerance, block_size, halo)
+        self.path, self.band, self.threshold = path, band, threshold
+        self.tolerance, self.smooth = tolerance, smooth
+        self.options: dict[str, Any] = dict(min_length=min_length, spur_length=spur_length, gap=gap,
+                            block_size=block_size or BLOCK_SIZE, halo=halo, on_progress=on_progress,
+                            is_cancelled=is_cancelled)
+
+    def __enter__(self) -> RasterLines:
+        import rasterio
+
+        from .readers import strict_reading
+
+        strict_reading()
+        self._env = rasterio.Env(GDAL_CACHEMAX=VECTORISE_CACHE_MB)
+        self._env.__enter__()
         try:
-            frame = _vectorise_dataset(src, band, threshold, dict(
-                min_length=min_length, spur_length=spur_length, gap=gap, block_size=block_size or BLOCK_SIZE,
-                halo=halo, on_progress=on_progress, is_cancelled=is_cancelled), tolerance, smooth)
+            self.src = rasterio.open(self.path)
+        except (rasterio.errors.RasterioIOError, OSError) as exc:
+            self._env.__exit__(None, None, None)
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+            raise RasterError(self.path, f"cannot open the raster ({first})",
+                              "check the path and that it is a GeoTIFF (or another GDAL raster)") from exc
+        try:
+            _check_georeferencing(self.src, self.path)
+            self.transform, _, self.crs = georeferencing(self.src)
+            scale = _scale(self.transform, self.src.crs, self.src.shape)
+            options = {k: v for k, v in self.options.items() if k not in ("on_progress", "is_cancelled")}
+            check_memory(self.src.width, self.src.height, min(scale), **options)
+            with self._reading():
+                self._prepare()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.src.close()
+        self._env.__exit__(None, None, None)
+
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        import rasterio
+
+        try:
+            yield
         except rasterio.errors.RasterioError as exc:
             from .readers import gdal_reason
 
-            raise RasterError(path, f"reading failed ({gdal_reason(exc)})",
+            raise RasterError(self.path, f"reading failed ({gdal_reason(exc)})",
                               "the file may be truncated or damaged; copy or export it again") from None
-    log.info("%s: %d road lines, %.1f km", path, len(frame), frame["length_m"].sum() / 1000)
-    return frame
+
+    def _prepare(self) -> None:
+        from rasterio.windows import Window
+
+        src, band = self.src, self.band
+        if not 1 <= band <= src.count:
+            raise RasterError(src.name, f"band {band} does not exist (the raster has {src.count})",
+                              f"choose a band between 1 and {src.count}")
+        dtype = np.dtype(src.dtypes[band - 1])
+        nodata = src.nodatavals[band - 1]
+        if dtype == np.uint8:
+            mode = "binary" if _raster_is_binary(src, band) else "prob"
+            cut, self.prob_scale = (self.threshold if self.threshold > 1 else self.threshold * 255.0), 1 / 255
+        else:
+            mode = "prob" if dtype.kind == "f" else "binary"
+            cut, self.prob_scale = self.threshold, 1.0
+        self.has_prob = mode == "prob"
+
+        def read(r0: int, r1: int, c0: int, c1: int) -> tuple[np.ndarray, np.ndarray | None]:
+            raw = src.read(band, window=Window(c0, r0, c1 - c0, r1 - r0))
+            road = raw != 0 if mode == "binary" else raw > cut
+            if nodata is not None:
+                road &= ~np.isnan(raw) if np.isnan(nodata) else raw != nodata
+            return road, (raw if mode == "prob" else None)
+
+        self.read = read
+
+    def batches(self) -> Iterator[list[Line]]:
+        """The finished lines, a batch per row of blocks (pixel coordinates)."""
+        src = self.src
+        lines = iter_lines(self.read, src.shape, _scale(self.transform, src.crs, src.shape), self.prob_scale,
+                           **self.options)
+        while True:
+            with self._reading():
+                batch = next(lines, None)
+            if batch is None:
+                return
+            yield batch
+
+    def frame(self, lines: list[Line], first_id: int = 1):
+        return _frame(lines, self.transform, self.crs, self.src.shape, self.tolerance, self.smooth,
+                      self.has_prob, first_id)
 
 
 def _check_georeferencing(src, path) -> None:
@@ -248,34 +378,6 @@ def _check_georeferencing(src, path) -> None:
         kind = "ground control points" if src.gcps[0] else "RPCs"
         raise RasterError(path, f"the raster is placed by {kind} only, without a geotransform",
                           "warp it to a map grid first (gdalwarp), or segment the image again")
-
-
-def _vectorise_dataset(src, band: int, threshold: float, graph_options: dict, tolerance: float, smooth: bool):
-    """`vectorise_raster` on an open dataset (rasterio errors propagate)."""
-    from rasterio.windows import Window
-
-    if not 1 <= band <= src.count:
-        raise RasterError(src.name, f"band {band} does not exist (the raster has {src.count})",
-                          f"choose a band between 1 and {src.count}")
-    dtype = np.dtype(src.dtypes[band - 1])
-    nodata = src.nodatavals[band - 1]
-    if dtype == np.uint8:
-        mode = "binary" if _raster_is_binary(src, band) else "prob"
-        cut, prob_scale = (threshold if threshold > 1 else threshold * 255.0), 1 / 255
-    else:
-        mode = "prob" if dtype.kind == "f" else "binary"
-        cut, prob_scale = threshold, 1.0
-
-    def read(r0: int, r1: int, c0: int, c1: int) -> tuple[np.ndarray, np.ndarray | None]:
-        raw = src.read(band, window=Window(c0, r0, c1 - c0, r1 - r0))
-        road = raw != 0 if mode == "binary" else raw > cut
-        if nodata is not None:
-            road &= ~np.isnan(raw) if np.isnan(nodata) else raw != nodata
-        return road, (raw if mode == "prob" else None)
-
-    transform, _, crs = georeferencing(src)
-    graph = _graph(read, src.shape, _scale(transform, src.crs, src.shape), prob_scale, **graph_options)
-    return _frame(graph, transform, crs, src.shape, tolerance, smooth, mode == "prob")
 
 
 def georeferencing(src) -> tuple[Any, Any, str | None]:

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
+import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from qgis.core import (
     QgsCoordinateTransform,
@@ -26,6 +29,7 @@ from qgis.core import (
     QgsFields,
     QgsGeometry,
     QgsProcessingAlgorithm,
+    QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
     QgsWkbTypes,
@@ -238,6 +242,26 @@ def polygons_in(source: QgsFeatureSource | None, crs, context) -> QgsGeometry | 
     if not parts:
         raise QgsProcessingException("the areas of interest hold no polygon; draw some or leave the parameter empty")
     return QgsGeometry.unaryUnion(parts)
+
+
+def check_sink_destination(alg: QgsProcessingAlgorithm, parameters: dict[str, Any], name: str,
+                           context: QgsProcessingContext, inputs: list[object]) -> None:
+    """Refuse a sink written over one of `inputs`, by the CLI's rule (`outputs.check_outputs`:
+    every name form of a file, VRT sources, hard links). Memory layers and databases pass."""
+    from ..core.errors import RoadSegError
+    from ..core.outputs import check_outputs
+
+    destination = alg.parameterAsOutputLayer(parameters, name, context) or ""
+    if destination.startswith("ogr:"):
+        match = re.search(r"dbname='?([^' ]+)", destination)
+        destination = match.group(1) if match else ""
+    path = destination.split("|")[0]
+    if not path or not os.path.isabs(path):  # memory:, TEMPORARY_OUTPUT, postgres:...
+        return
+    try:
+        check_outputs({"road lines": Path(path)}, inputs)
+    except RoadSegError as exc:
+        raise QgsProcessingException(qgis_message(exc, alg)) from exc
 
 
 def line_fields() -> QgsFields:

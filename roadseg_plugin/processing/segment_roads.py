@@ -28,6 +28,7 @@ from .base import (
     RoadSegAlgorithm,
     add_lines,
     add_parameters,
+    check_sink_destination,
     given,
     in_python_thread,
     lengths_note,
@@ -102,6 +103,7 @@ class SegmentRoadsAlgorithm(RoadSegAlgorithm):
         mask_path = self.parameterAsOutputLayer(parameters, self.MASK_OUTPUT, context) or None
         aoi = polygons_in(self.parameterAsSource(parameters, self.AOI, context) if given(parameters, self.AOI)
                           else None, layer.crs(), context)
+        check_sink_destination(self, parameters, self.OUTPUT, context, [layer.source(), params.model_path])
 
         def work():  # in a Python thread: the reader and the vectoriser use pyproj
             return extract_roads(layer_source(layer, params, aoi), None, params, vectorise, prob_out=mask_path,

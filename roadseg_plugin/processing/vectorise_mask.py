@@ -26,6 +26,7 @@ from .base import (
     RoadSegAlgorithm,
     add_lines,
     add_parameters,
+    check_sink_destination,
     given,
     in_python_thread,
     layer_path,
@@ -87,6 +88,7 @@ class VectoriseMaskAlgorithm(RoadSegAlgorithm):
             feedback.pushInfo(f"{lengths_note(layer.crs())}: minimum road length {vectorise.min_length:g} m")
         threshold = (self.parameterAsDouble(parameters, self.THRESHOLD, context)
                      if given(parameters, self.THRESHOLD) else None)  # None: the raster's own, else 0.5
+        check_sink_destination(self, parameters, self.OUTPUT, context, [layer.source()])
 
         def work():
             path = layer_path(layer, self.parameterDefinition(self.INPUT).description(), "roadseg_mask.tif")

@@ -41,7 +41,7 @@ def read_out(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
         return src.read(1), src.dataset_mask(), src.profile
 
 
-def write_contrast_checkpoint(path: Path) -> Path:
+def write_contrast_checkpoint(path: Path, seed: int = 0) -> Path:
     """The tiny U-Net with an amplified head, so its probabilities vary across the image."""
     import torch
 
@@ -49,7 +49,8 @@ def write_contrast_checkpoint(path: Path) -> Path:
     from roadseg_plugin.core.model_meta import ModelMeta
     from roadseg_plugin.core.unet import build_model
 
-    torch.manual_seed(0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
     config = {"in_channels": 3, "base_channels": 4, "depth": 2}
     model = build_model("unet", **config)
     with torch.no_grad():

@@ -302,14 +302,15 @@ def scheduler(tmp_path):
     environment, as docs/SCALE.md tells; its address. Stopped (by PID) afterwards."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     file = tmp_path / "scheduler.json"
-    started = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--port", "0",
-                                 "--no-dashboard", "--scheduler-file", str(file)], env=env, cwd=tmp_path,
+    started = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                                 "--port", "0", "--no-dashboard", "--scheduler-file", str(file)], env=env, cwd=tmp_path,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     deadline = time.monotonic() + 60
     while not file.is_file() and time.monotonic() < deadline:
         time.sleep(0.2)
     started.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file",
-                                     str(file), "--nworkers", "2", "--nthreads", "1", "--no-dashboard"], env=env,
+                                     str(file), "--host", "127.0.0.1", "--nworkers", "2", "--nthreads", "1",
+                                     "--no-dashboard"], env=env,
                                     cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     try:
         yield json.loads(file.read_text())["address"]

@@ -255,8 +255,8 @@ def fake_extract_roads(seen: dict):
         lines = gpd.GeoDataFrame({"id": [], "length_m": [], "width_m": [], "mean_prob": []}, geometry=[])
         segment = SimpleNamespace(width=1, height=1, crs=None, backend="fake", device="cpu", seconds=0.1,
                                   threshold=params.threshold or 0.5, warnings=[])
-        return RoadsResult(lines, Path(lines_out) if lines_out else None, Path(prob_out) if prob_out else None,
-                           segment, segment.threshold)
+        return RoadsResult(Path(lines_out) if lines_out else None, Path(prob_out) if prob_out else None,
+                           segment, segment.threshold, held=lines)
 
     return extract_roads
 

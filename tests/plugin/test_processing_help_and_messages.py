@@ -202,8 +202,10 @@ def test_labels_follow_the_algorithm(roadseg_provider) -> None:
     missing = CheckpointError("/m/x.pt", "model file not found", "check the path or pass --model")
     assert qgis_message(missing, algorithm("trainfromlines")) == (
         '/m/x.pt: model file not found; check the path or set "Start model (.pt); empty to train from scratch"')
-    assert qgis_message(ParamError("tile", 100, "must be a multiple of 16"), algorithm("trainfromlines")) == (
-        '"Training crop size (px)" = 100: must be a multiple of 16')
+    assert qgis_message(ParamError("minutes", 0, "must be more than 0"), algorithm("trainfromlines")) == (
+        '"Training time (minutes)" = 0: must be more than 0')
+    assert qgis_message(ParamError("tile", 100, "must be a multiple of 16"), algorithm("segmentroads")) == (
+        '"Tile size (px)" = 100: must be a multiple of 16')
     assert qgis_message(ParamError("min_length", -1, "must not be negative")) == (
         '"Minimum road length" = -1: must not be negative')
 

@@ -26,7 +26,6 @@ import rasterio
 from affine import Affine
 
 from tests.conftest import draw_roads, road_image
-from tests.core.test_engine import write_contrast_checkpoint
 
 resource = pytest.importorskip("resource", reason="POSIX only: file size limits, SIGKILL")
 
@@ -87,19 +86,6 @@ def scene(size: int, seed: int = 0) -> np.ndarray:
     return road_image(draw_roads(size, rng, n=5), rng)
 
 
-@pytest.fixture(scope="module")
-def small(tmp_path_factory) -> dict[str, Path]:
-    """A 200 px and a 512 px image, the tiny model, and a probability raster and lines of the 512 px one."""
-    root = tmp_path_factory.mktemp("small")
-    files = {"model": write_contrast_checkpoint(root / "tiny.pt"), "image": write_tif(root / "img.tif", scene(200)),
-             "large": write_tif(root / "large.tif", scene(512, seed=1))}
-    files["prob"], files["lines"] = root / "prob.tif", root / "lines.gpkg"
-    done = cli("segment", files["large"], "--model", files["model"], *TORCH, "--out", files["lines"],
-               "--mask-out", files["prob"], "--min-length", "5")
-    assert done.returncode == 0, done.stderr
-    return files
-
-
 def previous_outputs(small: dict[str, Path], folder: Path) -> tuple[Path, Path]:
     """Lines and probability raster of an earlier run, copied into `folder`."""
     folder.mkdir(exist_ok=True)
@@ -156,6 +142,9 @@ def test_a_killed_run_leaves_temporaries_that_the_next_run_removes(big, tmp_path
     assert proc.returncode == -signal.SIGKILL
     assert hashes(*outputs) == before
     left = temporaries(tmp_path)
+    locks = [tmp_path / ".prob.tif.lock", tmp_path / ".roads.gpkg.lock"]  # the killed run's claim on its outputs
+    assert all(lock.read_text().startswith(f"{proc.pid}-") for lock in locks)
+    left = [name for name in left if not name.endswith(".lock")]
     assert left and all(re.match(rf"\.prob\.tif\.{proc.pid}-\w+\.\w+\.tmp", name) for name in left), left
 
     done = cli("segment", big["image"], "--out", tmp_path / "roads.gpkg", "--mask-out", tmp_path / "prob.tif")

@@ -17,6 +17,7 @@ from typing import Any
 from ..errors import ParamError
 
 DEFAULT_TIMEOUT = 20.0  # seconds to reach a scheduler (and for it to have a worker)
+LOCAL_HOST = "127.0.0.1"  # a local cluster (scheduler, workers, dashboard) listens on this machine only
 
 
 @contextmanager
@@ -46,8 +47,8 @@ def connect(scheduler: str | None, workers: int | None, timeout: float,
     n = workers or cores
     _python_for_workers()
     logging.getLogger("distributed").setLevel(logging.ERROR)  # a lost worker is reported in the summary
-    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=_dashboard_port(),
-                           silence_logs=logging.ERROR)
+    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host=LOCAL_HOST,
+                           dashboard_address=_dashboard_port(), silence_logs=logging.ERROR)
     try:
         with Client(cluster, set_as_default=False) as client:
             yield client, n, max(1, cores // n)
@@ -125,7 +126,7 @@ def _python_for_workers() -> None:
 def _dashboard_port() -> str | None:
     import importlib.util
 
-    return ":0" if importlib.util.find_spec("bokeh") is not None else None  # any free port
+    return f"{LOCAL_HOST}:0" if importlib.util.find_spec("bokeh") is not None else None  # any free port
 
 
 def dashboard_link(client: Any) -> str | None:

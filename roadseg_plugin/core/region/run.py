@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import Cancelled, OutputError, ParamError
+from ..outputs import locked_outputs
 from ..params import VECTOR_FORMATS, InferenceParams, VectoriseParams, read_model_info
 from ..pipeline import LinesSummary
 from .cluster import DEFAULT_TIMEOUT, connect, dashboard_link
@@ -138,6 +139,16 @@ def segment_region(inputs: list[str | os.PathLike], out_dir: str | os.PathLike,
     folder = Path(os.path.abspath(out_dir))
     sources = expand_inputs(inputs)
     check_folder(folder, list(inputs), sources, params.model_path)
+    with locked_outputs(folder):  # a second run into this folder is refused, not raced
+        return _run(start, inputs, folder, sources, params, vectorise, meta, scheduler, workers, chunk, resume,
+                    skip_bad, timeout, model_threads, on_progress, say, is_cancelled)
+
+
+def _run(start: float, inputs: list, folder: Path, sources: list[str], params: InferenceParams,
+         vectorise: VectoriseParams, meta: Any, scheduler: str | None, workers: int | None, chunk: int, resume: bool,
+         skip_bad: bool, timeout: float, model_threads: int | None,
+         on_progress: Callable[[RegionProgress], None] | None, say: Callable[[str], None],
+         is_cancelled: Callable[[], bool] | None) -> RegionResult:
     lines_path = folder / (LINES_STEM + VECTOR_FORMATS[vectorise.format or "gpkg"][1])
     plans, notes = plan_inputs(sources, params, vectorise, meta, chunk, skip_bad)
     identity = {"inputs": [input_identity(p.source) for p in plans], "model": {"sha256": _model_hash(params)},
@@ -185,7 +196,7 @@ def _model_hash(params: InferenceParams) -> str:
 def _check_new_outputs(manifest: Manifest, folder: Path, outputs: list[Path], sources: list[str],
                        params: InferenceParams) -> None:
     """A new run writes no file that is already there; none of its outputs is an input."""
-    from ..pipeline import check_outputs
+    from ..outputs import check_outputs
 
     if manifest.parts or manifest.path.exists():
         return  # resuming: these are the run's own

@@ -1,19 +1,19 @@
 """Road lines across chunk borders: the vectoriser's own block stitching, spread over workers.
 
 `vectorise_raster` thins a probability raster block by block (1024 px cores, each read with a
-64 px halo), keeps the skeleton pieces each core owns, stitches all pieces by pixel position
-into one graph and cleans that graph once (chains merged, spurs pruned, gaps bridged, short
-pieces dropped). A region run does the same with the expensive first half on the workers:
+64 px halo), keeps the skeleton pieces each core owns, stitches the pieces by pixel position
+and cleans them a band of block rows at a time (`road_stream`: chains merged, spurs pruned, gaps
+bridged, short pieces dropped). A region run does the same with the expensive first half on the workers:
 `group_pieces` collects the pieces of a rectangle of those same blocks, reading the probability
 parts under it and its halo (the neighbouring chunks' parts included), and saves them. Once an
 input is complete, one more task (`stitch_lines`) puts every piece of the input back in the
 single-process block order and runs the same clean-up, so the lines equal `segment`'s: no road
 breaks or doubles at a chunk border, since chunk borders never enter the vectoriser at all.
 
-The trade-off: the clean-up is global per input, so one task holds the skeleton of a whole
-input (measured: about 135 kB and 4 ms per km of road) and cleans it in one process. Inputs
-are stitched in parallel with each other and with the chunks still running; a single input of
-many Gpx makes one long, memory-hungry task (see docs/SCALE.md).
+The trade-off: one task reads all pieces of an input (measured: about 135 kB and 4 ms per km
+of road) and holds its lines until the input is done. Inputs are stitched in parallel with each
+other and with the chunks still running; a single input of many Gpx makes one long,
+memory-hungry task (see docs/SCALE.md).
 """
 from __future__ import annotations
 
@@ -57,7 +57,8 @@ def group_pieces(task: GroupTask, *ready: Any) -> dict[str, Any]:
     radius = max(halo - MARGIN_PX, 1)
     cut = task.threshold * 255.0  # as vectorise_raster reads a uint8 probability band
     n_cols = -(-w // block)
-    ids, pts, samples = [], [], []
+    ids: list[int] = []
+    pieces = Pieces(PROB_SCALE)
     with PartsMosaic(list(task.parts)) as mosaic:
         for r0 in range(r_lo, r_hi, block):
             for c0 in range(c_lo, c_hi, block):
@@ -67,61 +68,70 @@ def group_pieces(task: GroupTask, *ready: Any) -> dict[str, Any]:
                 mask = raw != 0 if task.binary else raw > cut
                 if not mask.any():
                     continue
-                pieces = Pieces(PROB_SCALE)
+                before = len(pieces)
                 padded = np.pad(mask, radius, constant_values=True)
                 _add_core(pieces, skeletonize_components(mask), (r0 - wr0, r1 - wr0, c0 - wc0, c1 - wc0), (wr0, wc0),
                           padded, None if task.binary else raw, radius)
-                if pieces.pts:
-                    ids += [(r0 // block) * n_cols + c0 // block] * len(pieces.pts)
-                    pts += pieces.pts
-                    samples += pieces.samples
+                ids += [(r0 // block) * n_cols + c0 // block] * (len(pieces) - before)
     buf = io.BytesIO()
-    np.savez(buf, block=np.asarray(ids, np.int64), sizes=np.asarray([len(p) for p in pts], np.int64),
-             pts=(np.concatenate(pts) if pts else np.zeros((0, 2))).astype(np.int32),
-             samples=np.concatenate(samples) if samples else np.zeros((0, 2)))
+    np.savez(buf, block=np.asarray(ids, np.int64), sizes=np.asarray([len(p) for p in pieces.pts], np.int64),
+             pts=(np.concatenate(pieces.pts) if len(pieces) else np.zeros((0, 2))).astype(np.int32),
+             width=np.concatenate(pieces.width) if len(pieces) else np.zeros(0, np.float32),
+             prob=np.concatenate(pieces.prob) if len(pieces) else np.zeros(0, np.float32))
     digest = write_atomic(Path(task.out), buf.getvalue())
-    return {"part": task.out, "sha256": digest, "pieces": len(pts), "seconds": time.perf_counter() - start}
+    return {"part": task.out, "sha256": digest, "pieces": len(pieces), "seconds": time.perf_counter() - start}
 
 
-def load_pieces(files: Sequence[str | Path]) -> Any:
-    """The pieces of `files` in `collect_pieces` order: by block (row-major), then as found."""
+def load_pieces(files: Sequence[str | Path], n_cols: int) -> dict[int, Any]:
+    """The pieces of `files` by row of blocks, each row in `block_rows` order: by block, then as found."""
     from ..skeleton_pieces import Pieces
 
-    ids, sizes, pts, samples = [], [], [], []
+    ids, sizes, pts, width, prob = [], [], [], [], []
     for path in files:
         with np.load(path) as data:
             ids.append(data["block"])
             sizes.append(data["sizes"])
-            pts.append(data["pts"].astype(np.int64))
-            samples.append(data["samples"].astype(np.float64))
-    pieces = Pieces(PROB_SCALE)
+            pts.append(data["pts"])
+            width.append(data["width"])
+            prob.append(data["prob"])
+    rows: dict[int, Any] = {}
     if not ids or not sum(len(i) for i in ids):
-        return pieces
+        return rows
     block, size = np.concatenate(ids), np.concatenate(sizes)
-    flat = np.split(np.concatenate(pts), np.cumsum(size)[:-1])
-    order = np.argsort(block, kind="stable")  # a block lies in one group: its own order is kept
-    pieces.pts = [flat[i] for i in order]
-    per_piece = np.split(np.concatenate(samples), np.cumsum(size - 1)[:-1])  # a piece of k points: k - 1 segments
-    pieces.samples = [per_piece[i] for i in order]
-    return pieces
+    flat = np.split(np.concatenate(pts).astype(np.int32), np.cumsum(size)[:-1])
+    segments = np.cumsum(size - 1)[:-1]
+    flat_width = np.split(np.concatenate(width), segments)
+    flat_prob = np.split(np.concatenate(prob), segments)
+    for i in np.argsort(block, kind="stable"):  # a block lies in one group: its own order is kept
+        row = rows.setdefault(int(block[i]) // n_cols, Pieces(PROB_SCALE))
+        row.pts.append(flat[i])
+        row.width.append(flat_width[i])
+        row.prob.append(flat_prob[i])
+    return rows
 
 
 def stitch_lines(files: Sequence[str | Path], prob_raster: str | Path, vectorise: Any, binary: bool) -> Any:
     """The road lines of one input from its pieces files, as `vectorise_raster(prob_raster)` gives them.
 
     `prob_raster` (the input's VRT) gives the grid, transform and CRS exactly as the
-    single-process probability GeoTIFF would.
+    single-process probability GeoTIFF would. The pieces go through `road_stream.LineStream`
+    a row of blocks at a time, as `vectorise_raster` feeds it.
     """
     import rasterio
 
-    # road_graph._graph after its collect_pieces, and vectorise_raster's grid
-    from ..road_graph import _pieces_graph, clean
+    from ..params import BLOCK_SIZE
+    from ..road_stream import LineStream
+    from ..skeleton_pieces import Pieces
     from ..vectorise import _frame, _scale, georeferencing
 
     with rasterio.open(prob_raster) as src:
         shape = src.shape
         transform, crs, crs_text = georeferencing(src)
-    scale = _scale(transform, crs, shape)
-    graph = clean(_pieces_graph(load_pieces(files), shape[1], scale), scale, min_length=vectorise.min_length,
-                  spur_length=vectorise.spur_length, gap=vectorise.gap)
-    return _frame(graph, transform, crs_text, shape, vectorise.tolerance, vectorise.smooth, not binary)
+    block = vectorise.block_size or BLOCK_SIZE
+    stream = LineStream(shape, _scale(transform, crs, shape), min_length=vectorise.min_length,
+                        spur_length=vectorise.spur_length, gap=vectorise.gap)
+    rows = load_pieces(files, -(-shape[1] // block))
+    lines = []
+    for row in range(-(-shape[0] // block)):
+        lines += stream.push(min((row + 1) * block, shape[0]), rows.pop(row, Pieces(PROB_SCALE)))
+    return _frame(lines, transform, crs_text, shape, vectorise.tolerance, vectorise.smooth, not binary)
