@@ -14,13 +14,13 @@ def classFactory(iface):  # noqa: N802 (QGIS API name)
 
     from qgis.core import QgsApplication
 
-    from . import packages
+    from .install import packages
 
     packages.activate(QgsApplication.qgisSettingsDirPath())
     if sys.version_info < MIN_PYTHON:
-        from .plugin import UnsupportedPython
+        from .gui.plugin import UnsupportedPython
 
         return UnsupportedPython(iface)
-    from .plugin import RoadSegPlugin
+    from .gui.plugin import RoadSegPlugin
 
     return RoadSegPlugin(iface)

@@ -37,7 +37,7 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QCoreApplication, QVariant
 from qgis.PyQt.QtGui import QIcon
 
-from ..deps import dependency_message, isolate_native_libraries, native_library_problem
+from ..install.deps import dependency_message, isolate_native_libraries, native_library_problem
 from .parameters import (  # noqa: F401  (re-exported: the algorithms and the dialog import them from here)
     MODEL_FILTER,
     PLUGIN_DIR,
@@ -161,7 +161,7 @@ class RoadSegAlgorithm(QgsProcessingAlgorithm):
     def require_training(what: str) -> None:
         """Raise one line pointing at the installer when the Training and GPU packages (torch...)
         are missing, instead of the ModuleNotFoundError importing them would give."""
-        from ..deps import training_message
+        from ..install.deps import training_message
 
         message = training_message(what)
         if message:
@@ -294,7 +294,7 @@ def source_to_frame(source: QgsFeatureSource | None, crs_wkt: str | None = None)
     import geopandas as gpd
     import shapely
 
-    from ..qgis_reader import crs_string
+    from ..adapters.qgis_reader import crs_string
 
     if source is None:
         return gpd.GeoDataFrame(geometry=[], crs=crs_wkt)
@@ -313,7 +313,7 @@ def layer_path(layer, what: str, temp_name: str, gsd_m: float | None = None) -> 
     """A file rasterio can read for any raster layer: its own file, or the layer written to a temp GeoTIFF."""
     from qgis.core import QgsProcessingUtils
 
-    from ..qgis_reader import ProviderReader, local_file, materialise
+    from ..adapters.qgis_reader import ProviderReader, local_file, materialise
 
     if layer is None:
         raise QgsProcessingException(f"{what}: no raster layer given")

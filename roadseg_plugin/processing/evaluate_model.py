@@ -130,7 +130,7 @@ class EvaluateModelAlgorithm(RoadSegAlgorithm):
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:
         self.require_dependencies()
         from ..core.engine import segment_raster
-        from ..task import layer_source
+        from ..gui.task import layer_source
 
         drawn_lines = import_training("drawn_lines")
         layer = self.parameterAsRasterLayer(parameters, self.RASTER, context)

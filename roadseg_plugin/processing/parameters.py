@@ -47,7 +47,7 @@ from qgis.core import (
 
 from ..core.errors import ParamError
 from ..core.params import BUNDLED_MODEL, DEVICES, InferenceParams, VectoriseParams, describe
-from ..deps import missing_dependencies
+from ..install.deps import missing_dependencies
 
 PLUGIN_DIR = Path(__file__).resolve().parent.parent
 MODEL_FILTER = "RoadSeg model (*.pt *.onnx)"

@@ -22,8 +22,8 @@ from qgis.core import (
     QgsWkbTypes,
 )
 
+from ..adapters.styles import PROBABILITY_NAME, ROADS_NAME, style_on_load, style_probability, style_roads
 from ..core.params import InferenceParams, VectoriseParams
-from ..styles import PROBABILITY_NAME, ROADS_NAME, style_on_load, style_probability, style_roads
 from .base import (
     RoadSegAlgorithm,
     add_lines,
@@ -91,7 +91,7 @@ class SegmentRoadsAlgorithm(RoadSegAlgorithm):
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:
         self.require_dependencies()
         from ..core.pipeline import extract_roads
-        from ..task import layer_source
+        from ..gui.task import layer_source
 
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         if layer is None:

@@ -18,8 +18,8 @@ from qgis.core import (  # noqa: E402
 )
 
 from roadseg_plugin.core.params import BUNDLED_MODEL, InferenceParams, VectoriseParams  # noqa: E402
-from roadseg_plugin.dialog import EXTENT_CANVAS, EXTENT_LAYER, EXTENT_POLYGONS, SegmentDialog  # noqa: E402
-from roadseg_plugin.params import SegmentParams  # noqa: E402
+from roadseg_plugin.gui.dialog import EXTENT_CANVAS, EXTENT_LAYER, EXTENT_POLYGONS, SegmentDialog  # noqa: E402
+from roadseg_plugin.gui.params import SegmentParams  # noqa: E402
 from tests.plugin.conftest import (  # noqa: E402
     UTM19_ORIGIN,
     assert_options_arrived,

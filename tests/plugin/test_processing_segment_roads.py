@@ -258,7 +258,7 @@ def test_loaded_outputs_are_named_and_styled_as_the_dialogs(roadseg_provider, ro
     import processing
     from qgis.core import QgsRasterLayer, QgsSingleBandPseudoColorRenderer, QgsSingleSymbolRenderer
 
-    from roadseg_plugin.styles import CASING_COLOUR, ROAD_COLOUR, ROAD_WIDTH_MM
+    from roadseg_plugin.adapters.styles import CASING_COLOUR, ROAD_COLOUR, ROAD_WIDTH_MM
 
     path, _ = road_rasters("area.tif", size=96, seed=3)
     aerial = QgsRasterLayer(str(path), "aerial")

@@ -24,7 +24,7 @@ MENU = "&RoadSeg"
 ACTION_TEXT = "Segment roads"
 INSTALL_TEXT = "Install packages..."
 TRAIN_TEXT = "Train model from drawn road lines..."
-ICON_PATH = Path(__file__).resolve().parent / "icon.png"
+ICON_PATH = Path(__file__).resolve().parent.parent / "icon.png"
 
 
 def log(message: str, level: Any = Qgis.Info) -> None:
@@ -56,7 +56,7 @@ class RoadSegPlugin:
         if self.provider is not None:
             return
         try:
-            from .processing.provider import RoadSegProvider
+            from ..processing.provider import RoadSegProvider
         except ImportError as exc:  # the provider itself must not need torch; say so if it does
             log(f"Processing provider not available: {exc}", Qgis.Warning)
             return
@@ -132,7 +132,7 @@ class RoadSegPlugin:
     def check_dependencies(self) -> bool:
         """True when the CPU-inference packages import; otherwise show the one-line message
         with its "Install packages..." button (once: not again while it is still shown)."""
-        from . import deps
+        from ..install import deps
 
         missing = deps.missing_dependencies()
         if not missing:
@@ -167,7 +167,7 @@ class RoadSegPlugin:
             return
         import processing
 
-        from .processing.base import PROVIDER_ID
+        from ..processing.base import PROVIDER_ID
 
         processing.execAlgorithmDialog(f"{PROVIDER_ID}:trainfromlines", {})
 
@@ -193,7 +193,7 @@ class RoadSegPlugin:
         The wheels' own GEOS/GDAL/PROJ are isolated from QGIS's first (shapely#1186), exactly as
         the Processing algorithms do, so both entry points behave the same.
         """
-        from . import deps
+        from ..install import deps
 
         deps.isolate_native_libraries()
         problem = deps.native_library_problem()
@@ -218,7 +218,7 @@ class RoadSegPlugin:
         """Start segmenting in the QGIS task manager; returns the task (None if it could not start)."""
         if not self.check_geos():  # here, so every caller (dialog, scripts, console) gets the check
             return None
-        from .core.errors import RoadSegError
+        from ..core.errors import RoadSegError
         from .task import RoadSegTask
 
         try:
@@ -240,7 +240,7 @@ class UnsupportedPython:
     def initGui(self) -> None:  # noqa: N802 (QGIS API name)
         import sys
 
-        from . import MIN_PYTHON
+        from .. import MIN_PYTHON
 
         text = (f"RoadSeg needs Python {'.'.join(map(str, MIN_PYTHON))} or newer; this QGIS runs Python "
                 f"{sys.version_info[0]}.{sys.version_info[1]}. Use a newer QGIS (on Windows 3.34.5 or newer).")

@@ -36,12 +36,12 @@ from qgis.core import (
     QgsVectorLayer,
 )
 
-from .core.errors import Cancelled, RoadSegError
-from .core.params import InferenceParams
+from ..adapters.styles import PROBABILITY_NAME, style_probability, style_roads
+from ..core.errors import Cancelled, RoadSegError
+from ..core.params import InferenceParams
+from ..processing.base import qgis_message
 from .params import SegmentParams
 from .plugin import PLUGIN_NAME, log
-from .processing.base import qgis_message
-from .styles import PROBABILITY_NAME, style_probability, style_roads
 
 
 class Status(Enum):
@@ -137,7 +137,7 @@ class RoadSegTask(QgsTask):
         self.outcome.seconds = time.monotonic() - start
 
     def _extract(self) -> TaskOutcome:
-        from .core.pipeline import extract_roads
+        from ..core.pipeline import extract_roads
 
         params = self.params
         if params.output is None:  # a temporary layer: lines (and probabilities) in a folder of our own
@@ -242,7 +242,7 @@ def layer_source(layer: QgsRasterLayer, params: InferenceParams, aoi: QgsGeometr
     it lists the layer's local file in `files`, so that the pipeline refuses an output that
     would overwrite it. A web map without extent or areas is refused here, before any work.
     """
-    from .qgis_reader import local_file, raster_source
+    from ..adapters.qgis_reader import local_file, raster_source
 
     extent = QgsRectangle(*params.extent) if params.extent is not None else None
     whole_file = extent is None and aoi is None and local_file(layer) is not None
@@ -263,10 +263,10 @@ def reading_gsd(layer: QgsRasterLayer, model: str | None) -> float | None:
     """The model's GSD when the layer must be resampled to it (as the engine does for files:
     no native pixel size, or one more than 25 % off); None reads at the layer's own pixels.
     An unreadable model gives None here; the pipeline then reports the model error."""
-    from .core.gsd import metres_to_crs_units
-    from .core.params import read_model_info
-    from .core.readers import GSD_TOLERANCE
-    from .qgis_reader import crs_string
+    from ..adapters.qgis_reader import crs_string
+    from ..core.gsd import metres_to_crs_units
+    from ..core.params import read_model_info
+    from ..core.readers import GSD_TOLERANCE
 
     try:
         gsd = read_model_info(model).gsd_m  # metadata only: no torch on the main thread

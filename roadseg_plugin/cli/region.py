@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .cli import EXIT_CANCELLED, add_options, build
-from .core.errors import Cancelled
-from .core.params import InferenceParams, VectoriseParams
+from ..core.errors import Cancelled
+from ..core.params import InferenceParams, VectoriseParams
+from .main import EXIT_CANCELLED, add_options, build
 
 DEFAULT_CHUNK = 8192  # = core.region.plan.DEFAULT_CHUNK (not imported: --help stays light)
 
@@ -67,7 +67,7 @@ class _Bar:
 
 
 def cmd_segment_region(args: argparse.Namespace) -> int:
-    from .core.region import segment_region
+    from ..core.region import segment_region
 
     params, vectorise = build(InferenceParams, args), build(VectoriseParams, args)
     bar = _Bar()

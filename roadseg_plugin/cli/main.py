@@ -26,8 +26,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from .core.errors import Cancelled, RoadSegError
-from .core.params import InferenceParams, VectoriseParams, describe
+from ..core.errors import Cancelled, RoadSegError
+from ..core.params import InferenceParams, VectoriseParams, describe
 
 EXIT_BAD_INPUT = 2
 EXIT_CANCELLED = 130
@@ -184,7 +184,7 @@ def _report(result: Any, binary: bool = False) -> None:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from .core.pipeline import extract_roads
+    from ..core.pipeline import extract_roads
 
     params, vectorise = build(InferenceParams, args), build(VectoriseParams, args)
     bar, update = _progress_bar("segment")
@@ -198,7 +198,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 
 def cmd_vectorise(args: argparse.Namespace) -> int:
-    from .core.pipeline import vectorise_file
+    from ..core.pipeline import vectorise_file
 
     vectorise = build(VectoriseParams, args)
     bar, update = _progress_bar("vectorise")
@@ -209,9 +209,9 @@ def cmd_vectorise(args: argparse.Namespace) -> int:
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
-    from .core.errors import OutputError
-    from .core.onnx_backend import export_onnx
-    from .core.outputs import check_outputs
+    from ..core.errors import OutputError
+    from ..core.onnx_backend import export_onnx
+    from ..core.outputs import check_outputs
 
     check_outputs({"ONNX model": args.out}, [args.model])
     if args.out.suffix.lower() != ".onnx":
@@ -219,8 +219,8 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
                           "name it something.onnx")
     print(f"wrote {export_onnx(args.model, args.out, deepness=args.deepness)}")
     if args.deepness:
-        from .core.deepness import deepness_notes
-        from .core.params import read_model_info
+        from ..core.deepness import deepness_notes
+        from ..core.params import read_model_info
 
         for note in deepness_notes(read_model_info(args.out)):
             print(note)
@@ -228,10 +228,10 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from .core.errors import OutputError, ParamError
-    from .core.outputs import check_outputs
-    from .core.params import BUNDLED_MODEL
-    from .core.quantize import FORMS, calibration_images, quantize_model
+    from ..core.errors import OutputError, ParamError
+    from ..core.outputs import check_outputs
+    from ..core.params import BUNDLED_MODEL
+    from ..core.quantize import FORMS, calibration_images, quantize_model
 
     check_outputs({"int8 model": args.out}, [args.model or BUNDLED_MODEL, *calibration_images(args.calibration)])
     if args.out is not None and args.out.suffix.lower() != ".onnx":
@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     _vectorise_parser(sub)
     _export_parser(sub)
     _quantize_parser(sub)
-    from .region_cli import add_parser as region_parser  # imports this module: here, not at the top
+    from .region import add_parser as region_parser  # imports this module: here, not at the top
     region_parser(sub)
     return parser
 
