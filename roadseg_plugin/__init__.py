@@ -2,7 +2,7 @@
 `python -m roadseg_plugin` works without QGIS and QGIS starts fast.
 
 `classFactory` (called by the QGIS desktop and by qgis_process) first puts RoadSeg's own
-package folder, `<profile>/python/roadseg-packages/py3.X` (see `packages`), at the front of
+package folder, `<profile>/python/roadseg-packages/py3.X` (see `install.packages`), at the front of
 `sys.path`, before anything imports numpy or the other packages installed there.
 """
 
@@ -20,7 +20,7 @@ def classFactory(iface):  # noqa: N802 (QGIS API name)
     if sys.version_info < MIN_PYTHON:
         from .gui.plugin import UnsupportedPython
 
-        return UnsupportedPython(iface)
+        return UnsupportedPython(iface, MIN_PYTHON)
     from .gui.plugin import RoadSegPlugin
 
     return RoadSegPlugin(iface)

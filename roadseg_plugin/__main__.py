@@ -1,4 +1,4 @@
-"""`python -m roadseg_plugin ...`: the command line (see `roadseg_plugin.cli`)."""
+"""`python -m roadseg_plugin ...`: the command line (see `roadseg_plugin.cli.main`)."""
 import sys
 
 from .cli.main import main

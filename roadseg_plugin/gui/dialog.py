@@ -42,15 +42,10 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
+from ..adapters.options import MODEL_FILTER, devices, option_label, qgis_message
 from ..adapters.styles import ROADS_NAME
 from ..core.params import BUNDLED_MODEL, VECTOR_EXTENSIONS, InferenceParams, VectoriseParams, describe
-from ..processing.base import (
-    MODEL_FILTER,
-    PROVIDER_ID,
-    devices,
-    option_label,
-    qgis_message,
-)
+from ..log import PROVIDER_ID
 from .option_editors import option_editor
 from .params import SegmentParams
 

@@ -1,7 +1,7 @@
 """What every RoadSeg Processing algorithm shares: `tr`, `createInstance`, the group, help,
 tags and help URL, the dependency check, error mapping, and the QGIS <-> GeoDataFrame
-conversions. The parameters generated from `core.params`, their help and the QGIS wording of
-the core's messages live in `parameters` and are re-exported here.
+conversions. The parameters generated from `core.params` and their help live in `parameters`
+and are re-exported here; the QGIS wording of the core's messages is `adapters.options`.
 
 Nothing here imports torch, rasterio or the heavy core at module level (`core.params` is plain
 Python): the provider must load (and list its algorithms) when those packages are missing;
@@ -37,26 +37,16 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QCoreApplication, QVariant
 from qgis.PyQt.QtGui import QIcon
 
+from ..adapters.options import qgis_message
 from ..install.deps import dependency_message, isolate_native_libraries, native_library_problem
-from .parameters import (  # noqa: F401  (re-exported: the algorithms and the dialog import them from here)
-    MODEL_FILTER,
+from .parameters import (  # noqa: F401  (re-exported: the algorithms import them from here)
     PLUGIN_DIR,
     add_parameters,
-    band_numbers,
-    cuda_available,
-    devices,
     given,
     lengths_note,
-    metres_per_unit,
-    option_choices,
-    option_kind,
-    option_label,
-    option_title,
     options_help,
     parameters_help,
     project_url,
-    qgis_message,
-    qgis_words,
     read_parameters,
     set_help,
 )
@@ -65,7 +55,6 @@ if TYPE_CHECKING:
     import geopandas as gpd
 
 T = TypeVar("T")
-PROVIDER_ID = "roadseg"  # algorithm ids are "roadseg:<name>"
 
 ICON = PLUGIN_DIR / "icon.png"
 LINE_FIELDS = (("id", QVariant.Int), ("length_m", QVariant.Double), ("width_m", QVariant.Double),

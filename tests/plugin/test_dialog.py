@@ -65,7 +65,7 @@ def test_lists_loaded_raster_layers_only(qgis_iface, road_raster_layer, tmp_path
 
 
 def test_device_list_and_defaults(dialog):
-    from roadseg_plugin.processing.base import devices as devices_offered  # the one list, shared with Processing
+    from roadseg_plugin.adapters.options import devices as devices_offered  # the one list, shared with Processing
 
     devices = [dialog.device_combo.itemText(i) for i in range(dialog.device_combo.count())]
     assert devices[:2] == ["auto", "cpu"]

@@ -152,8 +152,8 @@ def test_every_option_has_a_parameter_from_its_metadata(roadseg_provider) -> Non
     """One parameter per option, keyed by the upper-case field name, with the core's default and help."""
     from qgis.core import QgsApplication, QgsProcessingParameterDefinition
 
+    from roadseg_plugin.adapters.options import qgis_words
     from roadseg_plugin.core.params import BUNDLED_MODEL, InferenceParams, VectoriseParams, describe
-    from roadseg_plugin.processing.base import qgis_words
     from roadseg_plugin.processing.segment_roads import SINK_OPTIONS
 
     assert SINK_OPTIONS == ("format",)  # the only option the feature sink decides instead

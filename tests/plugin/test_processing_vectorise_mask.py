@@ -87,8 +87,8 @@ def test_parameters_are_generated_from_vectorise_params(roadseg_provider) -> Non
 
     from qgis.core import QgsApplication, QgsProcessingParameterDefinition
 
+    from roadseg_plugin.adapters.options import qgis_words
     from roadseg_plugin.core.params import VectoriseParams, describe
-    from roadseg_plugin.processing.base import qgis_words
 
     alg = QgsApplication.processingRegistry().algorithmById("roadseg:vectorisemask")
     for f in fields(VectoriseParams):
