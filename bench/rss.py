@@ -38,7 +38,7 @@ def _timed(out: str, work) -> int:
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--cli"]:
-        from roadseg_plugin.cli import main as cli
+        from roadseg_plugin.cli.main import main as cli
 
         return _timed(argv[1], lambda: cli(argv[2:]))
     if argv[:1] == ["--in-memory"]:

@@ -2,7 +2,7 @@
 `python -m roadseg_plugin` works without QGIS and QGIS starts fast.
 
 `classFactory` (called by the QGIS desktop and by qgis_process) first puts RoadSeg's own
-package folder, `<profile>/python/roadseg-packages/py3.X` (see `packages`), at the front of
+package folder, `<profile>/python/roadseg-packages/py3.X` (see `install.packages`), at the front of
 `sys.path`, before anything imports numpy or the other packages installed there.
 """
 
@@ -14,13 +14,13 @@ def classFactory(iface):  # noqa: N802 (QGIS API name)
 
     from qgis.core import QgsApplication
 
-    from . import packages
+    from .install import packages
 
     packages.activate(QgsApplication.qgisSettingsDirPath())
     if sys.version_info < MIN_PYTHON:
-        from .plugin import UnsupportedPython
+        from .gui.plugin import UnsupportedPython
 
-        return UnsupportedPython(iface)
-    from .plugin import RoadSegPlugin
+        return UnsupportedPython(iface, MIN_PYTHON)
+    from .gui.plugin import RoadSegPlugin
 
     return RoadSegPlugin(iface)

@@ -1,6 +1,6 @@
-"""`python -m roadseg_plugin ...`: the command line (see `roadseg_plugin.cli`)."""
+"""`python -m roadseg_plugin ...`: the command line (see `roadseg_plugin.cli.main`)."""
 import sys
 
-from .cli import main
+from .cli.main import main
 
 sys.exit(main())

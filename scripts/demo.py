@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    from roadseg_plugin.cli import main as roadseg
+    from roadseg_plugin.cli.main import main as roadseg
     from roadseg_plugin.core.checkpoint import BUNDLED_MODEL
     from training.train import TrainConfig, train_model
 

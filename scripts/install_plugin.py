@@ -10,7 +10,7 @@ place), and sets `roadseg_plugin=true` under `[PythonPlugins]` in `PROFILE/QGIS/
 keeping every other setting. Then the package set (default: CPU inference) is installed for
 QGIS's Python (--python; default `packages.default_qgis_python()`, /usr/bin/python3 on Linux)
 into `PROFILE/python/roadseg-packages/py3.X` with pip, by the same code the plugin's installer
-dialog runs (`roadseg_plugin/packages.py`); nothing is downloaded when every module of the set
+dialog runs (`roadseg_plugin/install/packages.py`); nothing is downloaded when every module of the set
 already imports there. QGIS (and `qgis_process`) load the plugin at their next start.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from package import PLUGIN, ROOT, read_version  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
-from roadseg_plugin import packages  # noqa: E402  (plain Python: no QGIS, Qt or third-party imports)
+from roadseg_plugin.install import packages  # noqa: E402  (plain Python: no QGIS, Qt or third-party imports)
 
 
 def _qt_ini() -> configparser.ConfigParser:

@@ -117,7 +117,7 @@ def start():
     STATE["raster_crs"] = layer.crs().authid()
 
     from roadseg_plugin.core.params import InferenceParams, VectoriseParams
-    from roadseg_plugin.params import SegmentParams
+    from roadseg_plugin.gui.params import SegmentParams
 
     params = SegmentParams(layer_id=layer.id(), inference=InferenceParams(model=CFG["model"], device=CFG["device"]),
                            vectorise=VectoriseParams(**({} if CFG["min_length"] is None

@@ -15,7 +15,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from roadseg_plugin.cli import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_TERMINATED, Terminated
+from roadseg_plugin.cli.options import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_TERMINATED, Terminated
 from roadseg_plugin.core.errors import RoadSegError
 from roadseg_plugin.core.params import FINETUNE_MINUTES, ROAD_HALF_WIDTH_M
 

@@ -1,7 +1,7 @@
 """What every RoadSeg Processing algorithm shares: `tr`, `createInstance`, the group, help,
 tags and help URL, the dependency check, error mapping, and the QGIS <-> GeoDataFrame
-conversions. The parameters generated from `core.params`, their help and the QGIS wording of
-the core's messages live in `parameters` and are re-exported here.
+conversions. The parameters generated from `core.params` and their help live in `parameters`
+and are re-exported here; the QGIS wording of the core's messages is `adapters.options`.
 
 Nothing here imports torch, rasterio or the heavy core at module level (`core.params` is plain
 Python): the provider must load (and list its algorithms) when those packages are missing;
@@ -37,26 +37,16 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QCoreApplication, QVariant
 from qgis.PyQt.QtGui import QIcon
 
-from ..deps import dependency_message, isolate_native_libraries, native_library_problem
-from .parameters import (  # noqa: F401  (re-exported: the algorithms and the dialog import them from here)
-    MODEL_FILTER,
+from ..adapters.options import qgis_message
+from ..install.deps import dependency_message, isolate_native_libraries, native_library_problem
+from .parameters import (  # noqa: F401  (re-exported: the algorithms import them from here)
     PLUGIN_DIR,
     add_parameters,
-    band_numbers,
-    cuda_available,
-    devices,
     given,
     lengths_note,
-    metres_per_unit,
-    option_choices,
-    option_kind,
-    option_label,
-    option_title,
     options_help,
     parameters_help,
     project_url,
-    qgis_message,
-    qgis_words,
     read_parameters,
     set_help,
 )
@@ -65,7 +55,6 @@ if TYPE_CHECKING:
     import geopandas as gpd
 
 T = TypeVar("T")
-PROVIDER_ID = "roadseg"  # algorithm ids are "roadseg:<name>"
 
 ICON = PLUGIN_DIR / "icon.png"
 LINE_FIELDS = (("id", QVariant.Int), ("length_m", QVariant.Double), ("width_m", QVariant.Double),
@@ -161,7 +150,7 @@ class RoadSegAlgorithm(QgsProcessingAlgorithm):
     def require_training(what: str) -> None:
         """Raise one line pointing at the installer when the Training and GPU packages (torch...)
         are missing, instead of the ModuleNotFoundError importing them would give."""
-        from ..deps import training_message
+        from ..install.deps import training_message
 
         message = training_message(what)
         if message:
@@ -294,7 +283,7 @@ def source_to_frame(source: QgsFeatureSource | None, crs_wkt: str | None = None)
     import geopandas as gpd
     import shapely
 
-    from ..qgis_reader import crs_string
+    from ..adapters.qgis_reader import crs_string
 
     if source is None:
         return gpd.GeoDataFrame(geometry=[], crs=crs_wkt)
@@ -313,7 +302,7 @@ def layer_path(layer, what: str, temp_name: str, gsd_m: float | None = None) -> 
     """A file rasterio can read for any raster layer: its own file, or the layer written to a temp GeoTIFF."""
     from qgis.core import QgsProcessingUtils
 
-    from ..qgis_reader import ProviderReader, local_file, materialise
+    from ..adapters.qgis_reader import ProviderReader, local_file, materialise
 
     if layer is None:
         raise QgsProcessingException(f"{what}: no raster layer given")

@@ -129,8 +129,8 @@ class EvaluateModelAlgorithm(RoadSegAlgorithm):
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:
         self.require_dependencies()
+        from ..adapters.layers import layer_source
         from ..core.engine import segment_raster
-        from ..task import layer_source
 
         drawn_lines = import_training("drawn_lines")
         layer = self.parameterAsRasterLayer(parameters, self.RASTER, context)

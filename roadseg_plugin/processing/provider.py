@@ -4,7 +4,8 @@ from __future__ import annotations
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
-from .base import ICON, PROVIDER_ID
+from ..log import PROVIDER_ID
+from .base import ICON
 from .evaluate_model import EvaluateModelAlgorithm
 from .segment_region import SegmentRegionAlgorithm
 from .segment_roads import SegmentRoadsAlgorithm

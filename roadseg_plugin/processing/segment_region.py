@@ -37,8 +37,8 @@ def require_dask() -> None:
     import shlex
     from importlib.util import find_spec
 
-    from ..deps import python_executable
-    from ..packages import packages_dir
+    from ..install.deps import python_executable
+    from ..install.packages import packages_dir
 
     if find_spec("distributed") is None:
         try:
@@ -110,8 +110,8 @@ class SegmentRegionAlgorithm(RoadSegAlgorithm):
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:
         self.require_dependencies()
         require_dask()
+        from ..adapters.qgis_reader import local_file
         from ..core.region import segment_region
-        from ..qgis_reader import local_file
 
         layers = self.parameterAsLayerList(parameters, self.INPUTS, context)
         if not layers:

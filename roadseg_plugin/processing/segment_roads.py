@@ -22,8 +22,9 @@ from qgis.core import (
     QgsWkbTypes,
 )
 
+from ..adapters.options import qgis_message
+from ..adapters.styles import PROBABILITY_NAME, ROADS_NAME, style_on_load, style_probability, style_roads
 from ..core.params import InferenceParams, VectoriseParams
-from ..styles import PROBABILITY_NAME, ROADS_NAME, style_on_load, style_probability, style_roads
 from .base import (
     RoadSegAlgorithm,
     add_lines,
@@ -34,7 +35,6 @@ from .base import (
     lengths_note,
     line_fields,
     polygons_in,
-    qgis_message,
     read_parameters,
     set_help,
 )
@@ -90,8 +90,8 @@ class SegmentRoadsAlgorithm(RoadSegAlgorithm):
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:
         self.require_dependencies()
+        from ..adapters.layers import layer_source
         from ..core.pipeline import extract_roads
-        from ..task import layer_source
 
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         if layer is None:

@@ -21,6 +21,7 @@ from qgis.core import (
     QgsProcessingUtils,
 )
 
+from ..adapters.options import devices
 from ..core.params import (
     BUNDLED_MODEL,
     FINETUNE_MINUTES,
@@ -31,7 +32,6 @@ from ..core.params import (
 )
 from .base import (
     RoadSegAlgorithm,
-    devices,
     import_training,
     in_python_thread,
     layer_path,

@@ -20,8 +20,8 @@ from qgis.core import (
     QgsWkbTypes,
 )
 
+from ..adapters.styles import ROADS_NAME, style_on_load, style_roads
 from ..core.params import VectoriseParams
-from ..styles import ROADS_NAME, style_on_load, style_roads
 from .base import (
     RoadSegAlgorithm,
     add_lines,

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from roadseg_plugin.cli import main
+from roadseg_plugin.cli.main import main
 from tests.core.test_engine import contrast_checkpoint, scene, write_tif  # noqa: F401 (fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -130,7 +130,8 @@ def cli_words(name: str, value) -> list[str]:
 def test_every_option_reaches_the_params(tmp_path):
     from dataclasses import fields
 
-    from roadseg_plugin.cli import build, build_parser
+    from roadseg_plugin.cli.main import build_parser
+    from roadseg_plugin.cli.options import build
     from roadseg_plugin.core.params import InferenceParams, VectoriseParams
     from tests.option_values import NON_DEFAULT
 
@@ -147,7 +148,8 @@ def test_every_option_reaches_the_params(tmp_path):
 
 
 def test_unset_options_take_the_dataclass_defaults():
-    from roadseg_plugin.cli import build, build_parser
+    from roadseg_plugin.cli.main import build_parser
+    from roadseg_plugin.cli.options import build
     from roadseg_plugin.core.params import InferenceParams, VectoriseParams
 
     args = build_parser().parse_args(["segment", "in.tif", "--out", "roads.gpkg"])

@@ -28,6 +28,15 @@ def test_pyproject_declares_the_commands_and_their_functions_exist() -> None:
         assert callable(getattr(import_module(module), function)), target
 
 
+def test_pyproject_lists_every_package() -> None:
+    """setuptools installs only the packages pyproject names: a new folder left out would be
+    missing from a non-editable install."""
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(init.parent.relative_to(ROOT).parts) for top in ("roadseg_plugin", "training")
+             for init in (ROOT / top).rglob("__init__.py")}
+    assert listed == found
+
+
 def test_make_setup_installs_the_commands() -> None:
     setup = (ROOT / "scripts" / "setup.sh").read_text()
     assert "scripts/install_commands.sh .venv" in setup

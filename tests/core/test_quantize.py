@@ -10,7 +10,7 @@ import rasterio
 import torch
 from rasterio.windows import Window
 
-from roadseg_plugin.cli import main
+from roadseg_plugin.cli.main import main
 from roadseg_plugin.core.backends import load_backend
 from roadseg_plugin.core.checkpoint import BUNDLED_MODEL, load_model, save_checkpoint
 from roadseg_plugin.core.errors import CheckpointError, RasterError

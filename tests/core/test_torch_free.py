@@ -103,9 +103,10 @@ except ImportError:
 assert importlib.util.find_spec("torch") is None
 for name in ("roadseg_plugin.core.engine", "roadseg_plugin.core.pipeline", "roadseg_plugin.core.vectorise",
              "roadseg_plugin.core.readers", "roadseg_plugin.core.onnx_backend", "roadseg_plugin.core.backends",
-             "roadseg_plugin.core.params", "roadseg_plugin.cli", "roadseg_plugin.deps", "roadseg_plugin.packages"):
+             "roadseg_plugin.core.params", "roadseg_plugin.cli.main", "roadseg_plugin.install.deps",
+             "roadseg_plugin.install.packages"):
     importlib.import_module(name)
-from roadseg_plugin import deps
+from roadseg_plugin.install import deps
 print(deps.missing_dependencies(), deps.missing_optional())
 print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "roadseg_plugin.core.checkpoint")))
 """
@@ -180,8 +181,8 @@ QgsApplication.processingRegistry().addProvider(provider)
 result = {}
 # the Segment roads button: the dialog's task, run here on this thread
 from roadseg_plugin.core.params import InferenceParams, VectoriseParams
-from roadseg_plugin.params import SegmentParams
-from roadseg_plugin.task import RoadSegTask
+from roadseg_plugin.gui.params import SegmentParams
+from roadseg_plugin.gui.task import RoadSegTask
 layer = QgsRasterLayer(sys.argv[1], "aerial")
 QgsProject.instance().addMapLayer(layer)
 task = RoadSegTask(SegmentParams(layer_id=layer.id(), inference=InferenceParams(device="cpu"),

@@ -35,8 +35,8 @@ def _cli(raster: Path, out: Path) -> tuple[Path, Path]:
 def _task(raster: Path, out: Path, project) -> tuple[Path, Path]:
     from qgis.core import QgsRasterLayer
 
-    from roadseg_plugin.params import SegmentParams
-    from roadseg_plugin.task import RoadSegTask
+    from roadseg_plugin.gui.params import SegmentParams
+    from roadseg_plugin.gui.task import RoadSegTask
 
     layer = QgsRasterLayer(str(raster), "sample")
     project.addMapLayer(layer)

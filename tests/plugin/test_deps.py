@@ -1,4 +1,4 @@
-"""roadseg_plugin.deps: what is missing, the one-line message, the manual command, native-library isolation."""
+"""roadseg_plugin.install.deps: what is missing, the one-line message, the manual command, native-library isolation."""
 from __future__ import annotations
 
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from roadseg_plugin import deps
+from roadseg_plugin.install import deps
 
 
 def test_nothing_is_missing_in_the_project_environment() -> None:
@@ -67,7 +67,7 @@ def test_load_installed_imports_into_this_process() -> None:
 
 
 def test_import_does_not_pull_heavy_packages() -> None:
-    code = ("import sys, roadseg_plugin.deps as d; d.missing_dependencies(); d.dependency_message(); "
+    code = ("import sys, roadseg_plugin.install.deps as d; d.missing_dependencies(); d.dependency_message(); "
             "print(sorted(m for m in ('torch', 'rasterio', 'geopandas', 'numpy', 'qgis') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           cwd=str(deps.__file__).rsplit("/roadseg_plugin/", 1)[0])
@@ -77,7 +77,7 @@ def test_import_does_not_pull_heavy_packages() -> None:
 ISOLATION = """
 import ctypes, ctypes.util, os, sys
 ctypes.CDLL(ctypes.util.find_library("geos_c"), mode=os.RTLD_GLOBAL)  # what the QGIS program does
-from roadseg_plugin import deps
+from roadseg_plugin.install import deps
 if sys.argv[1] == "isolate":
     print(deps.isolate_native_libraries())
 from shapely.geometry import LineString

@@ -18,8 +18,8 @@ from qgis.core import (  # noqa: E402
 )
 
 from roadseg_plugin.core.params import BUNDLED_MODEL, InferenceParams, VectoriseParams  # noqa: E402
-from roadseg_plugin.dialog import EXTENT_CANVAS, EXTENT_LAYER, EXTENT_POLYGONS, SegmentDialog  # noqa: E402
-from roadseg_plugin.params import SegmentParams  # noqa: E402
+from roadseg_plugin.gui.dialog import EXTENT_CANVAS, EXTENT_LAYER, EXTENT_POLYGONS, SegmentDialog  # noqa: E402
+from roadseg_plugin.gui.params import SegmentParams  # noqa: E402
 from tests.plugin.conftest import (  # noqa: E402
     UTM19_ORIGIN,
     assert_options_arrived,
@@ -65,7 +65,7 @@ def test_lists_loaded_raster_layers_only(qgis_iface, road_raster_layer, tmp_path
 
 
 def test_device_list_and_defaults(dialog):
-    from roadseg_plugin.processing.base import devices as devices_offered  # the one list, shared with Processing
+    from roadseg_plugin.adapters.options import devices as devices_offered  # the one list, shared with Processing
 
     devices = [dialog.device_combo.itemText(i) for i in range(dialog.device_combo.count())]
     assert devices[:2] == ["auto", "cpu"]

@@ -90,8 +90,8 @@ def test_qgis_runs_write_nothing_beside_their_inputs(roadseg_provider, qgis_new_
     from qgis.core import QgsRasterLayer
 
     from roadseg_plugin.core.params import InferenceParams
-    from roadseg_plugin.params import SegmentParams
-    from roadseg_plugin.task import RoadSegTask
+    from roadseg_plugin.gui.params import SegmentParams
+    from roadseg_plugin.gui.task import RoadSegTask
 
     QgsRasterLayer(str(inputs / "small.tif"), "first load")  # QGIS's own PAM file, if it can write one
     gc.collect()

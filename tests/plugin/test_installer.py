@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from roadseg_plugin import deps, packages
-from roadseg_plugin.packages import CPU, TRAINING
+from roadseg_plugin.install import deps, packages
+from roadseg_plugin.install.packages import CPU, TRAINING
 
 ROOT = Path(__file__).resolve().parents[2]
 FAKE_PIP = "import time; print('Collecting numpy'); print('Installing collected packages: numpy'); " \
@@ -228,7 +228,7 @@ qgis_core = pytest.importorskip("qgis.core")
 
 @pytest.fixture
 def dialog(qgis_app, tmp_path, monkeypatch):
-    from roadseg_plugin.installer_dialog import InstallerDialog
+    from roadseg_plugin.gui.installer_dialog import InstallerDialog
 
     monkeypatch.setattr(packages, "nvidia_driver", lambda: None)
     dlg = InstallerDialog(python=sys.executable, target=tmp_path / "py3.11")
@@ -372,7 +372,7 @@ def test_dialog_says_restart_when_this_qgis_cannot_load_them(dialog, tqdm_missin
 
 
 def test_dialog_reports_an_unwritable_folder(qgis_app, tmp_path, monkeypatch):
-    from roadseg_plugin.installer_dialog import InstallerDialog
+    from roadseg_plugin.gui.installer_dialog import InstallerDialog
 
     real = packages.installed
     monkeypatch.setattr(packages, "installed", lambda m: m != "tqdm" and real(m))  # something to install
@@ -404,8 +404,8 @@ def plugin_missing_rasterio(qgis_iface, qgis_processing, qgis_new_project, monke
 def test_missing_packages_give_one_line_with_an_install_button(plugin_missing_rasterio, qgis_iface):
     from qgis.PyQt.QtWidgets import QPushButton
 
-    from roadseg_plugin.installer_dialog import InstallerDialog
-    from roadseg_plugin.plugin import INSTALL_TEXT, MENU, TRAIN_TEXT
+    from roadseg_plugin.gui.installer_dialog import InstallerDialog
+    from roadseg_plugin.gui.plugin import INSTALL_TEXT, MENU, TRAIN_TEXT
 
     plugin, bar = plugin_missing_rasterio, qgis_iface.messageBar()
     assert len(bar.items()) == 1
@@ -431,7 +431,7 @@ def test_a_qgis_with_an_old_python_gets_one_message_instead_of_the_plugin(qgis_i
     from qgis.core import Qgis
 
     import roadseg_plugin
-    from roadseg_plugin.plugin import UnsupportedPython
+    from roadseg_plugin.gui.plugin import UnsupportedPython
 
     monkeypatch.setattr(roadseg_plugin, "MIN_PYTHON", (9, 0))
     bar = qgis_iface.messageBar()
@@ -501,7 +501,7 @@ def start():
     iface.mainWindow().setGeometry(0, 0, *CFG["window"])
     plugin = qgis.utils.plugins.get("roadseg_plugin")
     STATE["plugin_loaded"] = plugin is not None
-    from roadseg_plugin import deps, packages
+    from roadseg_plugin.install import deps, packages
     STATE["folder"] = str(packages.packages_dir())
     STATE["folder_first_on_path"] = sys.path.index(STATE["folder"]) < sys.path.index("/usr/lib/python3/dist-packages")
     STATE["missing_at_load"] = deps.missing_dependencies()
@@ -569,7 +569,7 @@ def poll():
 
 @guarded
 def segment():
-    from roadseg_plugin.dialog import SegmentDialog
+    from roadseg_plugin.gui.dialog import SegmentDialog
     plugin = qgis.utils.plugins["roadseg_plugin"]
     STATE["bar_after_install"] = [item.text() for item in qgis.utils.iface.messageBar().items()]
 

@@ -63,9 +63,9 @@ def test_zip_content(plugin_zip: Path) -> None:
         names = zf.namelist()
         assert zf.read("roadseg_plugin/metadata.txt") == (ROOT / "metadata.txt").read_bytes()
     assert all(n.startswith("roadseg_plugin/") for n in names)
-    for needed in ("__init__.py", "plugin.py", "deps.py", "qgis_reader.py", "icon.png", "processing/provider.py",
-                   "core/engine.py", "training/__init__.py", "training/train.py", "training/drawn_lines.py",
-                   "training/callbacks/__init__.py"):
+    for needed in ("__init__.py", "gui/plugin.py", "install/deps.py", "adapters/qgis_reader.py", "cli/main.py",
+                   "icon.png", "processing/provider.py", "core/engine.py", "training/__init__.py",
+                   "training/train.py", "training/drawn_lines.py", "training/callbacks/__init__.py"):
         assert f"roadseg_plugin/{needed}" in names, needed
     for name in names:
         parts = name.split("/")

@@ -13,8 +13,8 @@ from qgis.core import Qgis, QgsApplication  # noqa: E402
 from qgis.PyQt.QtWidgets import QToolBar  # noqa: E402
 
 import roadseg_plugin  # noqa: E402
-from roadseg_plugin.params import SegmentParams  # noqa: E402
-from roadseg_plugin.plugin import ACTION_TEXT, MENU, RoadSegPlugin  # noqa: E402
+from roadseg_plugin.gui.params import SegmentParams  # noqa: E402
+from roadseg_plugin.gui.plugin import ACTION_TEXT, MENU, RoadSegPlugin  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,7 +76,7 @@ def test_load_unload_twice(qgis_iface, qgis_processing):
 
 
 def test_plugin_module_does_not_import_torch_or_rasterio():
-    code = ("import sys; import roadseg_plugin; import roadseg_plugin.plugin; "
+    code = ("import sys; import roadseg_plugin; import roadseg_plugin.gui.plugin; "
             "heavy = [m for m in ('torch', 'rasterio', 'geopandas') if m in sys.modules]; "
             "print(heavy); sys.exit(1 if heavy else 0)")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -91,7 +91,7 @@ def test_action_opens_the_dialog_and_runs_the_task(plugin, qgis_iface, road_mode
     from qgis.PyQt.QtCore import QTimer
     from qgis.PyQt.QtWidgets import QApplication
 
-    from roadseg_plugin.dialog import SegmentDialog
+    from roadseg_plugin.gui.dialog import SegmentDialog
     from tests.plugin.conftest import write_road_geotiff
 
     raster = QgsRasterLayer(str(write_road_geotiff(tmp_path / "area.tif", size=96, seed=4)[0]), "aerial")
@@ -126,7 +126,7 @@ def test_action_opens_the_dialog_and_runs_the_task(plugin, qgis_iface, road_mode
 
 
 def test_shapely_works_in_this_qgis():
-    from roadseg_plugin.deps import native_library_problem
+    from roadseg_plugin.install.deps import native_library_problem
 
     assert native_library_problem() == ""
 

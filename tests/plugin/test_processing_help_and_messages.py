@@ -188,7 +188,7 @@ CORE_MESSAGES = [  # what the core and training say (CLI-worded) -> what QGIS sh
 
 @pytest.mark.parametrize("core, shown", CORE_MESSAGES)
 def test_cli_wording_is_translated_in_one_place(roadseg_provider, core: str, shown: str) -> None:
-    from roadseg_plugin.processing.base import qgis_words
+    from roadseg_plugin.adapters.options import qgis_words
 
     text = qgis_words(core, algorithm("segmentroads"))
     assert shown in text
@@ -196,8 +196,8 @@ def test_cli_wording_is_translated_in_one_place(roadseg_provider, core: str, sho
 
 
 def test_labels_follow_the_algorithm(roadseg_provider) -> None:
+    from roadseg_plugin.adapters.options import qgis_message
     from roadseg_plugin.core.errors import CheckpointError, ParamError
-    from roadseg_plugin.processing.base import qgis_message
 
     missing = CheckpointError("/m/x.pt", "model file not found", "check the path or pass --model")
     assert qgis_message(missing, algorithm("trainfromlines")) == (

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from roadseg_plugin import deps
+from roadseg_plugin.install import deps
 
 ALGORITHMS = ("segmentroads", "vectorisemask", "trainfromlines", "evaluatemodel", "segmentregion")
 

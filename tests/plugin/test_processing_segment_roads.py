@@ -152,8 +152,8 @@ def test_every_option_has_a_parameter_from_its_metadata(roadseg_provider) -> Non
     """One parameter per option, keyed by the upper-case field name, with the core's default and help."""
     from qgis.core import QgsApplication, QgsProcessingParameterDefinition
 
+    from roadseg_plugin.adapters.options import qgis_words
     from roadseg_plugin.core.params import BUNDLED_MODEL, InferenceParams, VectoriseParams, describe
-    from roadseg_plugin.processing.base import qgis_words
     from roadseg_plugin.processing.segment_roads import SINK_OPTIONS
 
     assert SINK_OPTIONS == ("format",)  # the only option the feature sink decides instead
@@ -258,7 +258,7 @@ def test_loaded_outputs_are_named_and_styled_as_the_dialogs(roadseg_provider, ro
     import processing
     from qgis.core import QgsRasterLayer, QgsSingleBandPseudoColorRenderer, QgsSingleSymbolRenderer
 
-    from roadseg_plugin.styles import CASING_COLOUR, ROAD_COLOUR, ROAD_WIDTH_MM
+    from roadseg_plugin.adapters.styles import CASING_COLOUR, ROAD_COLOUR, ROAD_WIDTH_MM
 
     path, _ = road_rasters("area.tif", size=96, seed=3)
     aerial = QgsRasterLayer(str(path), "aerial")

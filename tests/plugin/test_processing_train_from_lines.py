@@ -174,7 +174,7 @@ def test_without_the_training_packages_one_line_names_the_installer(roadseg_prov
     """No torch in QGIS's Python: one line with the menu item and the set, no ModuleNotFoundError."""
     from qgis.core import QgsProcessingException
 
-    from roadseg_plugin import packages
+    from roadseg_plugin.install import packages
 
     real = packages.installed  # what the dependency checks ask (find_spec)
     monkeypatch.setattr(packages, "installed", lambda name: name != "torch" and real(name))

@@ -87,8 +87,8 @@ def test_parameters_are_generated_from_vectorise_params(roadseg_provider) -> Non
 
     from qgis.core import QgsApplication, QgsProcessingParameterDefinition
 
+    from roadseg_plugin.adapters.options import qgis_words
     from roadseg_plugin.core.params import VectoriseParams, describe
-    from roadseg_plugin.processing.base import qgis_words
 
     alg = QgsApplication.processingRegistry().algorithmById("roadseg:vectorisemask")
     for f in fields(VectoriseParams):
@@ -120,7 +120,7 @@ def test_loaded_lines_are_named_and_styled(roadseg_provider, road_mask, qgis_new
     import processing
     from qgis.core import QgsRasterLayer, QgsSingleSymbolRenderer
 
-    from roadseg_plugin.styles import ROAD_COLOUR
+    from roadseg_plugin.adapters.styles import ROAD_COLOUR
 
     path = write_mask(tmp_path / "mask.tif", (road_mask * 255).astype("uint8"))
     mask_layer = QgsRasterLayer(str(path), "my mask")

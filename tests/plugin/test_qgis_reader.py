@@ -1,4 +1,4 @@
-"""roadseg_plugin.qgis_reader: any raster layer through its data provider, on real QGIS layers."""
+"""roadseg_plugin.adapters.qgis_reader: any raster layer through its data provider, on real QGIS layers."""
 from __future__ import annotations
 
 import os
@@ -44,14 +44,14 @@ def full(reader) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_plain_file_without_extent_is_its_path(qgis_app, rgb) -> None:
-    from roadseg_plugin.qgis_reader import raster_source
+    from roadseg_plugin.adapters.qgis_reader import raster_source
 
     path, _ = rgb
     assert raster_source(layer(str(path))) == str(path)
 
 
 def test_provider_reader_matches_the_file_and_its_nodata(qgis_app, rgb) -> None:
-    from roadseg_plugin.qgis_reader import ProviderReader
+    from roadseg_plugin.adapters.qgis_reader import ProviderReader
 
     path, data = rgb
     reader = ProviderReader(layer(str(path)))
@@ -69,7 +69,7 @@ def test_provider_reader_matches_the_file_and_its_nodata(qgis_app, rgb) -> None:
 def test_extent_gives_a_snapped_window_and_boundless_reads_are_invalid(qgis_app, rgb) -> None:
     from qgis.core import QgsRectangle
 
-    from roadseg_plugin.qgis_reader import raster_source
+    from roadseg_plugin.adapters.qgis_reader import raster_source
 
     path, data = rgb
     reader = raster_source(layer(str(path)), QgsRectangle(X0 + 20.4, Y0 - 60.2, X0 + 70.6, Y0 - 30.7), gsd_m=1.0)
@@ -85,15 +85,15 @@ def test_extent_gives_a_snapped_window_and_boundless_reads_are_invalid(qgis_app,
 def test_extent_outside_the_layer_is_an_error(qgis_app, rgb) -> None:
     from qgis.core import QgsRectangle
 
+    from roadseg_plugin.adapters.qgis_reader import raster_source
     from roadseg_plugin.core.errors import RasterError
-    from roadseg_plugin.qgis_reader import raster_source
 
     with pytest.raises(RasterError, match="does not overlap"):
         raster_source(layer(str(rgb[0])), QgsRectangle(0, 0, 10, 10), gsd_m=1.0)
 
 
 def test_model_resolution_resamples(qgis_app, rgb) -> None:
-    from roadseg_plugin.qgis_reader import ProviderReader
+    from roadseg_plugin.adapters.qgis_reader import ProviderReader
 
     reader = ProviderReader(layer(str(rgb[0])), gsd_m=2.0)
     assert (reader.width, reader.height) == (60, 50)
@@ -105,8 +105,8 @@ def test_model_resolution_resamples(qgis_app, rgb) -> None:
 
 
 def test_feet_and_degree_layers_are_read_at_the_model_gsd_in_metres(qgis_app, tmp_path: Path) -> None:
+    from roadseg_plugin.adapters.qgis_reader import ProviderReader
     from roadseg_plugin.core.gsd import metres_per_degree
-    from roadseg_plugin.qgis_reader import ProviderReader
 
     data = np.full((3, 40, 50), 90, np.uint8)
     feet = write(tmp_path / "ft.tif", data, crs="EPSG:2249", res=2.0, origin=(700000.0, 3000000.0))
@@ -122,7 +122,7 @@ def test_feet_and_degree_layers_are_read_at_the_model_gsd_in_metres(qgis_app, tm
 
 
 def test_vrt_file_is_a_path_and_a_vrt_string_goes_through_the_provider(qgis_app, rgb, tmp_path: Path) -> None:
-    from roadseg_plugin.qgis_reader import ProviderReader, raster_source
+    from roadseg_plugin.adapters.qgis_reader import ProviderReader, raster_source
 
     path, data = rgb
     vrt = tmp_path / "mosaic.vrt"
@@ -137,7 +137,7 @@ def test_vrt_file_is_a_path_and_a_vrt_string_goes_through_the_provider(qgis_app,
 
 
 def test_vsimem_raster_goes_through_the_provider(qgis_app, rgb) -> None:
-    from roadseg_plugin.qgis_reader import ProviderReader, raster_source
+    from roadseg_plugin.adapters.qgis_reader import ProviderReader, raster_source
 
     path, data = rgb
     gdal.Translate("/vsimem/roadseg_test.tif", str(path))
@@ -152,7 +152,7 @@ def test_vsimem_raster_goes_through_the_provider(qgis_app, rgb) -> None:
 def test_user_nodata_and_alpha_band(qgis_app, tmp_path: Path) -> None:
     from qgis.core import QgsRasterRange
 
-    from roadseg_plugin.qgis_reader import ProviderReader, local_file, raster_source
+    from roadseg_plugin.adapters.qgis_reader import ProviderReader, local_file, raster_source
 
     data = np.full((4, 20, 20), 100, np.uint8)
     data[3] = 255
@@ -172,7 +172,7 @@ def test_user_nodata_and_alpha_band(qgis_app, tmp_path: Path) -> None:
 
 
 def test_float_nan_and_geographic_resolution(qgis_app, tmp_path: Path) -> None:
-    from roadseg_plugin.qgis_reader import ProviderReader
+    from roadseg_plugin.adapters.qgis_reader import ProviderReader
 
     deg = 1 / 111_000
     data = np.ones((1, 50, 60), np.float32)
@@ -191,8 +191,8 @@ def test_web_map_layer_colour_channels(qgis_app, tmp_path: Path) -> None:
     from PIL import Image
     from qgis.core import QgsRectangle
 
+    from roadseg_plugin.adapters.qgis_reader import ProviderReader, is_web_map, raster_source
     from roadseg_plugin.core.errors import RasterError
-    from roadseg_plugin.qgis_reader import ProviderReader, is_web_map, raster_source
 
     for x in range(4):
         for y in range(4):
@@ -217,7 +217,7 @@ def test_web_map_layer_colour_channels(qgis_app, tmp_path: Path) -> None:
 
 
 def test_materialise_writes_values_and_mask(qgis_app, rgb, tmp_path: Path) -> None:
-    from roadseg_plugin.qgis_reader import ProviderReader, materialise
+    from roadseg_plugin.adapters.qgis_reader import ProviderReader, materialise
 
     path, data = rgb
     out = materialise(ProviderReader(layer(str(path))), tmp_path / "copy.tif", rows_per_block=32)
@@ -232,7 +232,7 @@ def test_areas_of_interest_are_the_only_valid_pixels(qgis_app, rgb) -> None:
     their inside, as Deepness's "processed area from polygons"."""
     from qgis.core import QgsGeometry
 
-    from roadseg_plugin.qgis_reader import raster_source
+    from roadseg_plugin.adapters.qgis_reader import raster_source
 
     triangle = QgsGeometry.fromWkt(f"POLYGON(({X0 + 20} {Y0 - 20}, {X0 + 80} {Y0 - 20}, {X0 + 20} {Y0 - 80}, "
                                    f"{X0 + 20} {Y0 - 20}))")

@@ -1,4 +1,4 @@
-"""roadseg_plugin.styles: the road and probability styles, and the Processing post-processor that
+"""roadseg_plugin.adapters.styles: the road and probability styles, and the Processing post-processor that
 applies them (and the output's name) when QGIS loads an output on completion."""
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def lines_and_raster(qgis_new_project, tmp_path):
 def assert_road_style(layer) -> None:
     from qgis.core import QgsSingleSymbolRenderer, QgsUnitTypes
 
-    from roadseg_plugin.styles import CASING_COLOUR, ROAD_COLOUR, ROAD_WIDTH_MM
+    from roadseg_plugin.adapters.styles import CASING_COLOUR, ROAD_COLOUR, ROAD_WIDTH_MM
 
     assert isinstance(layer.renderer(), QgsSingleSymbolRenderer)
     symbol = layer.renderer().symbol()
@@ -53,7 +53,7 @@ def assert_probability_style(layer, maximum: int) -> None:
 def test_style_roads_replaces_any_renderer(lines_and_raster) -> None:
     from qgis.core import QgsCategorizedSymbolRenderer
 
-    from roadseg_plugin.styles import style_roads
+    from roadseg_plugin.adapters.styles import style_roads
 
     lines, _ = lines_and_raster
     lines.setRenderer(QgsCategorizedSymbolRenderer("id", []))  # e.g. a style Processing loaded first
@@ -63,7 +63,7 @@ def test_style_roads_replaces_any_renderer(lines_and_raster) -> None:
 
 @pytest.mark.parametrize("maximum", [255, 1])
 def test_style_probability(lines_and_raster, maximum: int) -> None:
-    from roadseg_plugin.styles import style_probability
+    from roadseg_plugin.adapters.styles import style_probability
 
     _, raster = lines_and_raster
     style_probability(raster, maximum=maximum)
@@ -71,7 +71,8 @@ def test_style_probability(lines_and_raster, maximum: int) -> None:
 
 
 def test_the_task_uses_the_shared_styles() -> None:
-    from roadseg_plugin import styles, task
+    from roadseg_plugin.adapters import styles
+    from roadseg_plugin.gui import task
 
     assert task.style_roads is styles.style_roads and task.style_probability is styles.style_probability
 
@@ -81,7 +82,7 @@ def test_post_processor_survives_garbage_collection_and_styles_on_load(qgis_proc
     keeps, collecting garbage before the output is loaded would leave QGIS a deleted object."""
     from qgis.core import QgsProcessingContext, QgsProcessingFeedback, QgsProject
 
-    from roadseg_plugin.styles import LayerStyler, style_on_load, style_probability, style_roads
+    from roadseg_plugin.adapters.styles import LayerStyler, style_on_load, style_probability, style_roads
 
     lines, raster = lines_and_raster
     context = QgsProcessingContext()

@@ -18,11 +18,11 @@ from qgis.core import (  # noqa: E402
     QgsWkbTypes,
 )
 
+from roadseg_plugin.adapters.styles import ROAD_WIDTH_MM  # noqa: E402
 from roadseg_plugin.core.errors import RoadSegError  # noqa: E402
 from roadseg_plugin.core.params import InferenceParams, VectoriseParams  # noqa: E402
-from roadseg_plugin.params import SegmentParams  # noqa: E402
-from roadseg_plugin.styles import ROAD_WIDTH_MM  # noqa: E402
-from roadseg_plugin.task import RoadSegTask, Status  # noqa: E402
+from roadseg_plugin.gui.params import SegmentParams  # noqa: E402
+from roadseg_plugin.gui.task import RoadSegTask, Status  # noqa: E402
 from tests.plugin.conftest import (  # noqa: E402
     UTM19_ORIGIN,
     assert_options_arrived,

@@ -116,7 +116,7 @@ def _missing(files: list[str]) -> list[str]:
 
 def _python_for_workers() -> None:
     """Inside QGIS, sys.executable is QGIS itself: spawn worker processes with its Python."""
-    from ...deps import python_executable
+    from ...install.packages import python_executable
 
     exe = python_executable()
     if exe and os.path.realpath(exe) != os.path.realpath(sys.executable or ""):

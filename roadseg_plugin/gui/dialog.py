@@ -42,17 +42,12 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from .core.params import BUNDLED_MODEL, VECTOR_EXTENSIONS, InferenceParams, VectoriseParams, describe
+from ..adapters.options import MODEL_FILTER, devices, option_label, qgis_message
+from ..adapters.styles import ROADS_NAME
+from ..core.params import BUNDLED_MODEL, VECTOR_EXTENSIONS, InferenceParams, VectoriseParams, describe
+from ..log import PROVIDER_ID
 from .option_editors import option_editor
 from .params import SegmentParams
-from .processing.base import (
-    MODEL_FILTER,
-    PROVIDER_ID,
-    devices,
-    option_label,
-    qgis_message,
-)
-from .styles import ROADS_NAME
 
 EXTENT_LAYER = "layer"
 EXTENT_CANVAS = "canvas"
@@ -223,7 +218,7 @@ class SegmentDialog(QDialog):
 
     def _layer_changed(self, layer: Any) -> None:
         """A web map has no whole extent to process: offer the map view (or polygons) instead."""
-        from .qgis_reader import is_web_map
+        from ..adapters.qgis_reader import is_web_map
 
         web_map = isinstance(layer, QgsRasterLayer) and is_web_map(layer)
         item = self.extent_combo.model().item(self.extent_combo.findData(EXTENT_LAYER))
@@ -238,8 +233,8 @@ class SegmentDialog(QDialog):
 
     def _model_changed(self, path: str) -> None:
         """Read the model's metadata (no torch): its threshold is shown, errors disable Run."""
-        from .core.errors import RoadSegError
-        from .core.params import read_model_info
+        from ..core.errors import RoadSegError
+        from ..core.params import read_model_info
 
         self.meta = None
         ok_button = self.buttons.button(QDialogButtonBox.Ok)
@@ -278,7 +273,7 @@ class SegmentDialog(QDialog):
         Raises:
             ValueError: no layer, no polygons, a web map's whole extent, or the extent misses the raster.
         """
-        from .qgis_reader import is_web_map
+        from ..adapters.qgis_reader import is_web_map
 
         layer = self.layer_combo.currentLayer()
         if layer is None:

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core.errors import ParamError
-from .core.params import VECTOR_EXTENSIONS, InferenceParams, VectoriseParams
+from ..core.errors import ParamError
+from ..core.params import VECTOR_EXTENSIONS, InferenceParams, VectoriseParams
 
 
 @dataclass

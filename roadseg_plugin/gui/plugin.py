@@ -11,25 +11,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qgis.core import Qgis, QgsApplication, QgsMessageLog
+from qgis.core import Qgis, QgsApplication
 from qgis.PyQt import sip
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction, QPushButton
 
+from ..log import PLUGIN_NAME, PROVIDER_ID, log
+
 if TYPE_CHECKING:
     from .task import RoadSegTask
 
-PLUGIN_NAME = "RoadSeg"
 MENU = "&RoadSeg"
 ACTION_TEXT = "Segment roads"
 INSTALL_TEXT = "Install packages..."
 TRAIN_TEXT = "Train model from drawn road lines..."
-ICON_PATH = Path(__file__).resolve().parent / "icon.png"
-
-
-def log(message: str, level: Any = Qgis.Info) -> None:
-    """Write to the RoadSeg tab of the QGIS log panel (safe from any thread)."""
-    QgsMessageLog.logMessage(message, PLUGIN_NAME, level)
+ICON_PATH = Path(__file__).resolve().parent.parent / "icon.png"
 
 
 class RoadSegPlugin:
@@ -56,7 +52,7 @@ class RoadSegPlugin:
         if self.provider is not None:
             return
         try:
-            from .processing.provider import RoadSegProvider
+            from ..processing.provider import RoadSegProvider
         except ImportError as exc:  # the provider itself must not need torch; say so if it does
             log(f"Processing provider not available: {exc}", Qgis.Warning)
             return
@@ -132,7 +128,7 @@ class RoadSegPlugin:
     def check_dependencies(self) -> bool:
         """True when the CPU-inference packages import; otherwise show the one-line message
         with its "Install packages..." button (once: not again while it is still shown)."""
-        from . import deps
+        from ..install import deps
 
         missing = deps.missing_dependencies()
         if not missing:
@@ -167,8 +163,6 @@ class RoadSegPlugin:
             return
         import processing
 
-        from .processing.base import PROVIDER_ID
-
         processing.execAlgorithmDialog(f"{PROVIDER_ID}:trainfromlines", {})
 
     def open_installer(self) -> None:
@@ -193,7 +187,7 @@ class RoadSegPlugin:
         The wheels' own GEOS/GDAL/PROJ are isolated from QGIS's first (shapely#1186), exactly as
         the Processing algorithms do, so both entry points behave the same.
         """
-        from . import deps
+        from ..install import deps
 
         deps.isolate_native_libraries()
         problem = deps.native_library_problem()
@@ -218,7 +212,7 @@ class RoadSegPlugin:
         """Start segmenting in the QGIS task manager; returns the task (None if it could not start)."""
         if not self.check_geos():  # here, so every caller (dialog, scripts, console) gets the check
             return None
-        from .core.errors import RoadSegError
+        from ..core.errors import RoadSegError
         from .task import RoadSegTask
 
         try:
@@ -232,17 +226,17 @@ class RoadSegPlugin:
 
 
 class UnsupportedPython:
-    """Stands in for the plugin in a QGIS whose Python is older than RoadSeg needs: one message."""
+    """Stands in for the plugin in a QGIS whose Python is older than `min_python` (what RoadSeg
+    needs: `roadseg_plugin.MIN_PYTHON`, passed in by `classFactory`): one message."""
 
-    def __init__(self, iface: Any) -> None:
+    def __init__(self, iface: Any, min_python: tuple[int, ...]) -> None:
         self.iface = iface
+        self.min_python = min_python
 
     def initGui(self) -> None:  # noqa: N802 (QGIS API name)
         import sys
 
-        from . import MIN_PYTHON
-
-        text = (f"RoadSeg needs Python {'.'.join(map(str, MIN_PYTHON))} or newer; this QGIS runs Python "
+        text = (f"RoadSeg needs Python {'.'.join(map(str, self.min_python))} or newer; this QGIS runs Python "
                 f"{sys.version_info[0]}.{sys.version_info[1]}. Use a newer QGIS (on Windows 3.34.5 or newer).")
         log(text, Qgis.Critical)
         self.iface.messageBar().pushMessage(PLUGIN_NAME, text, Qgis.Critical, 0)

@@ -28,7 +28,7 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from . import deps, packages
+from ..install import deps, packages
 
 TITLE = "RoadSeg: install Python packages"
 

@@ -1,6 +1,6 @@
 """How RoadSeg results look in QGIS, wherever they are loaded from.
 
-`style_roads` and `style_probability` are used by the Segment roads task (`task.py`) when it adds
+`style_roads` and `style_probability` are used by the Segment roads task (`gui/task.py`) when it adds
 its layers, and by the Processing algorithms through `style_on_load`: a
 `QgsProcessingLayerPostProcessorInterface` that QGIS calls on the main thread when it loads an
 output on completion (toolbox, batch mode, `processing.runAndLoadResults`), as QGIS's own

@@ -1,6 +1,6 @@
 """`python -m roadseg_plugin segment-region INPUTS... --out DIR`: region-scale runs on Dask.
 
-A thin command over `core.region.segment_region`, registered by `cli.build_parser`: the options
+A thin command over `core.region.segment_region`, registered by `main.build_parser`: the options
 of `segment` (generated from `InferenceParams` / `VectoriseParams`) plus where it runs
 (`--scheduler tcp://HOST:8786` or `--workers N` local processes), `--chunk`, `--resume` and
 `--skip-bad`. Progress is a tqdm bar over chunks (line groups in its postfix); the Dask dashboard
@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .cli import EXIT_CANCELLED, add_options, build
-from .core.errors import Cancelled
-from .core.params import InferenceParams, VectoriseParams
+from ..core.errors import Cancelled
+from ..core.params import InferenceParams, VectoriseParams
+from .options import EXIT_CANCELLED, add_options, build
 
 DEFAULT_CHUNK = 8192  # = core.region.plan.DEFAULT_CHUNK (not imported: --help stays light)
 
@@ -67,7 +67,7 @@ class _Bar:
 
 
 def cmd_segment_region(args: argparse.Namespace) -> int:
-    from .core.region import segment_region
+    from ..core.region import segment_region
 
     params, vectorise = build(InferenceParams, args), build(VectoriseParams, args)
     bar = _Bar()

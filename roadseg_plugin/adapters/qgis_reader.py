@@ -32,7 +32,7 @@ from qgis.core import (
     QgsRectangle,
 )
 
-from .core.gsd import mean_gsd_m, metres_to_crs_units  # math only: safe without the dependencies
+from ..core.gsd import mean_gsd_m, metres_to_crs_units  # math only: safe without the dependencies
 
 if TYPE_CHECKING:
     import numpy as np
@@ -126,7 +126,7 @@ class ProviderReader:
         from rasterio.crs import CRS
         from rasterio.transform import Affine
 
-        from .core.errors import RasterError
+        from ..core.errors import RasterError
 
         if layer is None or not layer.isValid() or layer.dataProvider() is None:
             raise RasterError(getattr(layer, "source", lambda: "")(), "the raster layer is not valid",
@@ -162,7 +162,7 @@ class ProviderReader:
             area = self._snap(area, res_x, res_y)
         self.width = max(1, round(area.width() / res_x))
         self.height = max(1, round(area.height() / res_y))
-        from .core.probability_raster import check_size
+        from ..core.probability_raster import check_size
 
         check_size(self.width, self.height, self.name)  # before any work: a continent at 1 m is too much
         self.transform = Affine(res_x, 0.0, area.xMinimum(), 0.0, -res_y, area.yMaximum())
@@ -213,7 +213,7 @@ class ProviderReader:
 
     def _resolution(self, layer: QgsRasterLayer, crs: QgsCoordinateReferenceSystem, area: QgsRectangle,
                     gsd_m: float | None) -> tuple[float, float]:
-        from .core.errors import RasterError
+        from ..core.errors import RasterError
 
         native = self._native_resolution(layer)
         if gsd_m is None or gsd_m <= 0 or not crs.isValid():
@@ -286,7 +286,7 @@ class ProviderReader:
 
     def _check_band(self, band: int) -> None:
         if not 1 <= band <= self.count:
-            from .core.errors import RasterError
+            from ..core.errors import RasterError
 
             raise RasterError(self.name, f"has no band {band} (it has {self.count})",
                               "choose bands that exist in the layer")
@@ -303,7 +303,7 @@ class ProviderReader:
         return ok_y[:, None] & ok_x[None, :]
 
     def _block(self, band: int, rect: QgsRectangle, w: int, h: int) -> Any:
-        from .core.errors import RasterError
+        from ..core.errors import RasterError
 
         block = self._provider.block(band, rect, w, h)
         if block is None or not block.isValid() or block.width() != w or block.height() != h:
@@ -318,7 +318,7 @@ class ProviderReader:
         block = self._block(band, rect, w, h)
         kind = _NUMPY_TYPES.get(block.dataType())
         if kind is None:
-            from .core.errors import RasterError
+            from ..core.errors import RasterError
 
             raise RasterError(self.name, f"band {band} has an unsupported data type", "convert the raster")
         data = np.frombuffer(bytes(block.data()), dtype=kind).reshape(h, w)

@@ -11,8 +11,8 @@ from typing import Any
 
 from qgis.PyQt.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QLineEdit, QSpinBox, QWidget
 
-from .core.params import describe
-from .processing.base import band_numbers, option_choices, option_kind
+from ..adapters.options import band_numbers, option_choices, option_kind
+from ..core.params import describe
 
 UNSET = -1  # spin-box value of an optional number left at its default (shown as "Default ...")
 MAX_NUMBER = 1_000_000
