@@ -1,4 +1,5 @@
-"""`python -m training train|evaluate|robustness|add-normalisation`: thin commands over `train_model`,
+"""`python -m training train|evaluate|robustness|add-normalisation|finetune|adapt-bench|interpolate`: thin
+commands over `train_model`,
 `evaluate_model`, `robustness.run_suite` and the radiometric statistics of a checkpoint.
 
 Bad options or data exit with status 2 and one line `error: <file or option>: <what is wrong>;
@@ -81,6 +82,16 @@ def _normalisation_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--exclude", help="comma-separated stems left out (e.g. the validation tiles)")
     p.add_argument("--mode", default="auto", choices=("off", "auto", "always"))
     p.add_argument("--out", type=Path, required=True, help="the checkpoint to write (never the input)")
+
+
+def _interpolate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("interpolate", help="blend a start model and one trained from it: "
+                       "alpha * tuned + (1 - alpha) * start (see training/interpolate.py)")
+    p.add_argument("--start", type=Path, help="the start model (default: the bundled model)")
+    p.add_argument("--tuned", type=Path, required=True, help="a model trained from the start model")
+    p.add_argument("--alpha", type=float, required=True, help="share of the tuned model, 0..1")
+    p.add_argument("--threshold", type=float, help="the blend's road threshold (default: the tuned model's)")
+    p.add_argument("--out", type=Path, required=True, help="the checkpoint to write (never an input)")
 
 
 def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
@@ -265,6 +276,16 @@ def cmd_add_normalisation(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_interpolate(args: argparse.Namespace) -> int:
+    from roadseg_plugin.core.params import BUNDLED_MODEL
+
+    from .interpolate import write_interpolated
+
+    meta = write_interpolated(args.start or BUNDLED_MODEL, args.tuned, args.alpha, args.out, args.threshold)
+    print(f"wrote {args.out}: {meta.extra['blend']}, threshold {meta.threshold:g}")
+    return 0
+
+
 def _interrupted(args: argparse.Namespace, how: str) -> str:
     if args.command != "train":
         return f"{how}; nothing was written"
@@ -292,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     _normalisation_parser(sub)
     _finetune_parser(sub)
     _adapt_parser(sub)
+    _interpolate_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("rasterio").setLevel(logging.WARNING)  # GDAL's errors reach the user in our one line
@@ -301,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM unwinds like Ctrl-C: files are closed
     try:
         commands = {"train": cmd_train, "evaluate": cmd_evaluate, "robustness": cmd_robustness,
-                    "add-normalisation": cmd_add_normalisation, "finetune": cmd_finetune, "adapt-bench": cmd_adapt}
+                    "add-normalisation": cmd_add_normalisation, "finetune": cmd_finetune, "adapt-bench": cmd_adapt,
+                    "interpolate": cmd_interpolate}
         return commands[args.command](args)
     except RoadSegError as exc:
         print(f"error: {exc}", file=sys.stderr)
