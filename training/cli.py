@@ -1,6 +1,6 @@
-"""`python -m training train|evaluate|robustness|add-normalisation|finetune|adapt-bench|interpolate`: thin
-commands over `train_model`,
-`evaluate_model`, `robustness.run_suite` and the radiometric statistics of a checkpoint.
+"""`python -m training train|evaluate|robustness|add-normalisation|finetune|adapt-bench|interpolate`:
+thin commands over `train_model`, `evaluate_model`, `robustness.run_suite`, the radiometric
+statistics of a checkpoint, fine-tuning from drawn lines and weight interpolation.
 
 Bad options or data exit with status 2 and one line `error: <file or option>: <what is wrong>;
 <what to do>`, before anything is written; Ctrl-C exits 130 and SIGTERM 143, saying what the
