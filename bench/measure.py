@@ -10,15 +10,11 @@ import numpy as np
 
 from roadseg_plugin.core.backends import Backend, load_backend, onnxruntime_available
 from roadseg_plugin.core.engine import iter_tile_batches, make_normaliser, segment_raster
-from roadseg_plugin.core.params import DEFAULT_BATCH
+from roadseg_plugin.core.params import InferenceParams
 from roadseg_plugin.core.readers import choose_bands, open_raster
 from roadseg_plugin.core.tiling import TileGrid
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def batch_size_for(backend: Backend) -> int:
-    return DEFAULT_BATCH["cuda" if "cuda" in backend.device else "cpu"]
 
 
 def read_speed(src: Path, backend: Backend, overlap: int | None = None) -> tuple[float, np.ndarray, float]:
@@ -28,12 +24,13 @@ def read_speed(src: Path, backend: Backend, overlap: int | None = None) -> tuple
         (Mpx/s, the first batch of tiles, raster pixels per tile at `overlap`, default the model's).
     """
     meta = backend.meta
+    settings = InferenceParams(overlap=overlap).resolve(meta)  # the engine's tiling and batch
     with open_raster(src, gsd_m=meta.gsd_m) as reader:
         bands = choose_bands(reader, meta.in_channels)
         normaliser, _ = make_normaliser(reader, meta, bands)
-        grid = TileGrid(reader.height, reader.width, meta.tile, meta.overlap if overlap is None else overlap)
+        grid = TileGrid(reader.height, reader.width, settings.tile, settings.overlap)
         start, first = time.perf_counter(), None
-        for batch in iter_tile_batches(reader, grid, bands, normaliser, batch_size_for(backend)):
+        for batch in iter_tile_batches(reader, grid, bands, normaliser, settings.batch_for(backend.device)):
             first = batch.tiles if first is None else first
         seconds = time.perf_counter() - start
         pixels = reader.width * reader.height

@@ -26,7 +26,7 @@ from rasterio.transform import from_origin
 from skimage.morphology import skeletonize
 
 from roadseg_plugin.core.metrics import PixelCounts
-from roadseg_plugin.core.params import BUNDLED_MODEL, FINETUNE_MINUTES, ROAD_HALF_WIDTH_M, read_model_info
+from roadseg_plugin.core.params import FINETUNE_MINUTES, ROAD_HALF_WIDTH_M, model_file, read_model_info
 
 from .datasets import Tile, load_tiles
 from .robustness import CRS, ORIGIN, Case, score_case, validation_stems, write_case
@@ -133,7 +133,7 @@ def run_bench(sets: list[AdaptSet], model: Path | None = None, minutes: float = 
               seed: int = 0, on_row: Callable[[dict], None] | None = None) -> list[dict]:
     rows = []
     for adapt in sets:
-        rows.append(adapt_set(adapt, Path(model) if model else BUNDLED_MODEL, minutes, labelled, seed))
+        rows.append(adapt_set(adapt, model_file(model), minutes, labelled, seed))
         if on_row:
             on_row(rows[-1])
     return rows

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from roadseg_plugin.cli.options import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_TERMINATED, Terminated
 from roadseg_plugin.core.errors import RoadSegError
-from roadseg_plugin.core.params import FINETUNE_MINUTES, ROAD_HALF_WIDTH_M
+from roadseg_plugin.core.params import FINETUNE_MINUTES, ROAD_HALF_WIDTH_M, InferenceParams, model_file
 
 
 def _train_parser(sub: argparse._SubParsersAction) -> None:
@@ -187,19 +187,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from roadseg_plugin.core.outputs import check_outputs
-    from roadseg_plugin.core.params import BUNDLED_MODEL, InferenceParams
 
     from .evaluate import evaluate_model, format_table
 
-    InferenceParams(device=args.device, backend=args.backend, threshold=args.threshold)  # the plugin's checks
+    # the plugin's options, with its checks: a bad device, backend or threshold is refused before any work
+    params = InferenceParams(model=args.model, device=args.device, backend=args.backend, threshold=args.threshold)
     if args.sources:
-        return _evaluate_sources(args)
+        return _evaluate_sources(args, params)
     if args.json:  # before the (long) evaluation: never replace an input, never fail at the end
         folders = [args.data / sub for sub in ("images", "masks") if (args.data / sub).is_dir()]
         data_files = [path for folder in folders for path in folder.iterdir()]
-        check_outputs({"JSON figures": args.json}, [args.model or BUNDLED_MODEL, *data_files])
-    result = evaluate_model(args.model, args.data, args.device, args.threshold, backend=args.backend,
-                            skip_bad=args.skip_bad,
+        check_outputs({"JSON figures": args.json}, [params.model_path, *data_files])
+    result = evaluate_model(params, args.data, skip_bad=args.skip_bad,
                             on_tile=lambda name, row: print(f"  {name}: iou={row['iou']:.4f}", file=sys.stderr))
     print(format_table(result))
     if args.json:
@@ -208,15 +207,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate_sources(args: argparse.Namespace) -> int:
-    from roadseg_plugin.core.params import BUNDLED_MODEL
+def _evaluate_sources(args: argparse.Namespace, params: InferenceParams) -> int:
     from roadseg_plugin.core.pipeline import check_outputs
 
     from .evaluate import evaluate_sources
 
     if args.json:
-        check_outputs({"JSON figures": args.json}, [args.model or BUNDLED_MODEL, *(s.path for s in args.sources)])
-    results = evaluate_sources(args.model, args.sources, args.device, args.backend, args.threshold)
+        check_outputs({"JSON figures": args.json}, [params.model_path, *(s.path for s in args.sources)])
+    results = evaluate_sources(params, args.sources)
     print(f"{'set':<16}{'tiles':>6}{'iou':>8}{'f1':>8}{'rel_f1':>8}{'apls':>8}")
     for name, r in results.items():
         print(f"{name:<16}{r['tiles']:>6}{r['iou']:>8.4f}{r['f1']:>8.4f}{r['relaxed_f1']:>8.4f}{r['apls']:>8.4f}")
@@ -257,11 +255,10 @@ def cmd_add_normalisation(args: argparse.Namespace) -> int:
     from roadseg_plugin.core.checkpoint import load_model, save_checkpoint
     from roadseg_plugin.core.errors import OutputError
     from roadseg_plugin.core.normalise import NORMALISATION_KEY
-    from roadseg_plugin.core.params import BUNDLED_MODEL
 
     from .datasets import load_tiles, radiometry_stats
 
-    source = args.model or BUNDLED_MODEL
+    source = model_file(args.model)
     if args.out.exists() and same_file(args.out, source):
         raise OutputError(args.out, "is the input model", "write the copy elsewhere")
     model, meta = load_model(source)

@@ -16,7 +16,7 @@ from typing import Any
 
 from roadseg_plugin.core.atomic import same_file
 from roadseg_plugin.core.errors import CheckpointError, OutputError, ParamError
-from roadseg_plugin.core.limits import check_batch, check_model_size, check_tile
+from roadseg_plugin.core.limits import check_batch, check_model_size, check_overlap, check_tile
 from roadseg_plugin.core.normalise import MODES
 from roadseg_plugin.core.params import DEVICES, read_model_info
 
@@ -164,9 +164,7 @@ class TrainConfig:
         check_batch(self.batch_size, self.tile, base, training=True)
         check_tile(self.infer_tile, 1, base, multiple, name="infer_tile", example=512)
         _whole("overlap", self.overlap, 0, "e.g. 32")
-        if not self.overlap < self.infer_tile // 2:
-            raise ParamError("overlap", self.overlap, f"must be less than half the infer_tile ({self.infer_tile})",
-                             f"e.g. {self.infer_tile // 16}")
+        check_overlap(self.overlap, self.infer_tile, "infer_tile")
         self._check_paths()
 
     def _check_paths(self) -> None:

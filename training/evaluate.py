@@ -12,6 +12,7 @@ from roadseg_plugin.core.checkpoint import ModelMeta
 from roadseg_plugin.core.errors import ParamError, RoadSegError
 from roadseg_plugin.core.metrics import PixelCounts, pixel_counts
 from roadseg_plugin.core.normalise import normalise
+from roadseg_plugin.core.params import InferenceParams, RunSettings
 from roadseg_plugin.core.tiling import predict_array
 
 from .datasets import Tile, load_tiles
@@ -38,56 +39,57 @@ def evaluate_tiles(tiles: list[Tile], predict: Callable[[np.ndarray, np.ndarray]
 
 
 def predict_whole(image: np.ndarray, valid: np.ndarray | None, meta: ModelMeta,
-                  run: Callable[[np.ndarray], np.ndarray], batch_size: int = 4) -> np.ndarray:
+                  run: Callable[[np.ndarray], np.ndarray], tile: int, overlap: int, batch_size: int) -> np.ndarray:
     """The one whole-tile predictor (evaluation, validation during training, fine-tuning):
-    the engine's normalisation, no-data as 0 after it, tiles of the model's size blended.
-    `run` maps a (N, C, t, t) batch to (N, t, t) probabilities."""
+    the engine's normalisation, no-data as 0 after it, tiles of `tile` px sharing `overlap` px
+    blended. `run` maps a (N, C, t, t) batch to (N, t, t) probabilities."""
     x = normalise(image, meta, valid)
     if valid is not None:
         x[:, ~valid] = 0.0
-    return predict_array(x, run, meta.tile, meta.overlap, batch_size)
+    return predict_array(x, run, tile, overlap, batch_size)
 
 
-def tile_predictor(model_path: str | Path | None, device: str = "auto", backend: str = "auto",
-                   batch_size: int = 4) -> tuple[Callable[[np.ndarray, np.ndarray | None], np.ndarray], ModelMeta]:
-    """(predict(image, valid) -> probabilities, meta) of a model file for whole in-memory tiles:
-    the engine's backend, normalisation, no-data (0 after normalisation) and tiled blending."""
+def tile_predictor(params: InferenceParams) -> tuple[Callable[[np.ndarray, np.ndarray | None], np.ndarray],
+                                                     RunSettings]:
+    """(predict(image, valid) -> probabilities, the run's settled values) of `params`' model for
+    whole in-memory tiles: the engine's backend, normalisation, no-data (0 after normalisation),
+    tiling and batch, and tiled blending."""
     try:
-        runner = load_backend(model_path, device, backend)
+        runner = load_backend(params.model_path, params.device, params.backend)
     except ValueError as exc:
         if isinstance(exc, RoadSegError):
             raise
-        raise ParamError("device", device, str(exc)) from None  # CUDA asked for, none here
-    meta = runner.meta
+        raise ParamError("device", params.device, str(exc)) from None  # CUDA asked for, none here
+    settings = params.resolve(runner.meta)
+    batch = settings.batch_for(runner.device)
 
     def predict(image: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
-        return predict_whole(image, valid, meta, runner.predict, batch_size)
+        return predict_whole(image, valid, settings.meta, runner.predict, settings.tile, settings.overlap, batch)
 
-    return predict, meta
-
-
-def evaluate_model(model_path: str | Path | None, data: str | Path, device: str = "auto",
-                   threshold: float | None = None, batch_size: int = 4, backend: str = "auto",
-                   on_tile: Callable[[str, dict], None] | None = None, skip_bad: bool = False) -> dict:
-    """Metrics of a checkpoint (None: the bundled model) on a dataset folder, predicted with the
-    engine's backend (ONNX Runtime on CPU when installed) and the same tiled blending. Unreadable
-    pairs are an error naming the file, or with `skip_bad` a warning and left out."""
-    predict, meta = tile_predictor(model_path, device, backend, batch_size)
-    tiles = load_tiles(data, bands=meta.in_channels, skip_bad=skip_bad)
-    return evaluate_tiles(tiles, predict, meta.threshold if threshold is None else threshold, on_tile)
+    return predict, settings
 
 
-def evaluate_sources(model_path: str | Path | None, sources: list, device: str = "auto", backend: str = "auto",
-                     threshold: float | None = None, split_seed: int = 0) -> dict[str, dict]:
-    """Figures of a model on each source's held-out tiles (`sources.Source`: its `val` tiles,
-    split as training splits them, or every tile of a role=val set), brought to the model's
+def evaluate_model(params: InferenceParams, data: str | Path, on_tile: Callable[[str, dict], None] | None = None,
+                   skip_bad: bool = False) -> dict:
+    """Metrics of `params`' model (the bundled one when none is given) on a dataset folder at the
+    run's threshold, predicted with the engine's backend (ONNX Runtime on CPU when installed) and
+    the same tiled blending. Unreadable pairs are an error naming the file, or with `skip_bad` a
+    warning and left out."""
+    predict, settings = tile_predictor(params)
+    tiles = load_tiles(data, bands=settings.meta.in_channels, skip_bad=skip_bad)
+    return evaluate_tiles(tiles, predict, settings.threshold, on_tile)
+
+
+def evaluate_sources(params: InferenceParams, sources: list, split_seed: int = 0) -> dict[str, dict]:
+    """Figures of `params`' model on each source's held-out tiles (`sources.Source`: its `val`
+    tiles, split as training splits them, or every tile of a role=val set), brought to the model's
     pixel size and label width as training sees them: {source name: evaluate_tiles result}."""
     from .sources import load_sources
 
-    predict, meta = tile_predictor(model_path, device, backend)
-    _, held = load_sources(sources, meta.gsd_m, split_seed)
-    chosen = meta.threshold if threshold is None else threshold
-    return {s.name: evaluate_tiles([t for t in held if t.source == s.name], predict, chosen) for s in sources}
+    predict, settings = tile_predictor(params)
+    _, held = load_sources(sources, settings.meta.gsd_m, split_seed)
+    return {s.name: evaluate_tiles([t for t in held if t.source == s.name], predict, settings.threshold)
+            for s in sources}
 
 
 def format_table(result: dict) -> str:

@@ -39,7 +39,13 @@ from roadseg_plugin.core.backends import resolve_device
 from roadseg_plugin.core.checkpoint import load_model, save_checkpoint
 from roadseg_plugin.core.metrics import best_threshold
 from roadseg_plugin.core.onnx_backend import copy_with_exports, remove_stale_exports
-from roadseg_plugin.core.params import BUNDLED_MODEL, FINETUNE_MINUTES, FINETUNE_VAL_SHARE, ROAD_HALF_WIDTH_M
+from roadseg_plugin.core.params import (
+    FINETUNE_MINUTES,
+    FINETUNE_VAL_SHARE,
+    ROAD_HALF_WIDTH_M,
+    InferenceParams,
+    model_file,
+)
 
 from .datasets import Tile, load_tiles
 from .drawn_lines import make_label_dataset
@@ -174,13 +180,18 @@ def plan(cfg: FinetuneConfig, start: dict[str, float], train_road: int, tile_sid
     return out
 
 
-def measure(checkpoint: Path, tiles: list[Tile], device: str = "cpu",
-            threshold: float | None = None) -> tuple[dict[str, float], list[np.ndarray]]:
-    """Pooled figures of a checkpoint on whole tiles at its threshold (or `threshold`), and
-    each tile's probabilities (torch: the same predictor for the start and tuned models)."""
-    predict, meta = tile_predictor(checkpoint, device, "torch")
+def measure(params: InferenceParams, tiles: list[Tile]) -> tuple[dict[str, float], list[np.ndarray]]:
+    """Pooled figures of `params`' model on whole tiles at the run's threshold, and each tile's
+    probabilities."""
+    predict, settings = tile_predictor(params)
     probs = [predict(t.image, t.valid) for t in tiles]
-    return pooled_figures(tiles, probs, meta.threshold if threshold is None else threshold), probs
+    return pooled_figures(tiles, probs, settings.threshold), probs
+
+
+def on_torch(checkpoint: Path, device: str, threshold: float | None = None) -> InferenceParams:
+    """The options `measure` runs a checkpoint with here: torch, the same predictor for the start
+    and tuned models (the tuned one has no ONNX export until it is kept)."""
+    return InferenceParams(model=str(checkpoint), device=device, backend="torch", threshold=threshold)
 
 
 def finetune_from_lines(cfg: FinetuneConfig) -> FinetuneResult:
@@ -192,7 +203,7 @@ def finetune_from_lines(cfg: FinetuneConfig) -> FinetuneResult:
     """
     from .train import TrainConfig, train_model
 
-    init = Path(cfg.init) if cfg.init is not None else BUNDLED_MODEL
+    init = model_file(cfg.init)
     _, start_meta = load_model(init)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -213,7 +224,7 @@ def finetune_from_lines(cfg: FinetuneConfig) -> FinetuneResult:
         say(f"split by area: {len(train)} training tiles ({road['train']} road px), {len(val)} validation tiles "
             f"({road['val']} road px): {', '.join(t.name for t in val)}")
         progress(0.04)
-        start, start_probs = measure(init, val, device)
+        start, start_probs = measure(on_torch(init, device), val)
         undrawn = undrawn_share(val, start_probs, start_meta.threshold)
         say(f"start model on the validation area: {fmt(start)}; {undrawn:.0%} of its road pixels there are over "
             f"{UNDRAWN_PX} px from any drawn road")
@@ -222,13 +233,12 @@ def finetune_from_lines(cfg: FinetuneConfig) -> FinetuneResult:
             say("warning: the drawn lines look incomplete (the start model finds many roads nobody drew); every "
                 "road not drawn is taught as background. Draw all roads, or an area of interest around the ones "
                 "drawn" + ("" if cfg.replay else ", or give the start model's data as replay"))
-        decided = plan(cfg, start, road["train"], [min(t.shape) for t in train], device,
-                       int(start_meta.arch_config.get("depth", 4)))
+        decided = plan(cfg, start, road["train"], [min(t.shape) for t in train], device, start_meta.depth)
         for reason in decided.reasons:
             say(reason)
         extra, replay_val = (replay_sets(cfg.replay, start_meta, round(len(train) * decided.replay_share),
                                          cfg.label_tile, cfg.seed) if cfg.replay else ([], []))
-        replay_start = measure(init, replay_val, device)[0] if replay_val else {}
+        replay_start = measure(on_torch(init, device), replay_val)[0] if replay_val else {}
         if cfg.replay:
             say(f"replay: {len(extra)} crops of {cfg.replay} mixed into training; forgetting checked on "
                 f"{', '.join(t.name for t in replay_val)}: start {fmt(replay_start)}")
@@ -250,7 +260,7 @@ def finetune_from_lines(cfg: FinetuneConfig) -> FinetuneResult:
             say(f"cancelled after {trainer.epoch} round(s): the best round so far is measured and kept if better")
         tuned, threshold, tuned_threshold = _tune(best, val, device, road["val"], start_meta.threshold, say,
                                                   trust_labels=not incomplete)
-        replay_tuned = measure(best, replay_val, device)[0] if replay_val else {}
+        replay_tuned = measure(on_torch(best, device), replay_val)[0] if replay_val else {}
         kept = _decide(start, tuned, replay_start, replay_tuned, cfg.keep_worse, say)
         if kept == "tuned":
             _export(best, train)
@@ -296,7 +306,7 @@ def _tune(best: Path, val: list[Tile], device: str, val_road: int, start_thresho
     look complete, else the start model's) and measure it there: (figures, threshold, whether it
     was tuned)."""
     model, meta = load_model(best)
-    _, probs = measure(best, val, device, start_threshold)
+    _, probs = measure(on_torch(best, device, start_threshold), val)
     tune = val_road >= MIN_TUNE_ROAD_PX and trust_labels
     if tune:
         truth = np.concatenate([t.mask[t.valid] for t in val])
@@ -339,4 +349,4 @@ def _append_log(out: Path, messages: list[str]) -> None:
         fh.write("".join(f"finetune: {m}\n" for m in messages))
 
 
-__all__ = ["FinetuneConfig", "FinetuneResult", "Plan", "finetune_from_lines", "measure", "plan"]
+__all__ = ["FinetuneConfig", "FinetuneResult", "Plan", "finetune_from_lines", "measure", "on_torch", "plan"]

@@ -61,9 +61,9 @@ def compare(tile: Tile, gsd_m: float, kind: str, model: str | Path | None = None
             border: int = 64) -> tuple[PixelCounts, PixelCounts]:
     """(counts alone, counts with no-data) of `model` on `tile`, on the tile's own pixels less
     any hole, at the model's threshold, through the engine (see the module notes)."""
-    from roadseg_plugin.core.params import BUNDLED_MODEL, read_model_info
+    from roadseg_plugin.core.params import read_model_info
 
-    threshold = read_model_info(Path(model) if model else BUNDLED_MODEL).threshold
+    threshold = read_model_info(model).threshold
     padded, (dr, dc), hole = with_nodata(tile, kind, border)
     counts = []
     with tempfile.TemporaryDirectory(prefix="roadseg_nodata_") as tmp:

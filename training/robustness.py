@@ -35,7 +35,7 @@ from scipy import ndimage
 from roadseg_plugin.core.apls import apls
 from roadseg_plugin.core.engine import segment_raster
 from roadseg_plugin.core.metrics import PixelCounts, pixel_counts
-from roadseg_plugin.core.params import BUNDLED_MODEL, read_model_info
+from roadseg_plugin.core.params import model_file, read_model_info
 
 from .augment import jpeg_array
 from .datasets import Tile, load_tiles
@@ -202,7 +202,7 @@ def validation_stems(meta: Any) -> list[str]:
 
 def held_out_stems(model: str | Path | None) -> list[str]:
     """`validation_stems` of a model file (None: the bundled model)."""
-    return validation_stems(read_model_info(Path(model) if model else BUNDLED_MODEL))
+    return validation_stems(read_model_info(model))
 
 
 def select_tiles(tiles: list[Tile], only: list[str] | None, limit: int | None) -> list[Tile]:
@@ -241,7 +241,7 @@ def run_suite(data: str | Path, model: str | Path | None = None, backend: str = 
     Returns:
         {"model", "backend", "threshold", "normalisation", "rows": [per shift and set]}.
     """
-    info = read_model_info(Path(model) if model else BUNDLED_MODEL)
+    info = read_model_info(model)
     tiles = _no_black(load_tiles(data, bands=info.in_channels))
     if only is None:
         stems = held_out_stems(model)
@@ -269,7 +269,7 @@ def run_suite(data: str | Path, model: str | Path | None = None, backend: str = 
             backend_name = ", ".join(sorted(backends)) or backend
             if on_row:
                 on_row(rows[-1])
-    return {"model": str(model or BUNDLED_MODEL), "backend": backend_name, "threshold": info.threshold,
+    return {"model": str(model_file(model)), "backend": backend_name, "threshold": info.threshold,
             "normalisation": info.extra.get("normalisation", {}).get("mode", "off"), "rows": rows}
 
 

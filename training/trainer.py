@@ -264,7 +264,8 @@ class Trainer:
                                 enabled=self.autocast is not None):
                 return torch.sigmoid(self.model(x).float())[:, 0].cpu().numpy()
 
-        return predict_whole(image, valid, self.meta, run, self.config.val_batch_size)
+        meta = self.meta  # the model being trained: validated on its own inference tiling
+        return predict_whole(image, valid, meta, run, meta.tile, meta.overlap, self.config.val_batch_size)
 
     def validate(self) -> dict[str, float]:
         """Whole-tile metrics over `val_tiles`. Each rank predicts its share of the tiles; the

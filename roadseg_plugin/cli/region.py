@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import Cancelled
-from ..core.params import InferenceParams, VectoriseParams
+from ..core.params import SET_BY_INFERENCE, InferenceParams, VectoriseParams
 from .options import EXIT_CANCELLED, add_options, build
 
 DEFAULT_CHUNK = 8192  # = core.region.plan.DEFAULT_CHUNK (not imported: --help stays light)
@@ -41,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="finish the run in --out: its finished parts are kept")
     p.add_argument("--skip-bad", action="store_true", help="leave unreadable inputs out instead of refusing to start")
     add_options(p, InferenceParams)
-    add_options(p, VectoriseParams)
+    add_options(p, VectoriseParams, skip=SET_BY_INFERENCE)  # the threshold: InferenceParams' option
     p.set_defaults(func=cmd_segment_region)
 
 

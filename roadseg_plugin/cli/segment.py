@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..core.params import InferenceParams, VectoriseParams
+from ..core.params import SET_BY_INFERENCE, InferenceParams, VectoriseParams
 from .options import add_options, build
 
 
@@ -27,7 +27,7 @@ def _segment_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="road lines to write, e.g. roads.gpkg")
     p.add_argument("--mask-out", type=Path, help="also keep the road probability GeoTIFF here")
     add_options(p, InferenceParams)
-    add_options(p, VectoriseParams)
+    add_options(p, VectoriseParams, skip=SET_BY_INFERENCE)  # the threshold: InferenceParams' option
     p.set_defaults(func=cmd_segment)
 
 
@@ -35,8 +35,6 @@ def _vectorise_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("vectorise", help="turn a road mask or probability raster into centrelines")
     p.add_argument("mask", type=Path, help="mask (0/1) or probability (0-255) GeoTIFF")
     p.add_argument("--out", type=Path, required=True, help="road lines to write, e.g. roads.shp")
-    p.add_argument("--threshold", type=float,
-                   help="road probability threshold (0-1) [default: the one stored in the raster, else 0.5]")
     add_options(p, VectoriseParams)
     p.set_defaults(func=cmd_vectorise)
 
@@ -129,7 +127,7 @@ def cmd_vectorise(args: argparse.Namespace) -> int:
     vectorise = build(VectoriseParams, args)
     bar, update = _progress_bar("vectorise")
     with bar:
-        result = vectorise_file(args.mask, args.out, vectorise, threshold=args.threshold, on_progress=update)
+        result = vectorise_file(args.mask, args.out, vectorise, on_progress=update)
     _report(result)
     return 0
 
@@ -156,10 +154,10 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
 def cmd_quantize(args: argparse.Namespace) -> int:
     from ..core.errors import OutputError, ParamError
     from ..core.outputs import check_outputs
-    from ..core.params import BUNDLED_MODEL
+    from ..core.params import model_file
     from ..core.quantize import FORMS, calibration_images, quantize_model
 
-    check_outputs({"int8 model": args.out}, [args.model or BUNDLED_MODEL, *calibration_images(args.calibration)])
+    check_outputs({"int8 model": args.out}, [model_file(args.model), *calibration_images(args.calibration)])
     if args.out is not None and args.out.suffix.lower() != ".onnx":
         raise OutputError(args.out, f"the int8 model is an ONNX file and cannot be written as {args.out.suffix!r}",
                           "name it something.onnx")

@@ -17,7 +17,7 @@ from torch import nn
 from .atomic import temporary_sibling
 from .errors import CheckpointError
 from .model_meta import FORMAT, ModelMeta, read_checkpoint_payload_light
-from .params import BUNDLED_MODEL
+from .params import BUNDLED_MODEL, model_file  # noqa: F401 - BUNDLED_MODEL: imported from here too
 from .unet import build_model
 
 FORMAT_VERSION = 1
@@ -71,8 +71,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_model(path: str | os.PathLike | None = None) -> tuple[nn.Module, ModelMeta]:
-    """Rebuild the trained model (in eval mode) and its metadata; None means the bundled model."""
-    path = Path(path) if path is not None else BUNDLED_MODEL
+    """Rebuild the trained model (in eval mode) and its metadata; None means the bundled model (`model_file`)."""
+    path = model_file(path)
     payload = read_checkpoint(path)
     meta = ModelMeta.from_dict(payload.get("meta", {}), path)
     try:

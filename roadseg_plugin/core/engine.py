@@ -12,6 +12,10 @@ probability x 255, or with `binary=True` 1 for road and 0 for background. Pixels
 input data (nodata value, alpha or mask band, all-white uint8 pixels, NaN) are written as 0
 and flagged invalid in the file's internal mask band, so they are no-data to GDAL and QGIS and
 still read as "no road" by anything that ignores masks.
+
+`segment` takes a run's settled values (`params.RunSettings`) and decides no default itself;
+`predict_raster`, the prediction of a raster or of a window of it into a file, serves it and the
+region run's chunks alike; `segment_raster` is `segment` with keyword options, for scripts.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import affine
@@ -32,11 +37,11 @@ import rasterio
 from rasterio.windows import Window
 
 from .atomic import reads_file
-from .backends import BatchRunner, load_backend
+from .backends import Backend, BatchRunner, load_backend
 from .errors import Cancelled, OutputError
 from .model_meta import ModelMeta
 from .normalise import InputNormaliser, Radiometry, choose_stretch, data_valid
-from .params import DEFAULT_BATCH, read_model_info
+from .params import InferenceParams, RunSettings, read_model_info
 from .probability_raster import OUTPUT_BLOCK, RasterSink, check_written, encoder_for, gdal_cache_mb, temporary_output
 from .readers import ColumnView, RasterReader, band_stretch, choose_bands, open_raster, read_rows
 from .tiling import GridView, RollingBlend, TileGrid, cut_tile, touching
@@ -209,17 +214,18 @@ class Prefetcher:
         self._thread.join()
 
 
-def column_strips(grid: TileGrid, width: int | None = None) -> list[Window4]:
-    """Windows of whole columns, `width` wide (a multiple of the output block), covering the grid.
+def column_strips(window: Window4, width: int | None = None) -> list[Window4]:
+    """`window` cut into windows of its whole rows, `width` columns wide (a multiple of the output block).
 
     The engine's memory grows with the width it blends at once (a band of rows of it); very wide
     rasters are therefore predicted strip by strip, each exactly as the whole raster would be
     (see `iter_tile_batches`), at the cost of the tiles that straddle two strips running twice.
     """
+    r0, r1, c0, c1 = window
     width = width or STRIP_WIDTH
-    if grid.width <= width:
-        return [(0, grid.height, 0, grid.width)]
-    return [(0, grid.height, c, min(c + width, grid.width)) for c in range(0, grid.width, width)]
+    if c1 - c0 <= width:
+        return [window]
+    return [(r0, r1, c, min(c + width, c1)) for c in range(c0, c1, width)]
 
 
 def predict_window(reader: RasterReader, grid: TileGrid, window: Window4, bands: list[int],
@@ -265,10 +271,45 @@ def _predict_valid(runner: BatchRunner, batch: TileBatch) -> np.ndarray:
     return probs
 
 
-def _run_strips(reader: RasterReader, grid: TileGrid, bands: list[int], normaliser: InputNormaliser,
-                runner: BatchRunner, sink: RasterSink, encode: Callable[[np.ndarray], np.ndarray],
-                on_progress: Callable[[float], None] | None, is_cancelled: Callable[[], bool] | None) -> None:
-    strips = column_strips(grid)
+def window_grid(reader: RasterReader, window: Window4, name: object) -> SimpleNamespace:
+    """The grid of `window` (rows r0:r1, columns c0:c1) of `reader`'s: its size, CRS and the
+    transform of its first pixel (pixel units when the raster has no georeferencing), named after
+    the raster (else `name`) in errors."""
+    r0, r1, c0, c1 = window
+    georeferenced = reader.crs is not None or reader.transform != affine.Affine.identity()
+    origin = reader.transform if georeferenced else affine.Affine.identity()
+    return SimpleNamespace(name=getattr(reader, "name", name), width=c1 - c0, height=r1 - r0, crs=reader.crs,
+                           transform=origin * affine.Affine.translation(c0, r0))
+
+
+def predict_raster(reader: RasterReader, settings: RunSettings, model: Backend, normaliser: InputNormaliser,
+                   bands: list[int], path: Path, name: Path, window: Window4 | None = None,
+                   on_progress: Callable[[float], None] | None = None,
+                   is_cancelled: Callable[[], bool] | None = None) -> tuple[int, list[str]]:
+    """The one prediction routine, of the engine and of each region chunk: the probabilities of
+    `window` of `reader` (the whole raster by default) written to the GeoTIFF `path` on the
+    window's grid, then checked (errors name `name`, the file `path` stands for).
+
+    The tiles are those of the whole raster's grid that touch the window, blended with the whole
+    raster's weights (`predict_window`), so a window holds the whole run's values; wide windows
+    are predicted in column strips (`column_strips`).
+
+    Args:
+        settings: tiling, batch, threshold, binary and the output's tags.
+        model: the loaded backend; its device picks the batch (`RunSettings.batch_for`).
+        normaliser, bands: the raster's value normalisation and the bands fed to the model.
+        on_progress: called with the fraction done, up to 0.99 (the caller finishes).
+        is_cancelled: polled between batches; True raises `Cancelled`.
+
+    Returns:
+        The number of tiles predicted, and notes for the user (a batch reduced on GPU out of memory).
+    """
+    grid = TileGrid(reader.height, reader.width, settings.tile, settings.overlap)
+    window = window or (0, grid.height, 0, grid.width)
+    r0, r1, c0, c1 = window
+    runner = BatchRunner(model.predict, settings.batch_for(model.device))
+    encode = encoder_for(settings.binary, settings.threshold)
+    strips = column_strips(window)
     total = sum(len(rows) * len(cols) for rows, cols in (window_tiles(grid, w) for w in strips))
     done = [0]
 
@@ -277,36 +318,29 @@ def _run_strips(reader: RasterReader, grid: TileGrid, bands: list[int], normalis
         if on_progress is not None:
             on_progress(0.99 * done[0] / total)
 
-    for window in strips:
-        predict_window(reader, grid, window, bands, normaliser, runner, sink, encode, (window[0], window[2]),
-                       count, is_cancelled)
+    with rasterio.Env(GDAL_CACHEMAX=gdal_cache_mb(reader, min(c1 - c0, STRIP_WIDTH) + settings.tile)):
+        sink = RasterSink(path, window_grid(reader, window, name), settings.tags)
+        try:
+            for strip in strips:
+                predict_window(reader, grid, strip, bands, normaliser, runner, sink, encode,
+                               (strip[0] - r0, strip[2] - c0), count, is_cancelled)
+        finally:
+            sink.close()
+    check_written(path, c1 - c0, r1 - r0, name)
+    return total, runner.notes
 
 
-def segment_raster(src: str | os.PathLike | RasterReader, dst: str | os.PathLike,
-                   model: str | os.PathLike | None = None, *, device: str = "auto", backend: str = "auto",
-                   tile: int | None = None, overlap: int | None = None, batch_size: int | None = None,
-                   bands: list[int] | None = None, threshold: float | None = None, binary: bool = False,
-                   tta: bool = False, extent: tuple[float, float, float, float] | None = None,
-                   gsd: float | None = None, on_progress: Callable[[float], None] | None = None,
-                   is_cancelled: Callable[[], bool] | None = None) -> SegmentResult:
+def segment(src: str | os.PathLike | RasterReader, dst: str | os.PathLike, settings: RunSettings,
+            on_progress: Callable[[float], None] | None = None,
+            is_cancelled: Callable[[], bool] | None = None) -> SegmentResult:
     """Predict roads over a whole raster and write a uint8 GeoTIFF (see the module notes).
 
     Args:
-        src: a raster path (opened with `open_raster`, resampled to the model's GSD when it
-            differs by more than 25 %) or a `RasterReader` used as is.
+        src: a raster path (opened with `open_raster`, cropped to the settings' extent and
+            resampled to the model's GSD when it differs by more than 25 %) or a `RasterReader`
+            used as is.
         dst: the GeoTIFF to write; written under a temporary name and renamed on success.
-        model: checkpoint (.pt) or exported .onnx; None means the bundled model.
-        device: "auto" (CUDA when present), "cpu" or "cuda".
-        backend: "auto" (torch on CUDA, ONNX Runtime on CPU), "torch" or "onnxruntime".
-        tile: tile size (default: the model's); a multiple of 2**depth.
-        overlap: pixels shared by neighbouring tiles (default: the model's).
-        batch_size: tiles per forward pass (default 2 on CPU, 16 on CUDA).
-        bands: 1-based bands to feed the model (default: the first non-alpha bands).
-        threshold: road threshold for `binary` (default: the model's).
-        binary: write 0/1 instead of probability x 255.
-        tta: average the 8 flips/rotations (8x slower).
-        extent: (xmin, ymin, xmax, ymax) in the raster's CRS; only for a raster path.
-        gsd: metres per pixel of a raster path without georeferencing (see `open_raster`).
+        settings: the run's settled values (`InferenceParams.resolve`).
         on_progress: called with the fraction done, 0..1.
         is_cancelled: polled between batches; when it returns True, `Cancelled` is raised.
 
@@ -316,27 +350,22 @@ def segment_raster(src: str | os.PathLike | RasterReader, dst: str | os.PathLike
     Raises:
         RasterError, CheckpointError, OutputError: bad input or output; nothing is written.
         Cancelled: the run was cancelled; nothing is written.
-        ValueError: bad tile, overlap, device or backend.
+        ValueError: a device or backend that cannot be used here.
     """
     start = time.perf_counter()
     dst = Path(dst)
     if isinstance(src, (str, os.PathLike)) and reads_file(src, dst):  # the pipeline's own rule, for direct calls
         raise OutputError(dst, "output would overwrite the input raster", "choose another output name")
+    meta, bands, extent, gsd = settings.meta, settings.band_list, settings.extent, settings.gsd
     if isinstance(src, (str, os.PathLike)):
         open_raster(src, bands=bands, extent=extent, native_gsd_m=gsd).close()  # a bad raster before the model
-    meta = read_model_info(model)  # without loading it: the model loads while the raster's statistics are read
-    tile, overlap = tile or meta.tile, meta.overlap if overlap is None else overlap
-    multiple = 2 ** int(meta.arch_config.get("depth", 4))
-    if tile % multiple:
-        raise ValueError(f"tile {tile} must be a multiple of {multiple} for this model")
-    threshold = meta.threshold if threshold is None else threshold
-    with ThreadPoolExecutor(1, thread_name_prefix="roadseg-load") as pool:
-        loading = pool.submit(load_backend, model, device=device, backend=backend, tta=tta)
+    with ThreadPoolExecutor(1, thread_name_prefix="roadseg-load") as pool:  # the model loads while the
+        loading = pool.submit(load_backend, settings.model, device=settings.device,  # statistics are read
+                              backend=settings.backend, tta=settings.tta)
         reader = (open_raster(src, gsd_m=meta.gsd_m, bands=bands, extent=extent, native_gsd_m=gsd)
                   if isinstance(src, (str, os.PathLike)) else src)
         try:
             chosen = choose_bands(reader, meta.in_channels, bands)
-            grid = TileGrid(reader.height, reader.width, tile, overlap)
             normaliser, notes = make_normaliser(reader, meta, chosen)
             loaded = loading.result()
         except BaseException:
@@ -344,29 +373,34 @@ def segment_raster(src: str | os.PathLike | RasterReader, dst: str | os.PathLike
                 reader.close()  # type: ignore[union-attr]  # only readers opened here
             raise
     try:
-        runner = BatchRunner(loaded.predict, batch_size or DEFAULT_BATCH["cuda" if "cuda" in loaded.device else "cpu"])
         tmp = temporary_output(dst)
         try:
-            tags = {"ROADSEG_VALUES": "binary road mask (1 road, 0 background)" if binary
-                    else "road probability x 255", "ROADSEG_THRESHOLD": f"{threshold:g}"}
-            with rasterio.Env(GDAL_CACHEMAX=gdal_cache_mb(reader, min(reader.width, STRIP_WIDTH + tile))):
-                sink = RasterSink(tmp, reader, tags)
-                try:
-                    _run_strips(reader, grid, chosen, normaliser, runner, sink, encoder_for(binary, threshold),
-                                on_progress, is_cancelled)
-                finally:
-                    sink.close()
-            check_written(tmp, reader.width, reader.height, dst)
+            _, runner_notes = predict_raster(reader, settings, loaded, normaliser, chosen, tmp, dst,
+                                             on_progress=on_progress, is_cancelled=is_cancelled)
             os.replace(tmp, dst)
         finally:
             tmp.unlink(missing_ok=True)
         if on_progress is not None:
             on_progress(1.0)
         return SegmentResult(dst, reader.width, reader.height, reader.crs, reader.transform,
-                             getattr(reader, "gsd_m", None), loaded.name, loaded.device, threshold, tile, overlap,
-                             time.perf_counter() - start,
-                             list(getattr(reader, "warnings", [])) + notes + loaded.notes + runner.notes,
+                             getattr(reader, "gsd_m", None), loaded.name, loaded.device, settings.threshold,
+                             settings.tile, settings.overlap, time.perf_counter() - start,
+                             list(getattr(reader, "warnings", [])) + notes + loaded.notes + runner_notes,
                              normaliser.distance)
     finally:
         if reader is not src:
             reader.close()  # type: ignore[union-attr]  # only readers opened here
+
+
+def segment_raster(src: str | os.PathLike | RasterReader, dst: str | os.PathLike,
+                   model: str | os.PathLike | None = None, *, on_progress: Callable[[float], None] | None = None,
+                   is_cancelled: Callable[[], bool] | None = None, **options: Any) -> SegmentResult:
+    """`segment` with the options of `InferenceParams` as keywords (device, backend, tile, overlap,
+    batch_size, bands, threshold, binary, tta, extent, gsd), settled by `InferenceParams.resolve`:
+    for scripts, benchmarks and tests. `model` None means the bundled model.
+
+    Raises:
+        ParamError: an option the model cannot take; and those of `segment`.
+    """
+    params = InferenceParams(model=None if model is None else os.fspath(model), **options)
+    return segment(src, dst, params.resolve(read_model_info(params.model_path)), on_progress, is_cancelled)

@@ -8,6 +8,9 @@ it needs, the limit and the largest value that fits:
 `tile 32768: needs about 137.4 GB of memory (a batch of 2 tiles), over the 11.7 GB limit
 (half of this machine's 23.4 GB); at most 3008 here, e.g. 512`.
 
+The overlap of neighbouring tiles is bounded by the tile, not by memory (`check_overlap`); it is
+here so that every size has its bound in one module.
+
 The per-pixel figures are measured on the bundled model (CPU, batch 1-2, 512-1024 px tiles):
 ONNX Runtime fp32 peaks at 27 bytes per pixel per base channel, torch at 36, int8 at 16;
 training (forward, backward, batch norm) at about 4x inference.
@@ -105,6 +108,19 @@ def check_tile(tile: int, batch: int, base: int, multiple: int, name: str = "til
     what = f"a batch of {batch} tile{'s' if batch > 1 else ''} of {tile} px"
     refuse_over_budget(name, tile, need, what,
                        f"at most {largest_tile(batch, base, multiple, per_px)} here, e.g. {example}")
+
+
+def check_overlap(overlap: int, tile: int, tile_name: str = "tile") -> None:
+    """The one rule of overlap against tile size (options, model files, the tile grid, training):
+    neighbouring tiles share under half a tile, so a tile's two blend ramps never meet.
+
+    Raises:
+        ParamError: naming the overlap and the tile it is measured against.
+    """
+    if overlap < 0:
+        raise ParamError("overlap", overlap, "must not be negative", f"e.g. {tile // 16}")
+    if not overlap < tile // 2:
+        raise ParamError("overlap", overlap, f"must be less than half the {tile_name} ({tile})", f"e.g. {tile // 16}")
 
 
 def check_batch(batch: int, tile: int, base: int, name: str = "batch_size", training: bool = False) -> None:

@@ -101,8 +101,6 @@ class ModelMeta:
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < (1 if key == "tile" else 0):
                 raise bad(key, f"must be a whole number of pixels, not {value!r}")
-        if not self.overlap < self.tile // 2:
-            raise bad("overlap", f"({self.overlap}) must be less than half the tile ({self.tile})")
         for key, low, high in (("threshold", 0.0, 1.0), ("gsd_m", 0.0, math.inf), ("input_scale", 0.0, math.inf)):
             value = getattr(self, key)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not low < value < high:
@@ -123,14 +121,15 @@ class ModelMeta:
             raise bad(f"extra.{NORMALISATION_KEY}", str(exc)) from None
 
     def _check_sizes(self, path: object) -> None:
-        """The model's width, depth and tile must fit this machine's memory (`limits`)."""
-        from .limits import check_model_size, check_tile
+        """The model's overlap must fit its tile, and its width, depth and tile this machine's memory (`limits`)."""
+        from .limits import check_model_size, check_overlap, check_tile
 
         base = self.arch_config.get("base_channels", 16)
         if not isinstance(base, int) or isinstance(base, bool) or base < 1:
             raise CheckpointError(path, f"metadata key 'arch_config.base_channels' must be a whole number >= 1, "
                                   f"not {base!r}", "the file was edited or is damaged; retrain or re-export the model")
         try:
+            check_overlap(self.overlap, self.tile)
             check_model_size(self.in_channels, base, self.depth)
             check_tile(self.tile, 1, base, 2**self.depth)
         except ParamError as exc:

@@ -25,7 +25,7 @@ from .atomic import temporary_sibling
 from .errors import CheckpointError, OutputError
 from .model_meta import ONNX_META_KEY as META_KEY
 from .model_meta import ModelMeta
-from .params import BUNDLED_MODEL
+from .params import model_file
 
 log = logging.getLogger(__name__)
 DIGEST_KEY = "roadseg_checkpoint_sha256"
@@ -79,7 +79,7 @@ def export_onnx(checkpoint: str | os.PathLike | None = None, out: str | os.PathL
             not installed and no export of this checkpoint exists.
         OutputError: the ONNX file cannot be written.
     """
-    checkpoint = Path(checkpoint) if checkpoint is not None else BUNDLED_MODEL
+    checkpoint = model_file(checkpoint)
     if not checkpoint.is_file():
         raise CheckpointError(checkpoint, "model file not found", "check the path or pass --model")
     digest = checkpoint_digest(checkpoint)
@@ -153,7 +153,7 @@ def find_fp32(checkpoint: str | os.PathLike | None = None, digest: str | None = 
     """The fp32 export of exactly this checkpoint (default: the bundled one) beside it or in the
     user cache, or None. Needs no torch: the name carries the checkpoint's hash, and the file the
     full hash, which must match."""
-    checkpoint = Path(checkpoint) if checkpoint is not None else BUNDLED_MODEL
+    checkpoint = model_file(checkpoint)
     if not checkpoint.is_file():
         return None
     digest = digest or checkpoint_digest(checkpoint)
@@ -253,7 +253,7 @@ def find_int8(checkpoint: str | os.PathLike | None = None) -> Path | None:
     replaced checkpoint never runs with a stale int8 model, nor with another model copied under
     its name: it falls back to fp32 until `quantize_model` is run again.
     """
-    checkpoint = Path(checkpoint) if checkpoint is not None else BUNDLED_MODEL
+    checkpoint = model_file(checkpoint)
     if not checkpoint.is_file():
         return None
     digest = checkpoint_digest(checkpoint)

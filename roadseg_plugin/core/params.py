@@ -5,6 +5,11 @@ are what the CLI, the Segment roads dialog and task, and the Processing algorith
 of them decides a default of its own. Each field carries its help text and unit in its
 metadata (`option`), so CLI and Processing help are generated from here.
 
+Options left unset mean "the model's": `InferenceParams.resolve(meta)` settles them once per run
+into `RunSettings` (model file, tile, overlap, threshold, batch, depth, the output's tags), which
+the pipeline, the engine, region chunks, evaluation and fine-tuning read without deciding a
+default again. `model_file` is the one meaning of "no model given": the bundled one.
+
 This module imports no torch, scipy, rasterio or QGIS: the Processing provider and the dialog
 use it while QGIS starts, before the heavy packages are known to be installed.
 """
@@ -20,6 +25,8 @@ from .errors import ParamError
 
 if TYPE_CHECKING:
     from .model_meta import ModelMeta
+
+PathLike = str | os.PathLike
 
 BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "models" / "roadseg_default.pt"
 MODEL_SUFFIXES = (".pt", ".onnx")
@@ -43,6 +50,9 @@ FINETUNE_MINUTES = 10.0  # the training time of "Train model from drawn road lin
 FINETUNE_VAL_SHARE = 0.25  # of the drawn road held back, by whole areas, to measure start and tuned
 
 MASK_THRESHOLD = 0.5  # a mask or probability raster that records no threshold of its own
+# VectoriseParams options that a segment run settles from InferenceParams (the model's threshold unless the
+# user's): adapters of segment runs offer them once, as InferenceParams options.
+SET_BY_INFERENCE = ("threshold",)
 
 # Vectoriser clean-up defaults (metres) and its internal block layout (pixels).
 MIN_LENGTH_M = 20.0  # drop connected pieces of network shorter than this
@@ -81,6 +91,11 @@ def describe(params_type: type, name: str) -> dict[str, Any]:
 
 def option_names(params_type: type) -> list[str]:
     return [f.name for f in fields(params_type)]
+
+
+def model_file(model: PathLike | None) -> Path:
+    """The model file of a run: `model`, or the bundled model when none is given (None or "")."""
+    return Path(model) if model is not None and os.fspath(model) else BUNDLED_MODEL
 
 
 def check_threshold(value: float | None, name: str = "threshold") -> float | None:
@@ -165,43 +180,108 @@ class InferenceParams:
         if self.gsd is not None and math.isinf(self.gsd):
             raise ParamError("gsd", self.gsd, "must be a finite number", "the raster's metres per pixel, e.g. 0.5")
         _check_positive("gsd", self.gsd)
-        if self.tile is not None and self.overlap is not None and not self.overlap < self.tile // 2:
-            raise ParamError("overlap", self.overlap, f"must be less than half the tile ({self.tile})")
+        if self.tile is not None and self.overlap is not None:
+            from .limits import check_overlap
+
+            check_overlap(self.overlap, self.tile)
 
     @property
     def model_path(self) -> Path:
         """The model file: the one given, or the bundled model."""
-        return Path(self.model) if self.model else BUNDLED_MODEL
+        return model_file(self.model)
 
-    def check_model(self, meta: ModelMeta, path: object = "") -> None:
-        """Refuse options the model cannot take, before it is loaded or any pixel is read."""
-        from .limits import check_batch, check_tile
+    def resolve(self, meta: ModelMeta) -> RunSettings:
+        """This run's settled values: each option left unset becomes the model's (`meta`, read from
+        `model_path`), and every option is checked against the model, before it is loaded or any
+        pixel is read.
 
-        depth = int(meta.arch_config.get("depth", 4))
-        tile = self.tile or meta.tile
-        if tile % 2**depth:
-            raise ParamError("tile", tile, f"must be a multiple of {2**depth} for the model {path}",
-                             f"e.g. {max(2**depth, tile // 2**depth * 2**depth)}")
+        Raises:
+            ParamError: a tile the model cannot take, an overlap of half the tile or more, a tile or
+                batch too large for this machine, or as many bands as the model does not take.
+        """
+        from .limits import check_batch, check_overlap, check_tile
+
+        path, multiple = self.model_path, 2**meta.depth
+        tile = meta.tile if self.tile is None else self.tile
+        if tile % multiple:
+            raise ParamError("tile", tile, f"must be a multiple of {multiple} for the model {path}",
+                             f"e.g. {max(multiple, tile // multiple * multiple)}")
         overlap = meta.overlap if self.overlap is None else self.overlap
-        if not overlap < tile // 2:
-            raise ParamError("overlap", overlap, f"must be less than half the tile ({tile})")
+        check_overlap(overlap, tile)
+        settings = RunSettings(
+            model=path, meta=meta, device=self.device, backend=self.backend, tile=tile, overlap=overlap,
+            threshold=meta.threshold if self.threshold is None else self.threshold, depth=meta.depth,
+            cpu_batch=self.batch_size or DEFAULT_BATCH["cpu"], cuda_batch=self.batch_size or DEFAULT_BATCH["cuda"],
+            bands=self.bands, extent=self.extent, gsd=self.gsd, tta=self.tta, binary=self.binary)
         base = int(meta.arch_config.get("base_channels", 16))
-        batch = self.batch_size or DEFAULT_BATCH["cuda" if str(self.device).startswith("cuda") else "cpu"]
-        check_tile(tile, 1, base, 2**depth, example=meta.tile)  # one tile must fit; then the batch
-        check_batch(batch, tile, base)
+        check_tile(tile, 1, base, multiple, example=meta.tile)  # one tile must fit; then the batch
+        check_batch(settings.batch_for(self.device), tile, base)  # "auto": the CPU's (GPU memory is not RAM)
         if self.bands is not None and len(self.bands) != meta.in_channels:
             raise ParamError("bands", ",".join(map(str, self.bands)),
                              f"{len(self.bands)} band(s) chosen but the model {path} takes {meta.in_channels}",
                              "pass exactly that many band numbers")
+        return settings
 
     def with_changes(self, **changes: Any) -> InferenceParams:
         return replace(self, **changes)
 
 
 @dataclass(frozen=True)
+class RunSettings:
+    """One run's settled values (`InferenceParams.resolve`): the user's options, each unset one
+    replaced by the model's and all checked against it. The pipeline, the engine, region chunks,
+    evaluation and fine-tuning read these and decide no default of their own.
+
+    Attributes:
+        model: the model file (the bundled one when none was given).
+        meta: its metadata.
+        device, backend: as given ("auto" is decided where the model is loaded: a region run's
+            workers may differ from its client).
+        tile, overlap: the tiling; threshold: the road threshold; depth: the U-Net's (tiles are
+            multiples of 2**depth).
+        cpu_batch, cuda_batch: tiles per forward pass on either kind of device (`batch_for`).
+        bands, extent, gsd, tta, binary: the user's, as in `InferenceParams`.
+    """
+
+    model: Path
+    meta: ModelMeta = field(repr=False, compare=False)
+    device: str
+    backend: str
+    tile: int
+    overlap: int
+    threshold: float
+    depth: int
+    cpu_batch: int
+    cuda_batch: int
+    bands: tuple[int, ...] | None = None
+    extent: tuple[float, float, float, float] | None = None
+    gsd: float | None = None
+    tta: bool = False
+    binary: bool = False
+
+    def batch_for(self, device: str) -> int:
+        """Tiles per forward pass on `device`, the device the model was loaded on ("auto": the CPU's)."""
+        return self.cuda_batch if str(device).startswith("cuda") else self.cpu_batch
+
+    @property
+    def band_list(self) -> list[int] | None:
+        """The bands to read, as the readers take them (None: the first non-alpha bands)."""
+        return list(self.bands) if self.bands else None
+
+    @property
+    def tags(self) -> dict[str, str]:
+        """The metadata of the probability raster: what its values are and the threshold that goes with them."""
+        return {"ROADSEG_VALUES": "binary road mask (1 road, 0 background)" if self.binary
+                else "road probability x 255", "ROADSEG_THRESHOLD": f"{self.threshold:g}"}
+
+
+@dataclass(frozen=True)
 class VectoriseParams:
     """Probability -> road lines -> file: clean-up lengths (metres) and the output format."""
 
+    threshold: float | None = option(None, "road probability at or above which a pixel is road; unset: the one "
+                                           "RoadSeg recorded in the raster, else 0.5",
+                                     unit="0-1", label="Road probability threshold", advanced=False)
     min_length: float = option(MIN_LENGTH_M, "drop pieces of network shorter than this", unit="m",
                                label="Minimum road length", advanced=False)
     spur_length: float = option(SPUR_LENGTH_M, "prune dead-end branches shorter than this", unit="m",
@@ -220,6 +300,7 @@ class VectoriseParams:
                        label="Block halo")
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "threshold", check_threshold(self.threshold))
         for name in ("min_length", "spur_length", "gap", "tolerance"):
             _check_positive(name, getattr(self, name), allow_zero=True)
         _check_positive("block_size", self.block_size, integer=True)
@@ -234,8 +315,24 @@ class VectoriseParams:
             object.__setattr__(self, "format", vector_format(self.format))
 
     def kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of the vectoriser (`vectorise_mask` / `vectorise_raster`)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "format"}
+        """Keyword arguments of the vectoriser's clean-up (`vectorise_mask`, `vectorise_raster`,
+        `check_memory`); the threshold (a raster's only) and the format are handed on their own."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("format", "threshold")}
+
+    def for_run(self, settings: RunSettings) -> VectoriseParams:
+        """These options with the segment run's settled threshold (InferenceParams' option, the model's
+        unless given), the one the probability raster records.
+
+        Raises:
+            ParamError: a different threshold set here (a segment run's threshold is set once).
+        """
+        if self.threshold is not None and self.threshold != settings.threshold:
+            raise ParamError("threshold", self.threshold, f"is set for the road lines but the run's threshold is "
+                             f"{settings.threshold:g}", "set the threshold once, with the model's options")
+        return replace(self, threshold=settings.threshold)
+
+    def with_changes(self, **changes: Any) -> VectoriseParams:
+        return replace(self, **changes)
 
 
 def vector_format(name: str) -> str:
@@ -248,15 +345,16 @@ def vector_format(name: str) -> str:
                      f"use one of {', '.join(VECTOR_FORMATS)}")
 
 
-def read_model_info(path: str | os.PathLike | None = None) -> ModelMeta:
+def read_model_info(path: PathLike | None = None) -> ModelMeta:
     """The metadata of a `.pt` checkpoint or exported `.onnx` model, without torch.
 
-    None means the bundled model. Checkpoints are read with a restricted unpickler that only
-    sees the metadata (tensors are never built); ONNX files with `onnx`, else ONNX Runtime.
+    None (or "") means the bundled model (`model_file`). Checkpoints are read with a restricted
+    unpickler that only sees the metadata (tensors are never built); ONNX files with `onnx`, else
+    ONNX Runtime.
 
     Raises:
         CheckpointError: missing, damaged or unsafe file, or metadata with wrong types.
     """
     from .model_meta import read_meta
 
-    return read_meta(Path(path) if path else BUNDLED_MODEL)
+    return read_meta(model_file(path))

@@ -3,7 +3,9 @@
 The CLI, the Segment roads task and the Processing algorithms only translate their inputs into
 `InferenceParams` / `VectoriseParams`, call `extract_roads` (or `vectorise_file`), and translate
 progress, cancellation and errors back (tqdm / QgsTask / QgsProcessingFeedback; exit 2 /
-message bar / QgsProcessingException).
+message bar / QgsProcessingException). `extract_roads` settles the run's values once
+(`InferenceParams.resolve`: the model's wherever an option is unset) and hands them to the engine,
+and their threshold to the vectoriser (`VectoriseParams.for_run`).
 
 Nothing is lost: every output is checked before the model loads (known format, existing and
 writable folder, never one of the inputs: the raster, the model, each other), the probability
@@ -28,13 +30,7 @@ from .advice import unfamiliar_imagery
 from .atomic import remove_stale_temporaries, same_file, temporary_folder
 from .errors import Cancelled, OutputError, RoadSegError
 from .outputs import check_outputs, check_probability_output, locked_outputs
-from .params import (
-    MASK_THRESHOLD,
-    InferenceParams,
-    VectoriseParams,
-    check_threshold,
-    read_model_info,
-)
+from .params import MASK_THRESHOLD, InferenceParams, RunSettings, VectoriseParams, check_threshold, read_model_info
 from .vector_io import driver_for
 
 if TYPE_CHECKING:
@@ -181,7 +177,7 @@ def extract_roads(source: Source, lines_out: str | os.PathLike | None, params: I
             another run writing the same output.
         Cancelled: nothing new was written; earlier files are untouched.
     """
-    from .engine import segment_raster
+    from .engine import segment
 
     vectorise_params = vectorise_params or VectoriseParams()
     lines_path = Path(lines_out) if lines_out is not None else None
@@ -191,32 +187,27 @@ def extract_roads(source: Source, lines_out: str | os.PathLike | None, params: I
     check_probability_output(prob_path)
     inputs = [os.fspath(source)] if isinstance(source, (str, os.PathLike)) else list(getattr(source, "files", []))
     check_outputs({"road lines": lines_path, "probability raster": prob_path}, [*inputs, params.model_path])
-    meta = read_model_info(params.model)
-    params.check_model(meta, params.model_path)
+    settings = params.resolve(read_model_info(params.model_path))  # the run's values, settled once
+    vectorise_params = vectorise_params.for_run(settings)
     if isinstance(source, (str, os.PathLike)):
-        check_raster_size(source, params, meta, vectorise_params)
+        check_raster_size(source, settings, vectorise_params)
     _check_cancel(is_cancelled)
     with locked_outputs(lines_path, prob_path):
         clear_stale_temporaries(lines_path, prob_path)
         with staging_folder(prob_path or lines_path) as tmp, _line_staging(lines_path, prob_path, tmp) as lines_tmp:
             staged = tmp / "probability.tif"
             with _named_output(tmp, prob_path or lines_path, "the probability raster" if prob_path else None):
-                segment = segment_raster(
-                    source, staged, params.model, device=params.device, backend=params.backend, tile=params.tile,
-                    overlap=params.overlap, batch_size=params.batch_size,
-                    bands=list(params.bands) if params.bands else None, threshold=params.threshold,
-                    binary=params.binary, tta=params.tta, **_reading(source, params),
-                    on_progress=_stage(on_progress, 0.0, SEGMENT_SHARE), is_cancelled=is_cancelled)
+                segmented = segment(source, staged, settings, _stage(on_progress, 0.0, SEGMENT_SHARE), is_cancelled)
                 _check_cancel(is_cancelled)
-                lines = _vectorise(staged, segment.threshold, vectorise_params, lines_path, lines_tmp,
+                lines = _vectorise(staged, vectorise_params, lines_path, lines_tmp,
                                    _stage(on_progress, SEGMENT_SHARE, SEGMENT_SHARE + VECTORISE_SHARE), is_cancelled)
             _check_cancel(is_cancelled)
             _commit(lines, lines_path, staged if prob_path is not None else None, prob_path)
     if on_progress is not None:
         on_progress(1.0)
-    advice = unfamiliar_imagery(lines.total_m / 1000, _area_km2(segment), segment.radiometry_distance)
-    warnings = ([advice] if advice else []) + list(segment.warnings)  # first: the dialog's message bar shows one
-    return RoadsResult(lines_path, prob_path, segment, segment.threshold, warnings, lines.count,
+    advice = unfamiliar_imagery(lines.total_m / 1000, _area_km2(segmented), segmented.radiometry_distance)
+    warnings = ([advice] if advice else []) + list(segmented.warnings)  # first: the dialog's message bar shows one
+    return RoadsResult(lines_path, prob_path, segmented, settings.threshold, warnings, lines.count,
                        lines.total_m, lines.frame)
 
 
@@ -225,8 +216,7 @@ def _area_km2(segment: SegmentResult) -> float | None:
     return segment.width * segment.height * segment.gsd_m**2 / 1e6 if segment.gsd_m else None
 
 
-def check_raster_size(source: str | os.PathLike, params: InferenceParams, meta: Any,
-                      vectorise_params: VectoriseParams) -> None:
+def check_raster_size(source: str | os.PathLike, settings: RunSettings, vectorise_params: VectoriseParams) -> None:
     """Refuse a raster (as the model will see it: cropped, resampled) too large for this machine,
     for the engine or for the vectoriser, before anything is written.
 
@@ -236,38 +226,30 @@ def check_raster_size(source: str | os.PathLike, params: InferenceParams, meta: 
     from .readers import open_raster
     from .vectorise import check_memory
 
-    with open_raster(source, gsd_m=meta.gsd_m, extent=params.extent, native_gsd_m=params.gsd) as reader:
+    with open_raster(source, gsd_m=settings.meta.gsd_m, extent=settings.extent, native_gsd_m=settings.gsd) as reader:
         width, height, gsd_m = reader.width, reader.height, reader.gsd_m
     check_memory(width, height, gsd_m, **vectorise_params.kwargs())
 
 
-def _reading(source: Source, params: InferenceParams) -> dict[str, Any]:
-    """Extent and pixel size go to the engine's file reader; a `RasterReader` (QGIS) was made with them."""
-    if isinstance(source, (str, os.PathLike)):
-        return {"extent": params.extent, "gsd": params.gsd}
-    return {}
-
-
 def vectorise_file(mask: str | os.PathLike, lines_out: str | os.PathLike | None,
-                   vectorise_params: VectoriseParams | None = None, threshold: float | None = None,
-                   on_progress: Progress | None = None, is_cancelled: Callable[[], bool] | None = None) -> RoadsResult:
+                   vectorise_params: VectoriseParams | None = None, on_progress: Progress | None = None,
+                   is_cancelled: Callable[[], bool] | None = None) -> RoadsResult:
     """Road lines of a mask or probability raster (the second half of `extract_roads`).
 
-    `threshold` None takes the one RoadSeg recorded in the raster, else 0.5.
+    The threshold is `vectorise_params.threshold`; unset, the one RoadSeg recorded in the raster, else 0.5.
     """
     vectorise_params = vectorise_params or VectoriseParams()
-    threshold = check_threshold(threshold)
     lines_path = Path(lines_out) if lines_out is not None else None
     if lines_path is not None:
         driver_for(lines_path, vectorise_params.format)
     check_outputs({"road lines": lines_path}, [mask])
     with locked_outputs(lines_path):
         clear_stale_temporaries(lines_path)
-        if threshold is None:
-            threshold = stored_threshold(mask) or MASK_THRESHOLD
+        threshold = vectorise_params.threshold or stored_threshold(mask) or MASK_THRESHOLD
+        vectorise_params = vectorise_params.with_changes(threshold=threshold)
         with _line_staging(lines_path, None, None) as lines_tmp:
-            lines = _vectorise(Path(mask), threshold, vectorise_params, lines_path, lines_tmp,
-                               _stage(on_progress, 0.0, 0.98), is_cancelled)
+            lines = _vectorise(Path(mask), vectorise_params, lines_path, lines_tmp, _stage(on_progress, 0.0, 0.98),
+                               is_cancelled)
             _check_cancel(is_cancelled)
             _commit(lines, lines_path, None, None)
     if on_progress is not None:
@@ -312,15 +294,15 @@ class _Lines:
     frame: Any = None
 
 
-def _vectorise(raster: Path, threshold: float, params: VectoriseParams, lines_path: Path | None,
-               folder: Path | None, on_progress: Progress | None,
-               is_cancelled: Callable[[], bool] | None) -> _Lines:
-    """Vectorise `raster`: into a staged line file in `folder` batch by batch (memory does not grow
-    with the number of lines), or into a frame when no file is asked for."""
+def _vectorise(raster: Path, params: VectoriseParams, lines_path: Path | None, folder: Path | None,
+               on_progress: Progress | None, is_cancelled: Callable[[], bool] | None) -> _Lines:
+    """Vectorise `raster` at `params.threshold` (settled by the caller): into a staged line file in
+    `folder` batch by batch (memory does not grow with the number of lines), or into a frame when no
+    file is asked for."""
     from .vector_io import LineWriter
     from .vectorise import iter_raster_frames, vectorise_raster
 
-    options = dict(threshold=threshold, on_progress=on_progress, is_cancelled=is_cancelled, **params.kwargs())
+    options = dict(threshold=params.threshold, on_progress=on_progress, is_cancelled=is_cancelled, **params.kwargs())
     if lines_path is None or folder is None:
         frame = vectorise_raster(raster, **options)
         return _Lines(len(frame), float(frame["length_m"].sum()), frame=frame)

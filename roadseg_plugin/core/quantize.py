@@ -27,10 +27,11 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import temporary_sibling
-from .checkpoint import BUNDLED_MODEL, ModelMeta
+from .checkpoint import ModelMeta
 from .errors import OutputError, RasterError
 from .model_meta import read_onnx_meta
 from .onnx_backend import DIGEST_KEY, META_KEY, PRECISION_KEY, export_onnx, int8_path
+from .params import model_file
 
 RASTER_SUFFIXES = {".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", ".vrt", ".img"}
 CHECK_TILES = 4  # tiles beyond the calibration crops on which each form is compared with fp32
@@ -239,7 +240,7 @@ def quantize_model(checkpoint: str | os.PathLike | None, calibration: str | os.P
     """
     if form != "auto" and form not in FORMS:
         raise ValueError(f"unknown int8 form {form!r}; use auto or one of {', '.join(FORMS)}")
-    checkpoint = Path(checkpoint) if checkpoint is not None else BUNDLED_MODEL
+    checkpoint = model_file(checkpoint)
     images = calibration_images(calibration)
     fp32 = export_onnx(checkpoint)
     meta = read_onnx_meta(fp32)

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from .errors import Cancelled
+from .limits import check_overlap
 
 PredictBatch = Callable[[np.ndarray], np.ndarray]  # (N, C, t, t) float32 -> (N, t, t) probabilities
 
@@ -103,8 +104,7 @@ class TileGrid:
     """
 
     def __init__(self, height: int, width: int, tile: int, overlap: int) -> None:
-        if not 0 <= overlap < tile // 2:
-            raise ValueError(f"overlap {overlap} must be at least 0 and less than half the tile ({tile})")
+        check_overlap(overlap, tile)
         self.height, self.width, self.tile, self.overlap = height, width, tile, overlap
         self.margin = overlap // 2
         self.pad_h = max(self.margin, tile - height - self.margin)

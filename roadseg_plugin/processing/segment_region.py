@@ -26,7 +26,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from ..core.params import InferenceParams, VectoriseParams
+from ..core.params import SET_BY_INFERENCE, InferenceParams, VectoriseParams
 from .base import RoadSegAlgorithm, add_parameters, in_python_thread, options_help, read_parameters
 
 DEFAULT_CHUNK = 8192  # = core.region.plan.DEFAULT_CHUNK (the provider must load without dask)
@@ -79,7 +79,7 @@ class SegmentRegionAlgorithm(RoadSegAlgorithm):
             "each line comes from; in the first raster's CRS), one road probability VRT per raster, the parts and "
             "region.json. Resume finishes an interrupted run in the same folder. Only raster files can be used "
             "(every worker reads them itself).\n\n"
-        ) + options_help(InferenceParams) + "<br>" + options_help(VectoriseParams)
+        ) + options_help(InferenceParams) + "<br>" + options_help(VectoriseParams, skip=SET_BY_INFERENCE)
 
     def initAlgorithm(self, config: dict | None = None) -> None:
         self.addParameter(QgsProcessingParameterMultipleLayers(self.INPUTS, self.tr("Aerial images"),
@@ -97,7 +97,7 @@ class SegmentRegionAlgorithm(RoadSegAlgorithm):
                                                         False))
         self.addParameter(QgsProcessingParameterBoolean(self.SKIP_BAD, self.tr("Skip unreadable rasters"), False))
         add_parameters(self, InferenceParams)
-        add_parameters(self, VectoriseParams)
+        add_parameters(self, VectoriseParams, skip=SET_BY_INFERENCE)
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, self.tr("Output folder")))
         self.addOutput(QgsProcessingOutputVectorLayer(self.LINES, self.tr("Road lines"),
                                                       QgsProcessing.TypeVectorLine))

@@ -24,7 +24,7 @@ from qgis.core import (
 
 from ..adapters.options import qgis_message
 from ..adapters.styles import PROBABILITY_NAME, ROADS_NAME, style_on_load, style_probability, style_roads
-from ..core.params import InferenceParams, VectoriseParams
+from ..core.params import SET_BY_INFERENCE, InferenceParams, VectoriseParams
 from .base import (
     RoadSegAlgorithm,
     add_lines,
@@ -79,7 +79,7 @@ class SegmentRoadsAlgorithm(RoadSegAlgorithm):
             self.tr("only the image inside these polygons is processed (with an Extent too: inside both); "
                     "empty: the Extent, else the whole image (a web map needs one or the other)")))
         add_parameters(self, InferenceParams)
-        add_parameters(self, VectoriseParams, skip=SINK_OPTIONS, parent=self.INPUT)
+        add_parameters(self, VectoriseParams, skip=SINK_OPTIONS + SET_BY_INFERENCE, parent=self.INPUT)
         self.addParameter(set_help(QgsProcessingParameterFeatureSink(
             self.OUTPUT, self.tr("Road lines"), QgsProcessing.TypeVectorLine), self.tr(
             "road centre lines with id, length_m, width_m and mean_prob, in the image's CRS; any vector format")))

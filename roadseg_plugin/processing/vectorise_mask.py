@@ -1,6 +1,6 @@
 """roadseg:vectorisemask: a road mask or probability raster in, cleaned-up centre lines out.
 
-The clean-up options are generated from `VectoriseParams` (`base.add_parameters`; lengths as
+The threshold and clean-up options are generated from `VectoriseParams` (`base.add_parameters`; lengths as
 distances linked to INPUT) and the run is `core.pipeline.vectorise_file`, as for
 `python -m roadseg_plugin vectorise`. Lines QGIS loads on completion are named after the input
 and styled as the Segment roads task styles them.
@@ -15,7 +15,6 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingParameterFeatureSink,
-    QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
     QgsWkbTypes,
 )
@@ -27,7 +26,6 @@ from .base import (
     add_lines,
     add_parameters,
     check_sink_destination,
-    given,
     in_python_thread,
     layer_path,
     lengths_note,
@@ -40,7 +38,6 @@ from .segment_roads import SINK_OPTIONS
 
 class VectoriseMaskAlgorithm(RoadSegAlgorithm):
     INPUT = "INPUT"
-    THRESHOLD = "THRESHOLD"
     OUTPUT = "OUTPUT"
 
     def name(self) -> str:
@@ -65,11 +62,6 @@ class VectoriseMaskAlgorithm(RoadSegAlgorithm):
         self.addParameter(set_help(QgsProcessingParameterRasterLayer(
             self.INPUT, self.tr("Road mask or probability raster")), self.tr(
             "a RoadSeg probability raster (0-255), or a road mask with values 0/1 or 0/255")))
-        self.addParameter(set_help(QgsProcessingParameterNumber(
-            self.THRESHOLD, self.tr("Road probability threshold (0-1)"), QgsProcessingParameterNumber.Double,
-            None, True, 0.0, 1.0), self.tr(
-            "pixels at or above this probability are road; empty: the threshold stored in a RoadSeg "
-            "probability raster, else 0.5")))
         add_parameters(self, VectoriseParams, skip=SINK_OPTIONS, parent=self.INPUT)
         self.addParameter(set_help(QgsProcessingParameterFeatureSink(
             self.OUTPUT, self.tr("Road lines"), QgsProcessing.TypeVectorLine), self.tr(
@@ -86,14 +78,12 @@ class VectoriseMaskAlgorithm(RoadSegAlgorithm):
         vectorise = read_parameters(self, VectoriseParams, parameters, context, layer.crs())
         if lengths_note(layer.crs()):
             feedback.pushInfo(f"{lengths_note(layer.crs())}: minimum road length {vectorise.min_length:g} m")
-        threshold = (self.parameterAsDouble(parameters, self.THRESHOLD, context)
-                     if given(parameters, self.THRESHOLD) else None)  # None: the raster's own, else 0.5
         check_sink_destination(self, parameters, self.OUTPUT, context, [layer.source()])
 
         def work():
             path = layer_path(layer, self.parameterDefinition(self.INPUT).description(), "roadseg_mask.tif")
             feedback.setProgress(10)
-            return vectorise_file(path, None, vectorise, threshold, on_progress=self.progress(feedback, 10, 80),
+            return vectorise_file(path, None, vectorise, on_progress=self.progress(feedback, 10, 80),
                                   is_cancelled=feedback.isCanceled)
 
         with self.core_errors():

@@ -285,7 +285,7 @@ def test_column_strips_give_the_whole_raster_run_exactly(tmp_path, contrast_chec
     src = write_tif(tmp_path / "wide.tif", image)
     whole = segment_raster(src, tmp_path / "whole.tif", contrast_checkpoint, backend="torch", batch_size=3)
     monkeypatch.setattr(engine, "STRIP_WIDTH", 256)  # 3 strips, borders inside tiles
-    assert len(engine.column_strips(TileGrid(150, 700, 64, 16))) == 3
+    assert len(engine.column_strips((0, 150, 0, 700))) == 3
     strips = segment_raster(src, tmp_path / "strips.tif", contrast_checkpoint, backend="torch", batch_size=3)
     (a, mask_a, _), (b, mask_b, _) = read_out(whole.path), read_out(strips.path)
     np.testing.assert_array_equal(a, b)
@@ -301,3 +301,32 @@ def test_a_direct_call_never_writes_over_its_input_through_a_hard_link(tmp_path,
     with pytest.raises(OutputError, match="overwrite the input raster"):
         segment_raster(src, tmp_path / "same.tif", contrast_checkpoint, backend="torch")
     assert src.read_bytes() == before
+
+
+def test_a_region_chunk_is_the_engines_own_prediction(tmp_path, contrast_checkpoint):
+    """`predict_raster` is the one prediction routine: chunks of a raster predicted by the region
+    run's worker function, one tile per batch as the engine here, hold exactly the engine's bytes,
+    on the engine's grid."""
+    from roadseg_plugin.core.params import InferenceParams, read_model_info
+    from roadseg_plugin.core.region.chunk import ChunkTask, segment_chunk
+    from roadseg_plugin.core.region.plan import inspect_input, plan_chunks
+
+    src = write_tif(tmp_path / "in.tif", scene(150, 170))
+    params = InferenceParams(model=str(contrast_checkpoint), backend="torch", device="cpu", batch_size=1)
+    settings = params.resolve(read_model_info(contrast_checkpoint))
+    whole = segment_raster(src, tmp_path / "whole.tif", contrast_checkpoint, backend="torch", device="cpu",
+                           batch_size=1)
+    expected, expected_mask, _ = read_out(whole.path)
+    plan = inspect_input(str(src), settings)
+    chunks = plan_chunks(plan.height, plan.width, settings.tile, settings.overlap, 64)
+    assert len(chunks) >= 4
+    got, got_mask = np.zeros_like(expected), np.zeros_like(expected_mask)
+    for chunk in chunks:
+        info = segment_chunk(ChunkTask(str(src), chunk.window, str(tmp_path / f"{chunk.name}.tif"), settings,
+                                       normaliser=plan.normaliser))
+        r0, r1, c0, c1 = chunk.window
+        got[r0:r1, c0:c1], got_mask[r0:r1, c0:c1], profile = read_out(Path(info["part"]))
+        assert profile["transform"] == whole.transform * Affine.translation(c0, r0)
+        assert info["threshold"] == whole.threshold == settings.threshold
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(got_mask, expected_mask)

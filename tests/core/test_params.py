@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 from dataclasses import fields
@@ -17,6 +18,7 @@ from roadseg_plugin.core.params import (
     VectoriseParams,
     check_threshold,
     describe,
+    model_file,
     read_model_info,
 )
 
@@ -66,13 +68,63 @@ def test_values_are_normalised():
     assert check_threshold(None) is None
 
 
-def test_check_model_refuses_tiles_the_model_cannot_take():
+def test_resolve_refuses_tiles_the_model_cannot_take():
     meta = ModelMeta(arch_config={"depth": 4}, tile=256, overlap=32)
-    InferenceParams(tile=512).check_model(meta)
-    with pytest.raises(ParamError, match="tile 100: must be a multiple of 16"):
-        InferenceParams(tile=100).check_model(meta, "m.pt")
+    InferenceParams(tile=512).resolve(meta)
+    with pytest.raises(ParamError, match="tile 100: must be a multiple of 16 for the model m.pt"):
+        InferenceParams(model="m.pt", tile=100).resolve(meta)
     with pytest.raises(ParamError, match="bands 1,2: 2 band"):
-        InferenceParams(bands=(1, 2)).check_model(meta)
+        InferenceParams(bands=(1, 2)).resolve(meta)
+
+
+def test_resolve_gives_the_models_values_when_unset_and_the_users_when_set():
+    meta = ModelMeta(arch_config={"depth": 3}, tile=256, overlap=32, threshold=0.42)
+    unset = InferenceParams().resolve(meta)
+    assert (unset.model, unset.tile, unset.overlap, unset.threshold, unset.depth) == (BUNDLED_MODEL, 256, 32, 0.42, 3)
+    assert (unset.batch_for("cpu"), unset.batch_for("cuda:0"), unset.batch_for("auto")) == (2, 16, 2)
+    assert unset.meta is meta and unset.tags == {"ROADSEG_VALUES": "road probability x 255",
+                                                 "ROADSEG_THRESHOLD": "0.42"}
+    given = InferenceParams(model="m.pt", tile=128, overlap=0, threshold=0.3, batch_size=5, binary=True,
+                            bands=(3, 2, 1)).resolve(meta)
+    assert (given.model, given.tile, given.overlap, given.threshold) == (Path("m.pt"), 128, 0, 0.3)
+    assert (given.batch_for("cpu"), given.batch_for("cuda")) == (5, 5) and given.band_list == [3, 2, 1]
+    assert given.tags == {"ROADSEG_VALUES": "binary road mask (1 road, 0 background)", "ROADSEG_THRESHOLD": "0.3"}
+
+
+def test_overlap_of_half_the_tile_is_refused_by_one_rule_everywhere():
+    """Options, their resolution against a model, a model's own metadata and the tile grid all
+    refuse it with `limits.check_overlap`'s words."""
+    from roadseg_plugin.core.tiling import TileGrid
+
+    words = "overlap 32: must be less than half the tile (64)"
+    with pytest.raises(ParamError, match=re.escape(words)):
+        InferenceParams(tile=64, overlap=32)
+    with pytest.raises(ParamError, match=re.escape(words)):
+        InferenceParams(overlap=32).resolve(ModelMeta(arch_config={"depth": 2}, tile=64, overlap=8))
+    with pytest.raises(ParamError, match=re.escape(words)):
+        InferenceParams(tile=64).resolve(ModelMeta(arch_config={"depth": 2}, tile=128, overlap=32))
+    with pytest.raises(ParamError, match=re.escape(words)):
+        TileGrid(100, 100, 64, 32)
+    data = {**ModelMeta(arch_config={"depth": 2}, tile=64, overlap=32).to_dict()}
+    with pytest.raises(CheckpointError, match=re.escape("metadata key 'overlap' (32) must be less than half the tile "
+                                                        "(64)")):
+        ModelMeta.from_dict(data, "m.pt")
+
+
+def test_no_model_means_the_bundled_model_in_one_way():
+    assert model_file(None) == model_file("") == InferenceParams(model="").model_path == BUNDLED_MODEL
+    assert model_file(Path("a/m.pt")) == model_file("a/m.pt") == Path("a/m.pt")
+
+
+def test_a_segment_run_settles_the_vectorisers_threshold():
+    settings = InferenceParams().resolve(ModelMeta(threshold=0.42))
+    assert VectoriseParams().for_run(settings).threshold == 0.42
+    assert VectoriseParams(threshold=0.42, gap=3).for_run(settings) == VectoriseParams(threshold=0.42, gap=3)
+    with pytest.raises(ParamError, match="threshold 0.3: is set for the road lines but the run's threshold is 0.42"):
+        VectoriseParams(threshold=0.3).for_run(settings)
+    with pytest.raises(ParamError, match="^threshold 1.5"):
+        VectoriseParams(threshold=1.5)
+    assert "threshold" not in VectoriseParams(threshold=0.42).kwargs()
 
 
 def test_bundled_model_info_is_read_without_torch():

@@ -152,18 +152,19 @@ def test_chunks_equal_the_single_process_engine(tmp_path, tiny_checkpoint, case)
         dst.write(data)
     params = InferenceParams(model=str(tiny_checkpoint), backend="torch", device="cpu",
                              overlap=24 if case == "tile_edges" else None)
+    settings = params.resolve(read_model_info(tiny_checkpoint))
     whole = segment_raster(src, tmp_path / "whole.tif", tiny_checkpoint, backend="torch", device="cpu",
                            overlap=params.overlap)
     with rasterio.open(whole.path) as f:
         expected = f.read(1)
-    plan = inspect_input(str(src), params, read_model_info(tiny_checkpoint))
+    plan = inspect_input(str(src), settings)
     assert (plan.height, plan.width) == expected.shape
     size = {"uint8": 96, "uint16_resampled": 48, "tile_edges": 60}[case]
     chunks = plan_chunks(plan.height, plan.width, whole.tile, whole.overlap, size)
     assert len(chunks) >= 9
     got = np.zeros_like(expected)
     for chunk in chunks:
-        info = segment_chunk(ChunkTask(str(src), chunk.window, str(tmp_path / f"{chunk.name}.tif"), params,
+        info = segment_chunk(ChunkTask(str(src), chunk.window, str(tmp_path / f"{chunk.name}.tif"), settings,
                                        normaliser=plan.normaliser))
         r0, r1, c0, c1 = chunk.window
         with rasterio.open(info["part"]) as part:

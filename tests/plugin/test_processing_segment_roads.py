@@ -233,7 +233,7 @@ def test_a_refused_option_is_the_cores_one_line_message(roadseg_provider, road_r
     with pytest.raises(QgsProcessingException) as info:
         run({"INPUT": str(path), "MODEL": str(road_model), "TILE": 64, "OVERLAP": 40,
              "OUTPUT": str(tmp_path / "roads.gpkg")})
-    assert str(info.value) == f'"Tile overlap (px)" = 40: {expected.value.problem}'
+    assert str(info.value) == f'"Tile overlap (px)" = 40: {expected.value.problem}; {expected.value.fix}'
     with pytest.raises(QgsProcessingException, match='^"Bands" = 1,x: '):
         run({"INPUT": str(path), "BANDS": "1,x", "OUTPUT": str(tmp_path / "roads.gpkg")})
     assert not (tmp_path / "roads.gpkg").exists()

@@ -13,7 +13,7 @@ from roadseg_plugin.core.params import BUNDLED_MODEL
 from roadseg_plugin.core.vectorise import vectorise_mask
 from tests.conftest import SHARED_DATA, draw_roads, needs_shared_data, road_image
 from training.datasets import Tile, load_tiles
-from training.finetune import FinetuneConfig, finetune_from_lines, measure
+from training.finetune import FinetuneConfig, finetune_from_lines, measure, on_torch
 from training.finetune_data import split_by_area, undrawn_share
 
 CRS = "EPSG:26986"
@@ -146,10 +146,10 @@ def test_fifty_drawn_lines_on_real_tiles_never_make_held_out_tiles_worse(tmp_pat
         frames.append(lines.nlargest(25, "length_m"))  # ~50 drawn lines over the two tiles, about half the roads
     lines = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=CRS)
     held = [tiles[name] for name in ("10228660_15", "10378795_15", "10078720_15")]
-    before, _ = measure(BUNDLED_MODEL, held)
+    before, _ = measure(on_torch(BUNDLED_MODEL, "cpu"), held)
     result = finetune_from_lines(FinetuneConfig(rasters=rasters, lines=lines, out=tmp_path / "run", minutes=1,
                                                 device="cpu", replay=SHARED_DATA if replay else None))
-    after, _ = measure(result.model, held)
+    after, _ = measure(on_torch(result.model, "cpu"), held)
     print(f"replay={replay} held-out before", {k: round(before[k], 4) for k in ("iou", "relaxed_f1", "apls")},
           "after", {k: round(after[k], 4) for k in ("iou", "relaxed_f1", "apls")}, result.summary())
     assert result.undrawn_share > 0.35 and any("look incomplete" in m for m in result.messages)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, cast
 from ..errors import CheckpointError, OutputError
 from ..onnx_backend import export_onnx, find_int8
 from ..params import BACKENDS as BACKEND_NAMES
-from ..params import BUNDLED_MODEL
+from ..params import model_file
 from .base import Backend, BatchRunner, onnxruntime_available, physical_cores
 from .choice import fastest_onnx
 from .onnxruntime_backend import OnnxRuntimeBackend
@@ -117,7 +117,7 @@ def load_backend(model: str | os.PathLike | None = None, device: str = "auto", b
     """
     if backend not in BACKEND_NAMES:
         raise ValueError(f"unknown backend {backend!r}; use {', '.join(BACKEND_NAMES)}")
-    path = Path(model) if model is not None else BUNDLED_MODEL
+    path = model_file(model)
     where = device_name(device)  # an unavailable device fails before any file is read
     if backend == "torch" and not torch_available():
         raise CheckpointError(path, "the torch backend needs PyTorch, which is not installed",

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import Cancelled, RoadSegError
-from ..params import BLOCK_SIZE, InferenceParams, VectoriseParams
+from ..params import BLOCK_SIZE, RunSettings, VectoriseParams
 from .chunk import ChunkTask, segment_chunk, warm_up
 from .manifest import Manifest
 from .plan import InputPlan
@@ -55,11 +55,11 @@ def _reruns(dask_scheduler: Any, keys: list[str], retries: int) -> int:
 class Job:
     """One run's tasks on `client` (see the module notes); `run` returns when all are recorded."""
 
-    def __init__(self, client: Any, plans: list[InputPlan], folder: Path, params: InferenceParams,
-                 vectorise: VectoriseParams, manifest: Manifest, threads: int | None, threshold: float,
+    def __init__(self, client: Any, plans: list[InputPlan], folder: Path, settings: RunSettings,
+                 vectorise: VectoriseParams, manifest: Manifest, threads: int | None,
                  on_progress: Callable[[Any], None] | None, is_cancelled: Callable[[], bool] | None) -> None:
         self.client, self.plans, self.folder, self.manifest = client, plans, folder, manifest
-        self.params, self.vectorise, self.threads, self.threshold = params, vectorise, threads, threshold
+        self.settings, self.vectorise, self.threads = settings, vectorise, threads
         self.on_progress, self.is_cancelled = on_progress, is_cancelled
         self.token = uuid.uuid4().hex[:8]
         self.pending: dict[str, tuple[Any, str, int, int]] = {}  # key -> (future, kind, input, item)
@@ -72,8 +72,6 @@ class Job:
         self.chunks_run = self.pixels_run = self.reruns = 0
         self.started = self.finished = self.segment_seconds = 0.0
         self.backends: list[str] = []
-        self.tags = {"ROADSEG_VALUES": "binary road mask (1 road, 0 background)" if params.binary
-                     else "road probability x 255", "ROADSEG_THRESHOLD": f"{threshold:g}"}
 
     def run(self, on_ready: Callable[[], None] | None = None) -> None:
         from distributed import as_completed
@@ -117,11 +115,11 @@ class Job:
         """The model (and the vectoriser) loaded on every worker at once; workers that join later
         (a lost worker's replacement) load it with their first task."""
         try:
-            loaded = self.client.run(warm_up, self.params, self.threads)
+            loaded = self.client.run(warm_up, self.settings, self.threads)
         except RoadSegError:
             raise
         except Exception as exc:  # noqa: BLE001 - e.g. onnxruntime missing on a worker
-            raise RoadSegError(self.params.model_path, f"a worker cannot load the model ({exc})",
+            raise RoadSegError(self.settings.model, f"a worker cannot load the model ({exc})",
                                "install RoadSeg's packages on every worker") from None
         self.backends = sorted(set(loaded.values()))
 
@@ -136,7 +134,7 @@ class Job:
 
     def _submit_chunk(self, i: int, c: int) -> None:
         plan, chunk = self.plans[i], self.plans[i].chunks[c]
-        task = ChunkTask(plan.source, chunk.window, str(self.folder / plan.part(chunk.name)), self.params,
+        task = ChunkTask(plan.source, chunk.window, str(self.folder / plan.part(chunk.name)), self.settings,
                          self.threads, plan.normaliser)
         self._submit(segment_chunk, task, "chunk", i, c, chunk.name, 0)
 
@@ -146,7 +144,7 @@ class Job:
                       for k in group.chunks)
         task = GroupTask(group.core, (plan.height, plan.width), self.vectorise.block_size or BLOCK_SIZE,
                          self.vectorise.halo, parts, str(self.folder / plan.part(group.name, ".npz")),
-                         self.params.binary, self.threshold)
+                         self.settings.binary, self.settings.threshold)
         self._submit(group_pieces, task, "lines", i, g, group.name, 1)  # first: frees the client sooner
 
     def _record(self, future: Any) -> None:
@@ -195,10 +193,10 @@ class Job:
         self.stitching.add(i)
         vrt = build_vrt(self.folder / f"{plan.key}.vrt",
                         [(ch.window, str(self.folder / plan.part(ch.name))) for ch in plan.chunks],
-                        plan.width, plan.height, plan.crs, plan.transform, self.tags)
+                        plan.width, plan.height, plan.crs, plan.transform, self.settings.tags)
         files = [str(self.folder / plan.part(g.name, ".npz")) for g in plan.groups]
         key = f"roadseg-stitch-{self.token}-{plan.key}"
-        future = self.client.submit(stitch_lines, files, str(vrt), self.vectorise, self.params.binary, key=key,
+        future = self.client.submit(stitch_lines, files, str(vrt), self.vectorise, self.settings.binary, key=key,
                                     retries=RETRIES, pure=False, priority=2)
         self.pending[key] = (future, "stitch", i, 0)
         self.completed.add(future)

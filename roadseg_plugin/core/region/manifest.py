@@ -20,7 +20,7 @@ from typing import Any
 
 from ..atomic import temporary_sibling
 from ..errors import OutputError
-from ..params import InferenceParams, VectoriseParams
+from ..params import SET_BY_INFERENCE, InferenceParams, VectoriseParams
 from .parts import sha256
 
 NAME = "region.json"
@@ -40,7 +40,7 @@ def input_identity(source: str) -> dict[str, Any]:
 
 def options_identity(params: InferenceParams, vectorise: VectoriseParams, chunk: int) -> dict[str, Any]:
     values = {f.name: getattr(params, f.name) for f in fields(params)}
-    values.update({f.name: getattr(vectorise, f.name) for f in fields(vectorise)})
+    values.update({f.name: getattr(vectorise, f.name) for f in fields(vectorise) if f.name not in SET_BY_INFERENCE})
     values = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items() if k not in FREE_OPTIONS}
     values["model"] = None  # the model is identified by its bytes
     return {**values, "chunk": chunk}

@@ -18,13 +18,13 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 from ..errors import ParamError, RasterError
-from ..params import BLOCK_SIZE, InferenceParams, VectoriseParams
+from ..params import BLOCK_SIZE, RunSettings, VectoriseParams
 
 DEFAULT_CHUNK = 8192
 MIN_CHUNK = 256
@@ -175,7 +175,7 @@ def check_chunk(chunk: int) -> int:
     return int(chunk)
 
 
-def inspect_input(source: str, params: InferenceParams, meta: Any) -> InputPlan:
+def inspect_input(source: str, settings: RunSettings) -> InputPlan:
     """Open `source` as the engine will and describe its grid (no chunks yet).
 
     The engine's value normalisation (`engine.make_normaliser`: stretches from statistics of the
@@ -188,15 +188,16 @@ def inspect_input(source: str, params: InferenceParams, meta: Any) -> InputPlan:
     from ..engine import make_normaliser
     from ..readers import choose_bands, open_raster
 
-    bands = list(params.bands) if params.bands else None
-    with open_raster(source, gsd_m=meta.gsd_m, bands=bands, extent=params.extent, native_gsd_m=params.gsd) as reader:
+    meta, bands = settings.meta, settings.band_list
+    with open_raster(source, gsd_m=meta.gsd_m, bands=bands, extent=settings.extent,
+                     native_gsd_m=settings.gsd) as reader:
         chosen = choose_bands(reader, meta.in_channels, bands)
         normaliser, notes = make_normaliser(reader, meta, chosen)
         return InputPlan(source, input_key(source), reader.width, reader.height, reader.crs, reader.transform,
                          reader.dtype, normaliser, warnings=list(reader.warnings) + list(notes))
 
 
-def plan_inputs(sources: list[str], params: InferenceParams, vectorise: VectoriseParams, meta: Any, chunk: int,
+def plan_inputs(sources: list[str], settings: RunSettings, vectorise: VectoriseParams, chunk: int,
                 skip_bad: bool = False) -> tuple[list[InputPlan], list[str]]:
     """Check every input and plan its chunks and line groups.
 
@@ -207,20 +208,18 @@ def plan_inputs(sources: list[str], params: InferenceParams, vectorise: Vectoris
     Raises:
         RasterError: unreadable inputs (all of them listed) unless `skip_bad`, or none left.
     """
-    tile = params.tile or meta.tile
-    overlap = meta.overlap if params.overlap is None else params.overlap
     block = vectorise.block_size or BLOCK_SIZE
     plans, bad, notes = [], [], []
     for source in sources:
         try:
-            plan = inspect_input(source, params, meta)
+            plan = inspect_input(source, settings)
         except RasterError as exc:
-            if params.extent is not None and _readable(source, params, meta):
+            if settings.extent is not None and _readable(source, settings):
                 notes.append(f"{source}: outside the extent; left out")
                 continue
             bad.append((source, exc))
             continue
-        plan.chunks = plan_chunks(plan.height, plan.width, tile, overlap, chunk)
+        plan.chunks = plan_chunks(plan.height, plan.width, settings.tile, settings.overlap, chunk)
         plan.groups = plan_groups(plan.height, plan.width, plan.chunks, block, vectorise.halo, chunk)
         plans.append(plan)
     if bad and not skip_bad:
@@ -240,10 +239,10 @@ def plan_inputs(sources: list[str], params: InferenceParams, vectorise: Vectoris
     return plans, notes
 
 
-def _readable(source: str, params: InferenceParams, meta: Any) -> bool:
+def _readable(source: str, settings: RunSettings) -> bool:
     """Whether `source` opens without the extent (so the extent was what failed)."""
     try:
-        inspect_input(source, params.with_changes(extent=None), meta)
+        inspect_input(source, replace(settings, extent=None))
     except RasterError:
         return False
     return True

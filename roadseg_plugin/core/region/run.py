@@ -24,7 +24,7 @@ from typing import Any
 
 from ..errors import Cancelled, OutputError, ParamError
 from ..outputs import locked_outputs
-from ..params import VECTOR_FORMATS, InferenceParams, VectoriseParams, read_model_info
+from ..params import VECTOR_FORMATS, InferenceParams, RunSettings, VectoriseParams, read_model_info
 from ..pipeline import LinesSummary
 from .cluster import DEFAULT_TIMEOUT, connect, dashboard_link
 from .job import Job, RegionProgress
@@ -134,32 +134,31 @@ def segment_region(inputs: list[str | os.PathLike], out_dir: str | os.PathLike,
                          "give either --scheduler or --workers")
     if workers is not None and (isinstance(workers, bool) or int(workers) != workers or workers < 1):
         raise ParamError("workers", workers, "must be a whole number, at least 1")
-    meta = read_model_info(params.model)
-    params.check_model(meta, params.model_path)
+    settings = params.resolve(read_model_info(params.model_path))  # the run's values, settled once
     folder = Path(os.path.abspath(out_dir))
     sources = expand_inputs(inputs)
-    check_folder(folder, list(inputs), sources, params.model_path)
+    check_folder(folder, list(inputs), sources, settings.model)
+    identity = options_identity(params, vectorise, chunk)  # the options as given: what --resume compares
     with locked_outputs(folder):  # a second run into this folder is refused, not raced
-        return _run(start, inputs, folder, sources, params, vectorise, meta, scheduler, workers, chunk, resume,
-                    skip_bad, timeout, model_threads, on_progress, say, is_cancelled)
+        return _run(start, inputs, folder, sources, settings, vectorise.for_run(settings), identity, scheduler,
+                    workers, chunk, resume, skip_bad, timeout, model_threads, on_progress, say, is_cancelled)
 
 
-def _run(start: float, inputs: list, folder: Path, sources: list[str], params: InferenceParams,
-         vectorise: VectoriseParams, meta: Any, scheduler: str | None, workers: int | None, chunk: int, resume: bool,
-         skip_bad: bool, timeout: float, model_threads: int | None,
+def _run(start: float, inputs: list, folder: Path, sources: list[str], settings: RunSettings,
+         vectorise: VectoriseParams, options: dict[str, Any], scheduler: str | None, workers: int | None, chunk: int,
+         resume: bool, skip_bad: bool, timeout: float, model_threads: int | None,
          on_progress: Callable[[RegionProgress], None] | None, say: Callable[[str], None],
          is_cancelled: Callable[[], bool] | None) -> RegionResult:
     lines_path = folder / (LINES_STEM + VECTOR_FORMATS[vectorise.format or "gpkg"][1])
-    plans, notes = plan_inputs(sources, params, vectorise, meta, chunk, skip_bad)
-    identity = {"inputs": [input_identity(p.source) for p in plans], "model": {"sha256": _model_hash(params)},
-                "options": options_identity(params, vectorise, chunk), "model_file": str(params.model_path)}
+    plans, notes = plan_inputs(sources, settings, vectorise, chunk, skip_bad)
+    identity = {"inputs": [input_identity(p.source) for p in plans], "model": {"sha256": _model_hash(settings)},
+                "options": options, "model_file": str(settings.model)}
     manifest, more = Manifest.open(folder, identity, resume)
     outputs = [lines_path, *(folder / f"{p.key}.vrt" for p in plans)]
-    _check_new_outputs(manifest, folder, outputs, sources, params)
+    _check_new_outputs(manifest, folder, outputs, sources, settings)
     for note in notes + more:
         say(note)
-    threshold = meta.threshold if params.threshold is None else params.threshold
-    files = [str(params.model_path), *(p.source for p in plans)]
+    files = [str(settings.model), *(p.source for p in plans)]
     if is_cancelled is not None and is_cancelled():
         raise Cancelled()
     with connect(scheduler, workers, timeout, files) as (client, n_workers, threads):  # the last check
@@ -168,7 +167,7 @@ def _run(start: float, inputs: list, folder: Path, sources: list[str], params: I
         link = dashboard_link(client)
         threads = model_threads or threads
         say(f"Dask: {n_workers} worker(s), {threads} model thread(s) each" + (f"; dashboard {link}" if link else ""))
-        job = Job(client, plans, folder, params, vectorise, manifest, threads, threshold, on_progress, is_cancelled)
+        job = Job(client, plans, folder, settings, vectorise, manifest, threads, on_progress, is_cancelled)
         try:
             job.run(lambda: say(f"model on every worker: {', '.join(job.backends)}"))
         finally:
@@ -187,14 +186,14 @@ def _run(start: float, inputs: list, folder: Path, sources: list[str], params: I
                         n_workers, link, warnings)
 
 
-def _model_hash(params: InferenceParams) -> str:
+def _model_hash(settings: RunSettings) -> str:
     from .parts import sha256
 
-    return sha256(params.model_path)
+    return sha256(settings.model)
 
 
 def _check_new_outputs(manifest: Manifest, folder: Path, outputs: list[Path], sources: list[str],
-                       params: InferenceParams) -> None:
+                       settings: RunSettings) -> None:
     """A new run writes no file that is already there; none of its outputs is an input."""
     from ..outputs import check_outputs
 
@@ -204,7 +203,7 @@ def _check_new_outputs(manifest: Manifest, folder: Path, outputs: list[Path], so
         if path.exists():
             raise OutputError(path, "already exists (from another run?)", "choose an empty output folder")
     if folder.is_dir():
-        check_outputs({f"output {p.name}": p for p in outputs}, [*sources, params.model_path])
+        check_outputs({f"output {p.name}": p for p in outputs}, [*sources, settings.model])
 
 
 def _clear_stale(folder: Path, plans: list, outputs: list[Path]) -> None:
