@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from roadseg_plugin.core.errors import DatasetError
 from roadseg_plugin.core.gsd import mean_gsd_m
 from roadseg_plugin.core.model_meta import ModelMeta
-from roadseg_plugin.core.normalise import Radiometry, remap_image, training_radiometry
+from roadseg_plugin.core.normalise import Radiometry, fill_nodata, remap_image, training_radiometry
 from roadseg_plugin.core.readers import STRICT_READ  # truncated PNGs raise instead of giving made-up rows
 
 from .augment import augment
@@ -203,8 +203,8 @@ class RandomCropDataset(Dataset):
     deterministic per (seed, epoch, index).
 
     `augment` is True (the default augmentation), False, or a callable (sample, rng) -> sample.
-    No-data reaches the model as the engine gives it: every invalid pixel of a crop is 0 after
-    normalisation (the training mean, `normalise.InputNormaliser`), and a crop that runs past a
+    No-data reaches the model as the engine gives it: every invalid pixel of a crop takes the
+    normalised values of the nearest valid one (`normalise.fill_nodata`), and a crop that runs past a
     small tile's edge is padded as the engine pads a raster (reflected) or as no-data. With
     `p_nodata`, a crop also gets a synthetic no-data border or hole (an orthophoto's collar),
     so roads beside no-data are learnt as roads.
@@ -262,7 +262,8 @@ class RandomCropDataset(Dataset):
             hole = torch.from_numpy(nodata_shape(self.tile, rng))
             sample["valid"], shown = sample["valid"] * hole, shown * hole
         image = (sample["image"] - self.mean) / self.std
-        sample["image"] = (image * shown[None]).contiguous()  # no-data as the engine feeds it: 0, the mean
+        # no-data as the engine feeds it: filled from the nearest shown pixel
+        sample["image"] = torch.from_numpy(fill_nodata(image.numpy().copy(), shown.numpy() > 0))
         return sample
 
 

@@ -11,7 +11,7 @@ from roadseg_plugin.core.backends import load_backend
 from roadseg_plugin.core.checkpoint import ModelMeta
 from roadseg_plugin.core.errors import ParamError, RoadSegError
 from roadseg_plugin.core.metrics import PixelCounts, pixel_counts
-from roadseg_plugin.core.normalise import normalise
+from roadseg_plugin.core.normalise import fill_nodata, normalise
 from roadseg_plugin.core.params import InferenceParams, RunSettings
 from roadseg_plugin.core.tiling import predict_array
 
@@ -41,18 +41,18 @@ def evaluate_tiles(tiles: list[Tile], predict: Callable[[np.ndarray, np.ndarray]
 def predict_whole(image: np.ndarray, valid: np.ndarray | None, meta: ModelMeta,
                   run: Callable[[np.ndarray], np.ndarray], tile: int, overlap: int, batch_size: int) -> np.ndarray:
     """The one whole-tile predictor (evaluation, validation during training, fine-tuning):
-    the engine's normalisation, no-data as 0 after it, tiles of `tile` px sharing `overlap` px
+    the engine's normalisation, no-data filled as the engine fills it, tiles of `tile` px sharing `overlap` px
     blended. `run` maps a (N, C, t, t) batch to (N, t, t) probabilities."""
     x = normalise(image, meta, valid)
     if valid is not None:
-        x[:, ~valid] = 0.0
+        fill_nodata(x, valid)
     return predict_array(x, run, tile, overlap, batch_size)
 
 
 def tile_predictor(params: InferenceParams) -> tuple[Callable[[np.ndarray, np.ndarray | None], np.ndarray],
                                                      RunSettings]:
     """(predict(image, valid) -> probabilities, the run's settled values) of `params`' model for
-    whole in-memory tiles: the engine's backend, normalisation, no-data (0 after normalisation),
+    whole in-memory tiles: the engine's backend, normalisation, no-data (filled from the nearest valid pixel),
     tiling and batch, and tiled blending."""
     try:
         runner = load_backend(params.model_path, params.device, params.backend)

@@ -1,8 +1,8 @@
 """Does no-data next to roads cost roads? A tile alone against the same tile with a no-data
 collar or hole, both through the real engine.
 
-Orthophoto mosaics have no-data collars and holes; the engine feeds no-data to the model as 0
-after normalisation (the training mean), and training puts such areas into its crops
+Orthophoto mosaics have no-data collars and holes; the engine feeds each no-data pixel to the
+model as the nearest valid one (`normalise.fill_nodata`), and training puts such areas into its crops
 (`datasets.nodata_shape`). `compare` writes the tile alone, and the tile inside a white (no-data)
 border of `border` px or with a white square hole, as georeferenced GeoTIFFs, segments each with
 `segment_raster`, and scores both against the label on the tile's own pixels (the hole left out

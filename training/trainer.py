@@ -255,7 +255,7 @@ class Trainer:
     @torch.no_grad()
     def predict_tile(self, image: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         """Blended whole-tile probabilities with the current weights (eval mode); no-data
-        (`valid` False) goes in as the engine gives it, 0 after normalisation."""
+        (`valid` False) goes in as the engine gives it (`normalise.fill_nodata`)."""
         self.model.eval()
 
         def run(batch: np.ndarray) -> np.ndarray:

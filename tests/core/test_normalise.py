@@ -17,6 +17,7 @@ from roadseg_plugin.core.normalise import (
     Radiometry,
     band_limits,
     distance,
+    fill_nodata,
     normalise,
     remap_image,
     standardise,
@@ -180,4 +181,20 @@ def test_the_engine_normaliser_gives_every_8_bit_level_exactly_as_standardise():
     assert not np.array_equal(stretched, got) and np.all(np.diff(stretched, axis=2) >= 0)
     holes = valid.copy()
     holes[0, ::7] = False
-    assert np.all(InputNormaliser(meta, "uint8")(levels, holes)[:, ~holes] == 0)
+    filled = InputNormaliser(meta, "uint8")(levels, holes)[0, 0]  # band 1 of the one row
+    for col in np.flatnonzero(~holes[0]):  # each gap takes a neighbour's value
+        assert filled[col] in {got[0, 0, c] for c in (col - 1, col + 1) if 0 <= c < 256}
+    assert not InputNormaliser(meta, "uint8")(levels, np.zeros_like(valid)).any()
+
+
+def test_nodata_carries_the_nearest_valid_pixel_on_as_a_raster_edge_does():
+    x = np.arange(2 * 6 * 5, dtype=np.float32).reshape(2, 6, 5)
+    valid = np.ones((6, 5), bool)
+    valid[4:] = False  # a collar of two rows
+    valid[1, 2] = False  # a one-pixel hole between valid neighbours
+    before = x.copy()
+    out = fill_nodata(x, valid)
+    assert out is x and np.array_equal(out[:, valid], before[:, valid])
+    assert np.array_equal(out[:, 4], before[:, 3]) and np.array_equal(out[:, 5], before[:, 3])
+    assert any(np.array_equal(out[:, 1, 2], before[:, r, c]) for r, c in ((0, 2), (2, 2), (1, 1), (1, 3)))
+    assert fill_nodata(np.ones((1, 2, 2), np.float32), np.zeros((2, 2), bool)).sum() == 0
