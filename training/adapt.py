@@ -65,8 +65,11 @@ def road_half_width_m(tiles: list[Tile], gsd_m: float) -> float:
 
 
 def pick(tiles: list[Tile], held: list[str], labelled: int, seed: int) -> tuple[list[Tile], list[Tile]]:
-    """(labelled, scored): scored are the held-out tiles when there are some, else the rest."""
+    """(labelled, scored): scored are the held-out tiles when there are some, else the rest (also
+    when every tile is held out: a set the model was only validated on, never trained on)."""
     scored = [t for t in tiles if t.name in set(held)]
+    if len(scored) == len(tiles):
+        scored = []
     pool = [t for t in tiles if t not in scored and (t.mask & t.valid).any()]
     n = min(labelled, len(pool) if scored else len(pool) // 2)
     order = np.random.default_rng(seed).permutation(len(pool))
