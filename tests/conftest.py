@@ -14,6 +14,11 @@ needs_shared_data = pytest.mark.skipif(
     reason=f"real Massachusetts tiles not found at {SHARED_DATA} (they live beside the repository)",
 )
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# torch's OpenMP threads spin between operations: on a machine whose cores are busy (a training run, a
+# parallel build) that made the tests' small models 10 to 20 times slower. Passive threads sleep instead
+# (ONNX Runtime is told the same, `session.intra_op.allow_spinning`). Read when torch loads, so before
+# any test module imports it; CLI subprocesses inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture(autouse=True, scope="session")
