@@ -57,16 +57,10 @@ def road_image(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def write_png_pair(root: Path, name: str, image: np.ndarray, mask: np.ndarray) -> None:
-    import rasterio
+    from tests.rasters import write_mask_png, write_raster
 
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    (root / "masks").mkdir(parents=True, exist_ok=True)
-    with rasterio.open(root / "images" / f"{name}.png", "w", driver="PNG", width=image.shape[2],
-                       height=image.shape[1], count=image.shape[0], dtype="uint8") as dst:
-        dst.write(image)
-    with rasterio.open(root / "masks" / f"{name}.png", "w", driver="PNG", width=mask.shape[1],
-                       height=mask.shape[0], count=1, dtype="uint8") as dst:
-        dst.write((mask * 255).astype(np.uint8)[None])
+    write_raster(root / "images" / f"{name}.png", image)
+    write_mask_png(root / "masks" / f"{name}.png", mask)
 
 
 @pytest.fixture

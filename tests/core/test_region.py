@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import SHARED_DATA, needs_shared_data
+from tests.rasters import write_raster
 
 ROOT = Path(__file__).resolve().parents[2]
 CHUNK = 1024  # 3000 px -> 3 x 3 chunks with the bundled model (512 px tiles, 32 px overlap)
@@ -33,8 +34,9 @@ def real_mosaic(path: Path, size: int, crs: str = "EPSG:26986", gsd: float = 1.0
     """A size x size georeferenced RGB GeoTIFF mosaicked from the real Massachusetts tiles with
     the least white no-data (the same tiles in the same places whatever the size)."""
     import rasterio
-    from affine import Affine
     from rasterio.windows import Window
+
+    from tests.rasters import raster_writer
 
     images = sorted((SHARED_DATA / "images").glob("*.png"))
     white = []
@@ -43,8 +45,8 @@ def real_mosaic(path: Path, size: int, crs: str = "EPSG:26986", gsd: float = 1.0
             white.append(((src.read(out_shape=(3, 100, 100)) == 255).all(axis=0).mean(), image))
     tiles = [image for _, image in sorted(white)][first:]
     k = -(-size // 1500)
-    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs=crs,
-                       transform=Affine(gsd, 0, origin[0], 0, -gsd, origin[1]), tiled=True, compress="deflate") as dst:
+    with raster_writer(path, width=size, height=size, count=3, crs=crs, origin=origin, gsd=gsd, tiled=True,
+                       compress="deflate") as dst:
         for i in range(k * k):
             r, c = divmod(i, k)
             h, w = min(1500, size - r * 1500), min(1500, size - c * 1500)
@@ -147,9 +149,7 @@ def test_chunks_equal_the_single_process_engine(tmp_path, tiny_checkpoint, case)
     dtype, gsd, size = ("uint16", 0.6, (330, 290)) if case == "uint16_resampled" else ("uint8", 1.0, (301, 257))
     data = rng.integers(0, 250 if dtype == "uint8" else 4000, (3, *size)).astype(dtype)
     src = tmp_path / "in.tif"
-    with rasterio.open(src, "w", driver="GTiff", width=size[1], height=size[0], count=3, dtype=dtype,
-                       crs="EPSG:32619", transform=Affine(gsd, 0, 330000, 0, -gsd, 4690000)) as dst:
-        dst.write(data)
+    write_raster(src, data, crs="EPSG:32619", transform=Affine(gsd, 0, 330000, 0, -gsd, 4690000))
     params = InferenceParams(model=str(tiny_checkpoint), backend="torch", device="cpu",
                              overlap=24 if case == "tile_edges" else None)
     whole = segment_raster(src, tmp_path / "whole.tif", tiny_checkpoint, backend="torch", device="cpu",
@@ -185,10 +185,8 @@ def test_vrt_written_without_gdal_bindings_reads_like_buildvrt(tmp_path):
     for r0, r1, c0, c1 in [(0, 60, 0, 30), (0, 60, 30, 70)]:
         path = tmp_path / "parts" / f"p{c0}.tif"
         path.parent.mkdir(exist_ok=True)
-        with rasterio.open(path, "w", driver="GTiff", width=c1 - c0, height=r1 - r0, count=1, dtype="uint8",
-                           crs=crs, transform=transform * Affine.translation(c0, r0)) as dst:
-            dst.write(values[None, r0:r1, c0:c1])
-            dst.write_mask(np.full((r1 - r0, c1 - c0), 255, np.uint8))
+        write_raster(path, values[None, r0:r1, c0:c1], valid=np.full((r1 - r0, c1 - c0), 255, np.uint8), crs=crs,
+                     transform=transform * Affine.translation(c0, r0))
         parts.append(((r0, r1, c0, c1), str(path)))
     tags = {"ROADSEG_THRESHOLD": "0.4", "ROADSEG_VALUES": "road probability x 255"}
     built = build_vrt(tmp_path / "gdal.vrt", parts, 70, 60, crs, transform, tags)
