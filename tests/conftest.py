@@ -14,6 +14,11 @@ needs_shared_data = pytest.mark.skipif(
     reason=f"real Massachusetts tiles not found at {SHARED_DATA} (they live beside the repository)",
 )
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# torch's OpenMP threads spin between operations: on a machine whose cores are busy (a training run, a
+# parallel build) that made the tests' small models 10 to 20 times slower. Passive threads sleep instead
+# (ONNX Runtime is told the same, `session.intra_op.allow_spinning`). Read when torch loads, so before
+# any test module imports it; CLI subprocesses inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -52,16 +57,10 @@ def road_image(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def write_png_pair(root: Path, name: str, image: np.ndarray, mask: np.ndarray) -> None:
-    import rasterio
+    from tests.rasters import write_mask_png, write_raster
 
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    (root / "masks").mkdir(parents=True, exist_ok=True)
-    with rasterio.open(root / "images" / f"{name}.png", "w", driver="PNG", width=image.shape[2],
-                       height=image.shape[1], count=image.shape[0], dtype="uint8") as dst:
-        dst.write(image)
-    with rasterio.open(root / "masks" / f"{name}.png", "w", driver="PNG", width=mask.shape[1],
-                       height=mask.shape[0], count=1, dtype="uint8") as dst:
-        dst.write((mask * 255).astype(np.uint8)[None])
+    write_raster(root / "images" / f"{name}.png", image)
+    write_mask_png(root / "masks" / f"{name}.png", mask)
 
 
 @pytest.fixture

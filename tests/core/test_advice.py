@@ -6,12 +6,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import rasterio
 from rasterio.transform import from_origin
 
 from roadseg_plugin.core.advice import unfamiliar_imagery
 from roadseg_plugin.core.params import InferenceParams
 from roadseg_plugin.core.pipeline import extract_roads
+from tests.rasters import write_raster
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,10 +33,7 @@ def _cast_raster(path: Path) -> Path:
     rng = np.random.default_rng(0)
     data = np.stack([rng.integers(150, 200, (600, 600)), rng.integers(0, 30, (600, 600)),
                      rng.integers(170, 255, (600, 600))]).astype(np.uint8)
-    with rasterio.open(path, "w", driver="GTiff", width=600, height=600, count=3, dtype="uint8",
-                       crs="EPSG:26986", transform=from_origin(200000, 900000, 1.0, 1.0)) as dst:
-        dst.write(data)
-    return path
+    return write_raster(path, data, crs="EPSG:26986", transform=from_origin(200000, 900000, 1.0, 1.0))
 
 
 def test_pipeline_and_cli_say_it_first(tmp_path):

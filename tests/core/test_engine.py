@@ -17,8 +17,10 @@ from roadseg_plugin.core.engine import segment_raster
 from roadseg_plugin.core.errors import Cancelled, OutputError, RasterError
 from roadseg_plugin.core.tiling import RollingBlend, TileGrid, predict_array
 from tests.conftest import draw_roads, road_image
+from tests.rasters import write_raster
 
 TRANSFORM = from_origin(500000.0, 6000000.0, 1.0, 1.0)
+RGBA = (ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha)
 
 
 def scene(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -28,12 +30,8 @@ def scene(h: int, w: int, seed: int = 0) -> np.ndarray:
 
 def write_tif(path: Path, data: np.ndarray, transform: Affine = TRANSFORM, crs: str | None = "EPSG:32631",
               **extra) -> Path:
-    with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
-                       dtype=data.dtype.name, crs=crs, transform=transform, **extra) as dst:
-        dst.write(data)
-        if data.shape[0] == 4:
-            dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
-    return path
+    return write_raster(path, data, crs=crs, transform=transform, colorinterp=RGBA if data.shape[0] == 4 else None,
+                        **{"driver": "GTiff", **extra})
 
 
 def read_out(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -162,9 +160,7 @@ def test_uint16_is_stretched_with_a_warning(tmp_path, contrast_checkpoint):
 
 def test_unreferenced_png_gives_the_pixel_frame_qgis_draws_it_in_and_a_warning(tmp_path, tiny_checkpoint):
     """x = column, y = -row (as QGIS draws a plain image), not GDAL's y = +row: outputs overlay it."""
-    path = tmp_path / "photo.png"
-    with rasterio.open(path, "w", driver="PNG", width=70, height=50, count=3, dtype="uint8") as dst:
-        dst.write(scene(50, 70))
+    path = write_raster(tmp_path / "photo.png", scene(50, 70))
     result = segment_raster(path, tmp_path / "out.tif", tiny_checkpoint, backend="torch")
     assert any("no georeferencing" in w and "y = -row" in w for w in result.warnings)
     _, _, profile = read_out(result.path)

@@ -24,6 +24,7 @@ from roadseg_plugin.core.gsd import (
     scale_factors,
     segment_lengths_m,
 )
+from tests.rasters import write_raster
 
 US_FOOT = 1200 / 3937  # 0.3048006096... m
 WGS84 = Geod(ellps="WGS84")
@@ -126,9 +127,8 @@ def test_no_crs_takes_map_units_as_metres():
 
 
 def test_mean_gsd_of_a_written_raster(tmp_path):
-    with rasterio.open(tmp_path / "ft.tif", "w", driver="GTiff", width=8, height=8, count=1, dtype="uint8",
-                       crs="EPSG:2249", transform=from_origin(700000, 3000000, 1.0, 2.0)) as dst:
-        dst.write(np.zeros((1, 8, 8), "uint8"))
+    write_raster(tmp_path / "ft.tif", np.zeros((1, 8, 8), "uint8"), crs="EPSG:2249",
+                 transform=from_origin(700000, 3000000, 1.0, 2.0))
     with rasterio.open(tmp_path / "ft.tif") as src:
         assert mean_gsd_m(src.crs, src.transform, src.width, src.height) == pytest.approx(1.5 * US_FOOT, rel=1e-4)
 

@@ -25,6 +25,7 @@ from roadseg_plugin.core.normalise import (
 )
 from roadseg_plugin.core.readers import open_raster
 from tests.conftest import draw_roads, road_image
+from tests.rasters import write_raster as write_array
 
 TARGET = [[10.0, 190.0], [15.0, 190.0], [8.0, 185.0]]
 
@@ -119,10 +120,7 @@ def test_training_radiometry_is_the_median_of_the_per_tile_ranges_and_their_spre
 
 
 def write_raster(path: Path, data: np.ndarray) -> Path:
-    with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
-                       dtype=data.dtype.name, crs="EPSG:26986", transform=from_origin(200000, 900000, 1, 1)) as dst:
-        dst.write(data)
-    return path
+    return write_array(path, data, crs="EPSG:26986", transform=from_origin(200000, 900000, 1, 1))
 
 
 @pytest.mark.parametrize("mode", ["off", "auto", "always"])

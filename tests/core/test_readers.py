@@ -19,19 +19,16 @@ from roadseg_plugin.core.readers import (
     choose_bands,
     open_raster,
 )
+from tests.rasters import write_raster
+
+RGBA = (ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha)
 
 
 def write_tif(path: Path, data: np.ndarray, crs: str | None = "EPSG:32631", res: float = 1.0,
               origin: tuple[float, float] = (500000.0, 6000000.0), **extra) -> Path:
-    profile = dict(driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
-                   dtype=data.dtype.name, **extra)
-    if crs is not None:
-        profile.update(crs=crs, transform=from_origin(*origin, res, res))
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data)
-        if data.shape[0] == 4:
-            dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
-    return path
+    georeferenced = {"crs": crs, "transform": from_origin(*origin, res, res)} if crs is not None else {}
+    return write_raster(path, data, colorinterp=RGBA if data.shape[0] == 4 else None,
+                        **{"driver": "GTiff", **georeferenced, **extra})
 
 
 def rgb(h: int = 40, w: int = 50, value: int = 100) -> np.ndarray:
@@ -122,9 +119,7 @@ def test_geographic_raster_is_resampled_to_square_metres(tmp_path):
 
 
 def test_unreferenced_image_is_read_natively_with_a_warning(tmp_path):
-    path = tmp_path / "photo.png"
-    with rasterio.open(path, "w", driver="PNG", width=30, height=20, count=3, dtype="uint8") as dst:
-        dst.write(rgb(20, 30))
+    path = write_raster(tmp_path / "photo.png", rgb(20, 30))
     with open_raster(path, gsd_m=1.0) as reader:
         assert reader.crs is None and reader.gsd_m is None and (reader.width, reader.height) == (30, 20)
         assert any("no georeferencing" in w for w in reader.warnings)
@@ -161,9 +156,7 @@ def test_vrt_and_world_file_jpeg_are_read(tmp_path):
         values, valid = reader.read(Window(0, 0, 50, 40), [1, 2, 3])
         assert reader.crs == CRS.from_epsg(32631) and not reader.warnings
     np.testing.assert_array_equal(values, data)
-    with rasterio.open(tmp_path / "photo.jpg", "w", driver="JPEG", width=50, height=40, count=3, dtype="uint8",
-                       transform=from_origin(10, 20, 0.5, 0.5), WORLDFILE="YES") as dst:
-        dst.write(data)
+    write_raster(tmp_path / "photo.jpg", data, transform=from_origin(10, 20, 0.5, 0.5), WORLDFILE="YES")
     with open_raster(tmp_path / "photo.jpg", gsd_m=1.0) as reader:
         assert reader.transform == from_origin(10, 20, 0.5, 0.5) and reader.width == 50
         assert any("no coordinate reference system" in w for w in reader.warnings)
@@ -173,19 +166,16 @@ def gcp_tif(path: Path, placed, crs, size: int = 60, rpcs: bool = False) -> Path
     """A raster placed by 9 GCPs of the affine `placed` (or by RPCs), without a geotransform."""
     from rasterio.control import GroundControlPoint
 
-    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8") as dst:
-        dst.write(rgb(size, size))
-        if rpcs:
-            from rasterio.rpc import RPC
+    if rpcs:
+        from rasterio.rpc import RPC
 
-            dst.rpcs = RPC(height_off=0, height_scale=100, lat_off=45, lat_scale=0.01, line_den_coeff=[1] + [0] * 19,
-                           line_num_coeff=[0, 0, -1] + [0] * 17, line_off=30, line_scale=30, long_off=7,
-                           long_scale=0.01, samp_den_coeff=[1] + [0] * 19, samp_num_coeff=[0, 1] + [0] * 18,
-                           samp_off=30, samp_scale=30)
-        else:
-            dst.gcps = ([GroundControlPoint(row=r, col=c, x=(placed * (c, r))[0], y=(placed * (c, r))[1])
-                         for r in (0, size / 2, size) for c in (0, size / 2, size)], crs or CRS())
-    return path
+        return write_raster(path, rgb(size, size), rpcs=RPC(
+            height_off=0, height_scale=100, lat_off=45, lat_scale=0.01, line_den_coeff=[1] + [0] * 19,
+            line_num_coeff=[0, 0, -1] + [0] * 17, line_off=30, line_scale=30, long_off=7, long_scale=0.01,
+            samp_den_coeff=[1] + [0] * 19, samp_num_coeff=[0, 1] + [0] * 18, samp_off=30, samp_scale=30))
+    return write_raster(path, rgb(size, size),
+                        gcps=([GroundControlPoint(row=r, col=c, x=(placed * (c, r))[0], y=(placed * (c, r))[1])
+                               for r in (0, size / 2, size) for c in (0, size / 2, size)], crs or CRS()))
 
 
 def test_gcp_raster_is_warped_north_up_where_its_gcps_put_it(tmp_path):

@@ -1,9 +1,14 @@
-"""Region runs on real Dask clusters (a LocalCluster of worker processes, and a `dask scheduler`
-with `dask worker` processes), real files and real tiles, no mocks.
+"""Region runs on real Dask clusters (a `dask scheduler` with `dask worker` processes, as
+docs/SCALE.md starts them, and the local cluster `segment-region` starts itself), real files and
+real tiles, no mocks.
 
 The reference is always the single-process chain (`extract_roads`, what `segment` runs): a
 region run's probability mosaic and lines must equal it, with workers killed mid-run, after an
 interrupted run resumed, and across inputs of different CRS and pixel size.
+
+One scheduler and its 2 worker processes, bound to 127.0.0.1, serve every test of this module
+that needs a cluster (`cluster`); the local cluster's own start is what the interrupted run
+checks (and the slow 8192 px run, and tests/plugin's segment-region algorithm).
 """
 from __future__ import annotations
 
@@ -20,9 +25,12 @@ import numpy as np
 import pytest
 
 from tests.conftest import SHARED_DATA, needs_shared_data
+from tests.rasters import write_raster
 
 ROOT = Path(__file__).resolve().parents[2]
-CHUNK = 1024  # 3000 px -> 3 x 3 chunks with the bundled model (512 px tiles, 32 px overlap)
+SIZE = 1500  # one real tile's worth of mosaic
+CHUNK = 512  # 1500 px -> 3 x 3 chunks with the bundled model (512 px tiles, 32 px overlap)
+GROUPS = 4  # line groups: 2 x 2 blocks of the vectoriser's 1024 px
 MAX_DIFF, MEAN_DIFF = 2, 0.1  # blending tolerance, in 1/255
 
 
@@ -33,8 +41,9 @@ def real_mosaic(path: Path, size: int, crs: str = "EPSG:26986", gsd: float = 1.0
     """A size x size georeferenced RGB GeoTIFF mosaicked from the real Massachusetts tiles with
     the least white no-data (the same tiles in the same places whatever the size)."""
     import rasterio
-    from affine import Affine
     from rasterio.windows import Window
+
+    from tests.rasters import raster_writer
 
     images = sorted((SHARED_DATA / "images").glob("*.png"))
     white = []
@@ -43,8 +52,8 @@ def real_mosaic(path: Path, size: int, crs: str = "EPSG:26986", gsd: float = 1.0
             white.append(((src.read(out_shape=(3, 100, 100)) == 255).all(axis=0).mean(), image))
     tiles = [image for _, image in sorted(white)][first:]
     k = -(-size // 1500)
-    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs=crs,
-                       transform=Affine(gsd, 0, origin[0], 0, -gsd, origin[1]), tiled=True, compress="deflate") as dst:
+    with raster_writer(path, width=size, height=size, count=3, crs=crs, origin=origin, gsd=gsd, tiled=True,
+                       compress="deflate") as dst:
         for i in range(k * k):
             r, c = divmod(i, k)
             h, w = min(1500, size - r * 1500), min(1500, size - c * 1500)
@@ -97,7 +106,7 @@ def border_ends(lines, borders: list[float], axis: int) -> np.ndarray:
 def mosaic(tmp_path_factory) -> Path:
     if not (SHARED_DATA / "images").is_dir():
         pytest.skip(f"real Massachusetts tiles not found at {SHARED_DATA} (they live beside the repository)")
-    return real_mosaic(tmp_path_factory.mktemp("mosaic") / "mosaic.tif", 3000)
+    return real_mosaic(tmp_path_factory.mktemp("mosaic") / "mosaic.tif", SIZE)
 
 
 @pytest.fixture(scope="module")
@@ -106,12 +115,58 @@ def reference(mosaic, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def region(mosaic, tmp_path_factory):
-    """A region run of the mosaic: 2 local worker processes, 9 chunks."""
+def cluster(tmp_path_factory):
+    """A real `dask scheduler` and `dask worker` (2 processes, 1 thread each) on 127.0.0.1, started
+    from RoadSeg's environment as docs/SCALE.md tells, shared by the module's tests; its address.
+    Stopped (by PID) afterwards."""
+    folder = tmp_path_factory.mktemp("cluster")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    file = folder / "scheduler.json"
+    started = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                                 "--port", "0", "--no-dashboard", "--scheduler-file", str(file)], env=env, cwd=folder,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        deadline = time.monotonic() + 60
+        while not file.is_file() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        started.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file",
+                                         str(file), "--host", "127.0.0.1", "--nworkers", "2", "--nthreads", "1",
+                                         "--no-dashboard"], env=env, cwd=folder, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL))
+        address = json.loads(file.read_text())["address"]
+        two_workers(address)
+        yield address
+    finally:
+        for proc in reversed(started):
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def two_workers(address: str) -> None:
+    """Return once the scheduler at `address` has its 2 workers."""
+    from distributed import Client
+
+    with Client(address, timeout=60, set_as_default=False) as client:
+        client.wait_for_workers(2, timeout=120)
+
+
+@pytest.fixture
+def scheduler(cluster) -> str:
+    """The shared cluster's address once both its workers are up (a killed one is restarted by its nanny)."""
+    two_workers(cluster)
+    return cluster
+
+
+@pytest.fixture(scope="module")
+def region(mosaic, cluster, tmp_path_factory):
+    """A region run of the mosaic on the shared scheduler's 2 workers, 9 chunks."""
     from roadseg_plugin.core.region import segment_region
 
     seen = []
-    result = segment_region([mosaic], tmp_path_factory.mktemp("region") / "out", workers=2, chunk=CHUNK,
+    result = segment_region([mosaic], tmp_path_factory.mktemp("region") / "out", scheduler=cluster, chunk=CHUNK,
                             on_progress=seen.append)
     return result, seen
 
@@ -147,9 +202,7 @@ def test_chunks_equal_the_single_process_engine(tmp_path, tiny_checkpoint, case)
     dtype, gsd, size = ("uint16", 0.6, (330, 290)) if case == "uint16_resampled" else ("uint8", 1.0, (301, 257))
     data = rng.integers(0, 250 if dtype == "uint8" else 4000, (3, *size)).astype(dtype)
     src = tmp_path / "in.tif"
-    with rasterio.open(src, "w", driver="GTiff", width=size[1], height=size[0], count=3, dtype=dtype,
-                       crs="EPSG:32619", transform=Affine(gsd, 0, 330000, 0, -gsd, 4690000)) as dst:
-        dst.write(data)
+    write_raster(src, data, crs="EPSG:32619", transform=Affine(gsd, 0, 330000, 0, -gsd, 4690000))
     params = InferenceParams(model=str(tiny_checkpoint), backend="torch", device="cpu",
                              overlap=24 if case == "tile_edges" else None)
     settings = params.resolve(read_model_info(tiny_checkpoint))
@@ -186,10 +239,8 @@ def test_vrt_written_without_gdal_bindings_reads_like_buildvrt(tmp_path):
     for r0, r1, c0, c1 in [(0, 60, 0, 30), (0, 60, 30, 70)]:
         path = tmp_path / "parts" / f"p{c0}.tif"
         path.parent.mkdir(exist_ok=True)
-        with rasterio.open(path, "w", driver="GTiff", width=c1 - c0, height=r1 - r0, count=1, dtype="uint8",
-                           crs=crs, transform=transform * Affine.translation(c0, r0)) as dst:
-            dst.write(values[None, r0:r1, c0:c1])
-            dst.write_mask(np.full((r1 - r0, c1 - c0), 255, np.uint8))
+        write_raster(path, values[None, r0:r1, c0:c1], valid=np.full((r1 - r0, c1 - c0), 255, np.uint8), crs=crs,
+                     transform=transform * Affine.translation(c0, r0))
         parts.append(((r0, r1, c0, c1), str(path)))
     tags = {"ROADSEG_THRESHOLD": "0.4", "ROADSEG_VALUES": "road probability x 255"}
     built = build_vrt(tmp_path / "gdal.vrt", parts, 70, 60, crs, transform, tags)
@@ -208,28 +259,35 @@ def test_vrt_written_without_gdal_bindings_reads_like_buildvrt(tmp_path):
 def test_region_on_two_workers_equals_segment(mosaic, reference, region):
     import geopandas as gpd
     import rasterio
+    import shapely
 
     from roadseg_plugin.core.region.parts import sha256
     from roadseg_plugin.core.region.plan import chunk_borders
 
     result, seen = region
     assert result.chunks == result.chunks_run == 9 and result.workers == 2 and not result.reruns
-    assert seen[-1].chunks_done == 9 and seen[-1].groups_done == seen[-1].groups_total
+    assert seen[-1].chunks_done == 9 and seen[-1].groups_done == seen[-1].groups_total == GROUPS
     assert_same_probability(result.rasters[0], reference)
     lines = gpd.read_file(result.lines_path)
     assert_same_lines(lines, reference[2])
     assert lines.crs.to_epsg() == 26986 and set(lines["source"]) == {str(mosaic.resolve())}
     assert list(lines.columns) == ["id", "length_m", "width_m", "mean_prob", "source", "geometry"]
-    assert result.mpx_s > 0 and result.pixels_run == 3000 * 3000
+    assert result.mpx_s > 0 and result.pixels_run == SIZE * SIZE
     # no road ends on a chunk border where the single-process road goes on
-    cuts = chunk_borders(3000, 512, 32, CHUNK)[1:-1]
+    cuts = chunk_borders(SIZE, 512, 32, CHUNK)[1:-1]
+    assert len(cuts) == 2
+    for b in cuts:  # real roads cross every cut, or the check below would hold for nothing
+        x, y = 200000.0 + b, 900000.0 - b
+        for cut in (shapely.LineString([(x, 900000.0), (x, 900000.0 - SIZE)]),
+                    shapely.LineString([(200000.0, y), (200000.0 + SIZE, y)])):
+            assert shapely.intersects(reference[2].geometry.values, cut).any(), cut
     for axis, borders in ((0, [200000.0 + b for b in cuts]), (1, [900000.0 - b for b in cuts])):
         mine, theirs = border_ends(lines, borders, axis), border_ends(reference[2], borders, axis)
         for point in mine:
             assert len(theirs) and np.hypot(*(theirs - point).T).min() <= 1.0, point
     # parts: cloud-optimised GeoTIFFs, each recorded in the manifest with its hash, no leftovers
     manifest = json.loads((result.folder / "region.json").read_text())
-    assert manifest["complete"] and len(manifest["parts"]) == 9 + 9
+    assert manifest["complete"] and len(manifest["parts"]) == 9 + GROUPS
     for name, entry in manifest["parts"].items():
         assert sha256(result.folder / name) == entry["sha256"]
     with rasterio.open(result.folder / next(n for n in manifest["parts"] if n.endswith(".tif"))) as part:
@@ -238,7 +296,7 @@ def test_region_on_two_workers_equals_segment(mosaic, reference, region):
 
 
 @needs_shared_data
-def test_a_worker_killed_mid_run_loses_and_doubles_nothing(mosaic, reference, tmp_path):
+def test_a_worker_killed_mid_run_loses_and_doubles_nothing(mosaic, reference, scheduler, tmp_path):
     import geopandas as gpd
 
     from roadseg_plugin.core.region import segment_region
@@ -254,20 +312,25 @@ def test_a_worker_killed_mid_run_loses_and_doubles_nothing(mosaic, reference, tm
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
 
-    result = segment_region([mosaic], tmp_path / "out", workers=2, chunk=CHUNK, on_progress=kill_a_busy_worker)
+    result = segment_region([mosaic], tmp_path / "out", scheduler=scheduler, chunk=CHUNK,
+                            on_progress=kill_a_busy_worker)
     assert killed and result.reruns >= 1
     assert_same_probability(result.rasters[0], reference)
     assert_same_lines(gpd.read_file(result.lines_path), reference[2])
     parts = sorted(p.name for p in (result.folder / "parts").rglob("*") if p.is_file())
-    assert len(parts) == 9 + 9 and not [p for p in parts if p.startswith(".")]
+    assert len(parts) == 9 + GROUPS and not [p for p in parts if p.startswith(".")]
 
 
 @needs_shared_data
-def test_resume_after_ctrl_c_reruns_only_unfinished_chunks(mosaic, reference, tmp_path):
+def test_resume_after_ctrl_c_reruns_only_unfinished_chunks(mosaic, reference, scheduler, tmp_path):
+    """Ctrl-C on a run on its own local cluster (1 worker: chunks one after another, so it is
+    caught half-way), then resumed on the shared scheduler: the manifest, not the cluster, says
+    what is left."""
     import geopandas as gpd
 
     out = tmp_path / "out"
-    args = [str(mosaic), "--out", str(out), "--workers", "2", "--chunk", str(CHUNK)]
+    common = [str(mosaic), "--out", str(out), "--chunk", str(CHUNK)]
+    args = [*common, "--workers", "1"]
     proc = subprocess.Popen([sys.executable, "-m", "roadseg_plugin", "segment-region", *args], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline, recorded = time.monotonic() + 240, {}
@@ -287,7 +350,7 @@ def test_resume_after_ctrl_c_reruns_only_unfinished_chunks(mosaic, reference, tm
     kept = {n: (out / n).stat().st_mtime_ns for n in recorded if n.endswith(".tif")}
     assert 2 <= len(kept) < 9
     assert cli(*args).returncode == 2  # the folder is that run's: refused without --resume
-    done = cli(*args, "--resume")
+    done = cli(*common, "--scheduler", scheduler, "--resume")
     assert done.returncode == 0, done.stderr
     assert f"{len(kept)} finished before" in done.stdout
     assert {n: (out / n).stat().st_mtime_ns for n in kept} == kept  # finished chunks were not run again
@@ -295,33 +358,6 @@ def test_resume_after_ctrl_c_reruns_only_unfinished_chunks(mosaic, reference, tm
     assert manifest["complete"] and sum(n.endswith(".tif") for n in manifest["parts"]) == 9
     assert_same_probability(next(out.glob("*.vrt")), reference)
     assert_same_lines(gpd.read_file(out / "roads.gpkg"), reference[2])
-
-
-@pytest.fixture
-def scheduler(tmp_path):
-    """A real `dask scheduler` and `dask worker` (2 processes, 1 thread each) started from RoadSeg's
-    environment, as docs/SCALE.md tells; its address. Stopped (by PID) afterwards."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    file = tmp_path / "scheduler.json"
-    started = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-                                 "--port", "0", "--no-dashboard", "--scheduler-file", str(file)], env=env, cwd=tmp_path,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    deadline = time.monotonic() + 60
-    while not file.is_file() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    started.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file",
-                                     str(file), "--host", "127.0.0.1", "--nworkers", "2", "--nthreads", "1",
-                                     "--no-dashboard"], env=env,
-                                    cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    try:
-        yield json.loads(file.read_text())["address"]
-    finally:
-        for proc in reversed(started):
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
 
 @needs_shared_data
@@ -359,22 +395,41 @@ def free_port() -> int:
 
 @needs_shared_data
 def test_bad_input_is_one_line_before_any_work(region, tmp_path):
+    """Each refusal is one line, before any work. A scheduler that does not answer is given up on
+    within the timeout asked for (3 s here; the command line's default 20 s: the slow twin)."""
+    from roadseg_plugin.core.errors import ParamError
+    from roadseg_plugin.core.region import segment_region
+
     done_region = region[0].folder
     empty = tmp_path / "empty"
     empty.mkdir()
-    start = time.monotonic()
     one_line_error(cli(str(empty), "--out", str(tmp_path / "out"), "--scheduler", f"tcp://127.0.0.1:{free_port()}"),
                    "holds no raster")
     some = real_mosaic(empty / "a.tif", 300)
-    one_line_error(cli(str(some), "--out", str(tmp_path / "o2"), "--scheduler", f"tcp://127.0.0.1:{free_port()}"),
-                   "scheduler", "cannot be reached")
-    assert time.monotonic() - start < 60  # the scheduler is given up on within 30 s
+    start = time.monotonic()
+    with pytest.raises(ParamError, match="cannot be reached"):
+        segment_region([some], tmp_path / "o2", scheduler=f"tcp://127.0.0.1:{free_port()}", timeout=3)
+    assert time.monotonic() - start < 3 + 10
     one_line_error(cli(str(empty), "--out", str(empty / "out")), "inside the input folder")
     one_line_error(cli(str(some), "--out", str(some)), "is one of the inputs")
     one_line_error(cli(str(some), "--out", str(done_region)), "another region run", "--resume")
     one_line_error(cli(str(some), "--out", str(done_region), "--resume"), "other inputs")
     one_line_error(cli(str(some), "--out", str(tmp_path / "o3"), "--chunk", "10"), "chunk 10")
     assert not (tmp_path / "out").exists() and not (tmp_path / "o2").exists() and not (empty / "out").exists()
+
+
+@pytest.mark.slow
+@needs_shared_data
+def test_an_unreachable_scheduler_is_one_line_within_the_default_timeout(tmp_path):
+    """The command line's form of the fast test's 3 s case: its default timeout, one line, no output folder."""
+    from roadseg_plugin.core.region.cluster import DEFAULT_TIMEOUT
+
+    some = real_mosaic(tmp_path / "a.tif", 300)
+    start = time.monotonic()
+    one_line_error(cli(str(some), "--out", str(tmp_path / "o2"), "--scheduler", f"tcp://127.0.0.1:{free_port()}"),
+                   "scheduler", "cannot be reached")
+    assert time.monotonic() - start < DEFAULT_TIMEOUT + 30  # given up on after the timeout (+ the command's start)
+    assert not (tmp_path / "o2").exists()
 
 
 @pytest.mark.slow

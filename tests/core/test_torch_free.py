@@ -25,6 +25,7 @@ from roadseg_plugin.core.normalise import normalise
 from roadseg_plugin.core.onnx_backend import DIGEST_KEY, checkpoint_digest, find_fp32, find_int8
 from roadseg_plugin.core.params import BUNDLED_MODEL
 from tests.conftest import ROOT
+from tests.rasters import copy_window
 
 BLOCKED = {"torch", "functorch", "torchgen", "torchvision", "triton", "nvidia"}
 BASE_PYTHON = os.path.realpath(sys.executable)  # /usr/bin/python3.11: QGIS's own interpreter
@@ -51,14 +52,8 @@ def run_without_torch(site: Path, args: list[str], cwd: Path, timeout: float = 6
 
 def write_geotiff(path: Path, size: int = 512) -> Path:
     """A crop of the shipped Massachusetts sample as a 1 m GeoTIFF in EPSG:26986."""
-    from affine import Affine
-
-    with rasterio.open(SAMPLE) as src:
-        data = src.read([1, 2, 3], window=Window(256, 256, size, size))
-    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8",
-                       crs="EPSG:26986", transform=Affine(1.0, 0, 230000.0, 0, -1.0, 900000.0)) as dst:
-        dst.write(data)
-    return path
+    return copy_window(SAMPLE, path, Window(256, 256, size, size), bands=[1, 2, 3], crs="EPSG:26986",
+                       origin=(230000.0, 900000.0), gsd=1.0)
 
 
 @pytest.fixture(scope="module")

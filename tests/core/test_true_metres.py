@@ -14,12 +14,12 @@ import math
 
 import numpy as np
 import pytest
-import rasterio
 from affine import Affine
 from pyproj import CRS, Transformer
 
 from roadseg_plugin.core.vectorise import vectorise_mask
 from tests.core.test_vectorise import ellipsoid_lengths, horizontal, segment
+from tests.rasters import write_raster
 
 LATITUDES = (0.0, 25.0, 42.0, 55.0, -38.0)
 TO_MERCATOR = Transformer.from_crs("EPSG:4326", "EPSG:3857", always_xy=True)
@@ -124,9 +124,8 @@ def test_a_web_mercator_raster_is_read_at_the_models_ground_resolution(tmp_path,
 
     x, y = TO_MERCATOR.transform(-71.0, lat)
     path = tmp_path / "webmap.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=400, height=400, count=3, dtype="uint8", crs="EPSG:3857",
-                       transform=Affine(1, 0, x - 200, 0, -1, y + 200)) as dst:
-        dst.write(np.full((3, 400, 400), 90, np.uint8))
+    write_raster(path, np.full((3, 400, 400), 90, np.uint8), crs="EPSG:3857",
+                 transform=Affine(1, 0, x - 200, 0, -1, y + 200))
     with open_raster(path, gsd_m=1.0) as reader:
         ground = pixel_size_m(reader.crs, reader.transform, reader.width, reader.height)
         assert ground == pytest.approx((1.0, 1.0), rel=0.01)  # Web Mercator's unit is 0.993 m north-south at 0

@@ -14,6 +14,7 @@ from roadseg_plugin.core.errors import Cancelled, RasterError
 from roadseg_plugin.core.params import VectoriseParams
 from roadseg_plugin.core.vectorise import FIELDS, vectorise_mask, vectorise_raster
 from tests.conftest import SHARED_DATA, needs_shared_data
+from tests.rasters import copy_window, write_raster
 
 UTM = Affine(0.6, 0.0, 330000.0, 0.0, -0.6, 4690000.0)  # EPSG:32619, 0.6 m pixels
 
@@ -287,11 +288,8 @@ def test_params_dataclass_drives_the_functions():
 
 
 def write_tif(path, array, transform=UTM, crs="EPSG:32619", nodata=None):
-    with rasterio.open(path, "w", driver="GTiff", width=array.shape[1], height=array.shape[0], count=1,
-                       dtype=array.dtype, transform=transform, crs=crs, nodata=nodata,
-                       tiled=True, blockxsize=64, blockysize=64) as dst:
-        dst.write(array[None])
-    return path
+    return write_raster(path, array, transform=transform, crs=crs, nodata=nodata, tiled=True, blockxsize=64,
+                        blockysize=64)
 
 
 def test_vectorise_raster_reads_probability_mask_and_float_rasters(tmp_path):
@@ -336,12 +334,8 @@ def test_faint_probability_map_from_the_engine_is_not_read_as_a_mask(tmp_path):
 
     prob = np.zeros((128, 128), np.uint8)
     prob[60:67, :] = 1  # probability 1/255 along a line: no road at threshold 0.5
-    profile = dict(driver="GTiff", width=128, height=128, count=1, dtype="uint8", crs="EPSG:32619",
-                   transform=from_origin(300000, 4600000, 1, 1))
-    path = tmp_path / "prob.tif"
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(prob[None])
-        dst.update_tags(ROADSEG_VALUES="road probability x 255")
+    path = write_raster(tmp_path / "prob.tif", prob, crs="EPSG:32619", transform=from_origin(300000, 4600000, 1, 1),
+                        tags={"ROADSEG_VALUES": "road probability x 255"})
     assert len(vectorise_raster(path)) == 0
     with rasterio.open(path, "r+") as dst:
         dst.update_tags(ROADSEG_VALUES="binary road mask (1 road, 0 background)")
@@ -405,9 +399,7 @@ def test_truncated_raster_and_gcp_only_raster_are_raster_errors(tmp_path):
         vectorise_raster(path)
     gcps = [GroundControlPoint(row=r, col=c, x=330000 + c, y=4690000 - r) for r, c in ((0, 0), (0, 300), (100, 0))]
     gcp_only = tmp_path / "gcp.tif"
-    with rasterio.open(gcp_only, "w", driver="GTiff", width=300, height=100, count=1, dtype="uint8") as dst:
-        dst.write(horizontal().astype(np.uint8)[None])
-        dst.gcps = (gcps, "EPSG:32619")
+    write_raster(gcp_only, horizontal().astype(np.uint8), gcps=(gcps, "EPSG:32619"))
     with pytest.raises(RasterError, match="ground control points only"):
         vectorise_raster(gcp_only)
 
@@ -434,12 +426,9 @@ def test_real_roads_have_no_stubs_and_no_copied_attributes(tmp_path):
     share width and probability to the last digit (a cut line used to hand both parts its mean)."""
     from roadseg_plugin.core.engine import segment_raster
 
-    with rasterio.open(SHARED_DATA / "images" / "19678630_15.png") as src:
-        image = src.read(window=rasterio.windows.Window(100, 100, 800, 800))
-    tif = tmp_path / "tile.tif"
-    with rasterio.open(tif, "w", driver="GTiff", width=800, height=800, count=3, dtype="uint8", crs="EPSG:26986",
-                       transform=Affine(1, 0, 230000, 0, -1, 905000)) as dst:
-        dst.write(image)
+    tif = copy_window(SHARED_DATA / "images" / "19678630_15.png", tmp_path / "tile.tif",
+                      rasterio.windows.Window(100, 100, 800, 800), crs="EPSG:26986",
+                      transform=Affine(1, 0, 230000, 0, -1, 905000))
     result = segment_raster(tif, tmp_path / "prob.tif", device="cpu")
     lines = vectorise_raster(result.path, threshold=result.threshold)
     assert len(lines) > 30

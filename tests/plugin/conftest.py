@@ -4,25 +4,7 @@
 import numpy as _np  # noqa: E402
 import pytest as _pytest  # noqa: E402
 
-from tests.conftest import draw_roads as _draw_roads  # noqa: E402
-from tests.conftest import road_image as _road_image
-
-UTM19_ORIGIN = (330000.0, 4690000.0)  # a 1 m grid in EPSG:32619 (Massachusetts)
-
-
-def write_road_geotiff(path, size: int = 96, seed: int = 0, crs: str = "EPSG:32619",
-                       origin: tuple[float, float] = UTM19_ORIGIN, gsd: float = 1.0):
-    """Write a small georeferenced RGB GeoTIFF of drawn roads; returns (path, road mask)."""
-    import rasterio
-    from affine import Affine
-
-    rng = _np.random.default_rng(seed)
-    mask = _draw_roads(size, rng)
-    image = _road_image(mask, rng)
-    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8",
-                       crs=crs, transform=Affine(gsd, 0, origin[0], 0, -gsd, origin[1])) as dst:
-        dst.write(image)
-    return path, mask
+from tests.rasters import UTM19_ORIGIN, copy_window, write_road_geotiff  # noqa: E402, F401 (used by test modules)
 
 
 @_pytest.fixture
@@ -88,14 +70,14 @@ def road_model(tmp_path_factory) -> _Path:
 
     Grey roads on green-brown noise are easy; validation IoU is above 0.9 after one epoch.
     """
-    from tests.conftest import write_png_pair
+    from tests.conftest import draw_roads, road_image, write_png_pair
     from training.train import TrainConfig, train_model
 
     root = tmp_path_factory.mktemp("road_model")
     rng = _np.random.default_rng(0)
     for i in range(4):
-        mask = _draw_roads(128, rng, n=3, width=7)
-        write_png_pair(root / "data", f"t{i}", _road_image(mask, rng), mask)
+        mask = draw_roads(128, rng, n=3, width=7)
+        write_png_pair(root / "data", f"t{i}", road_image(mask, rng), mask)
     train_model(TrainConfig(data=root / "data", out=root / "run", epochs=2, tile=64, infer_tile=128, overlap=16,
                             batch_size=16, samples_per_epoch=96, base_channels=8, depth=2, workers=0,
                             augment=False, lr=1e-2, gsd_m=1.0, device="cpu", val_fraction=0.25))
@@ -109,7 +91,6 @@ def mass_tile(tmp_path):
     """A 512 px crop of a real Massachusetts tile with its mask, as GeoTIFFs given a CRS and a 1 m
     transform: (image path, mask path). Skips when the shared data is absent."""
     import rasterio
-    from affine import Affine
     from rasterio.windows import Window
 
     images = sorted((_SHARED_DATA / "images").glob("*.png")) if (_SHARED_DATA / "images").is_dir() else []
@@ -122,15 +103,8 @@ def mass_tile(tmp_path):
         if white < 0.02:
             break
     mask_path = _SHARED_DATA / "masks" / image_path.name
-    transform = Affine(1.0, 0, MASS_ORIGIN[0], 0, -1.0, MASS_ORIGIN[1])
-    out = []
-    for src_path, name in ((image_path, "mass.tif"), (mask_path, "mass_mask.tif")):
-        with rasterio.open(src_path) as src:
-            data = src.read(window=window)
-        with rasterio.open(tmp_path / name, "w", driver="GTiff", width=512, height=512, count=data.shape[0],
-                           dtype="uint8", crs=MASS_CRS, transform=transform) as dst:
-            dst.write(data)
-        out.append(tmp_path / name)
+    out = [copy_window(src_path, tmp_path / name, window, crs=MASS_CRS, origin=MASS_ORIGIN, gsd=1.0)
+           for src_path, name in ((image_path, "mass.tif"), (mask_path, "mass_mask.tif"))]
     return tuple(out)
 
 
@@ -267,14 +241,7 @@ SAMPLE_PNG = _Path(__file__).resolve().parents[2] / "samples" / "massachusetts_1
 @_pytest.fixture
 def sample_geotiff(tmp_path):
     """A 512 x 512 crop of the bundled sample image as a GeoTIFF: 1 m pixels in EPSG:26986 (the demo's)."""
-    import rasterio
-    from affine import Affine
     from rasterio.windows import Window
 
-    with rasterio.open(SAMPLE_PNG) as src:
-        data = src.read([1, 2, 3], window=Window(256, 256, 512, 512))
-    path = tmp_path / "sample_26986.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=512, height=512, count=3, dtype="uint8", crs="EPSG:26986",
-                       transform=Affine(1.0, 0, 230000.0, 0, -1.0, 900000.0)) as dst:
-        dst.write(data)
-    return path
+    return copy_window(SAMPLE_PNG, tmp_path / "sample_26986.tif", Window(256, 256, 512, 512), bands=[1, 2, 3],
+                       crs="EPSG:26986", origin=(230000.0, 900000.0), gsd=1.0)

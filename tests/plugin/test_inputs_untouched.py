@@ -23,6 +23,7 @@ import pytest
 
 from tests.plugin.conftest import write_road_geotiff
 from tests.plugin.web_map import georeferenced_sample
+from tests.rasters import copy_window, write_raster
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,16 +42,12 @@ def inputs(tmp_path: Path):
     folder.mkdir()
     georeferenced_sample(folder / "area.tif", 256)
     write_road_geotiff(folder / "small.tif", size=96)
-    with rasterio.open(folder / "area.tif") as src:
-        data = src.read()
-    with rasterio.open(folder / "photo.png", "w", driver="PNG", width=256, height=256, count=3, dtype="uint8") as dst:
-        dst.write(data)
+    copy_window(folder / "area.tif", folder / "photo.png")
     with rasterio.open(folder / "area.tif") as src:
         profile = {**src.profile, "count": 1}
-    with rasterio.open(folder / "prob.tif", "w", **profile) as dst:
-        prob = np.zeros((1, 256, 256), np.uint8)
-        prob[0, 120:127, 10:240] = 230
-        dst.write(prob)
+    prob = np.zeros((1, 256, 256), np.uint8)
+    prob[0, 120:127, 10:240] = 230
+    write_raster(folder / "prob.tif", prob, **profile)
     folder.chmod(stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP)
     yield folder
     folder.chmod(stat.S_IRWXU)

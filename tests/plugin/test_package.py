@@ -136,8 +136,10 @@ def test_install_merges_the_ini_and_replaces_an_old_copy(plugin_zip: Path, tmp_p
     old = profile / "python" / "plugins" / "roadseg_plugin"
     old.mkdir(parents=True)
     (old / "stale.py").write_text("")
+    # --packages none: pip's install of the CPU set for QGIS's Python (30 s, or the network) is what
+    # tests/plugin/test_qgis_process.py (slow) checks after this same command
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "install_plugin.py"), "--profile", str(profile),
-                           "--zip", str(plugin_zip)], capture_output=True, text=True, timeout=120)
+                           "--zip", str(plugin_zip), "--packages", "none"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert not (old / "stale.py").exists() and (old / "metadata.txt").is_file()
     assert [p.name for p in (profile / "python" / "plugins").iterdir()] == ["roadseg_plugin"]  # no leftovers

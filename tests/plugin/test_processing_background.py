@@ -41,12 +41,12 @@ def test_vectorise_and_evaluate_on_pool_threads(roadseg_provider, road_rasters, 
     import rasterio
 
     from tests.plugin.conftest import lines_layer, mask_to_lines_wkt
+    from tests.rasters import write_raster
 
     path, mask = road_rasters("area.tif", size=128, seed=40)
     with rasterio.open(path) as src:
         profile = {**src.profile, "count": 1}
-    with rasterio.open(tmp_path / "mask.tif", "w", **profile) as dst:
-        dst.write((mask * 255).astype(np.uint8)[None])
+    write_raster(tmp_path / "mask.tif", (mask * 255).astype(np.uint8), **profile)
     for i in range(2):
         run_as_task("roadseg:vectorisemask",
                     {"INPUT": str(tmp_path / "mask.tif"), "OUTPUT": str(tmp_path / f"v{i}.gpkg")})

@@ -9,6 +9,7 @@ import pytest
 import rasterio
 
 from tests.plugin.conftest import lines_layer, mask_to_lines_wkt
+from tests.rasters import write_raster
 
 KEYS = ("iou", "f1", "relaxed_f1", "apls", "precision", "recall")
 
@@ -33,8 +34,7 @@ def test_against_drawn_lines_and_against_a_mask(roadseg_provider, road_rasters, 
     mask_path = tmp_path / "mask.tif"
     with rasterio.open(path) as src:
         profile = {**src.profile, "count": 1}
-    with rasterio.open(mask_path, "w", **profile) as dst:
-        dst.write((mask * 255).astype(np.uint8)[None])
+    write_raster(mask_path, (mask * 255).astype(np.uint8), **profile)
     by_mask = run({"MODEL": str(road_model), "RASTER": str(path), "REFERENCE_MASK": str(mask_path),
                    "OUTPUT_JSON": str(tmp_path / "mask.json")})
     assert json.loads((tmp_path / "mask.json").read_text())["reference"] == "mask"

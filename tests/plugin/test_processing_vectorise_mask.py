@@ -11,15 +11,13 @@ from affine import Affine
 
 from tests.conftest import draw_roads
 from tests.plugin.test_processing_segment_roads import FIELDS, on_roads
+from tests.rasters import write_raster
 
 TRANSFORM = Affine(1, 0, 330000, 0, -1, 4690000)
 
 
 def write_mask(path: Path, values: np.ndarray, crs: str = "EPSG:32619") -> Path:
-    with rasterio.open(path, "w", driver="GTiff", width=values.shape[1], height=values.shape[0], count=1,
-                       dtype=values.dtype, crs=crs, transform=TRANSFORM) as dst:
-        dst.write(values[None])
-    return path
+    return write_raster(path, values, crs=crs, transform=TRANSFORM)
 
 
 @pytest.fixture

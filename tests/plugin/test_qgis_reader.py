@@ -12,16 +12,14 @@ from osgeo import gdal
 from rasterio.windows import Window
 
 from roadseg_plugin.core.readers import RasterReader, open_raster
+from tests.rasters import write_raster
 
 X0, Y0 = 330000.0, 4690000.0
 
 
 def write(path: Path, data: np.ndarray, crs: str | None = "EPSG:32619", res: float = 1.0,
           origin: tuple[float, float] = (X0, Y0), **kw) -> Path:
-    with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
-                       dtype=data.dtype, crs=crs, transform=Affine(res, 0, origin[0], 0, -res, origin[1]), **kw) as dst:
-        dst.write(data)
-    return path
+    return write_raster(path, data, crs=crs, transform=Affine(res, 0, origin[0], 0, -res, origin[1]), **kw)
 
 
 @pytest.fixture

@@ -10,16 +10,13 @@ import pytest
 
 @pytest.fixture
 def lines_and_raster(qgis_new_project, tmp_path):
-    import rasterio
-    from affine import Affine
     from qgis.core import QgsRasterLayer
 
     from tests.plugin.conftest import lines_layer
+    from tests.rasters import write_raster
 
-    path = tmp_path / "prob.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=16, height=16, count=1, dtype="uint8", crs="EPSG:32619",
-                       transform=Affine(1, 0, 330000, 0, -1, 4690000)) as dst:
-        dst.write(np.arange(256, dtype=np.uint8).reshape(1, 16, 16))
+    path = write_raster(tmp_path / "prob.tif", np.arange(256, dtype=np.uint8).reshape(1, 16, 16), crs="EPSG:32619",
+                        origin=(330000, 4690000), gsd=1)
     raster = QgsRasterLayer(str(path), "probability")
     assert raster.isValid()
     return lines_layer(["LINESTRING(330000 4689990, 330016 4689990)"]), raster

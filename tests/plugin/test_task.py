@@ -250,16 +250,14 @@ def test_a_plain_png_gets_lines_over_it_and_the_warning_stays(qgis_new_project, 
                                                              qgis_iface):
     """An image without georeferencing: QGIS draws it at x = column, y = -row; the lines are there too
     (not above it), and the "no georeferencing" warning stays in the message bar and the log."""
-    import rasterio
     from qgis.core import QgsApplication
 
     from tests.conftest import draw_roads, road_image
+    from tests.rasters import write_raster
 
     rng = np.random.default_rng(4)
     mask = draw_roads(128, rng, n=3, width=7)
-    path = tmp_path / "photo.png"
-    with rasterio.open(path, "w", driver="PNG", width=128, height=128, count=3, dtype="uint8") as dst:
-        dst.write(road_image(mask, rng))
+    path = write_raster(tmp_path / "photo.png", road_image(mask, rng))
     raster = QgsRasterLayer(str(path), "photo")
     assert raster.isValid() and not raster.crs().isValid()
     qgis_new_project.addMapLayer(raster)

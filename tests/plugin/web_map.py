@@ -25,17 +25,14 @@ ZOOMS = "15-18"  # z18: 0.6 Mercator units = 0.44 m per pixel at 42.4 N, finer t
 def georeferenced_sample(path: Path, size: int | None = None) -> Path:
     """The sample crop (or its top-left `size` px) as a GeoTIFF on its 1 m UTM grid."""
     import rasterio
-    from affine import Affine
     from rasterio.windows import Window
+
+    from tests.rasters import copy_window
 
     with rasterio.open(SAMPLE) as src:
         size = size or src.width
-        data = src.read(window=Window(0, 0, size, size))
-    x0, y0 = SAMPLE_ORIGIN
-    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=data.shape[0], dtype="uint8",
-                       crs=SAMPLE_CRS, transform=Affine(1.0, 0, x0, 0, -1.0, y0), photometric="RGB") as dst:
-        dst.write(data)
-    return path
+    return copy_window(SAMPLE, path, Window(0, 0, size, size), crs=SAMPLE_CRS, origin=SAMPLE_ORIGIN, gsd=1.0,
+                       photometric="RGB")
 
 
 def tile_pyramid(image: Path, folder: Path, zooms: str = ZOOMS) -> Path:

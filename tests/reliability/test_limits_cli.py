@@ -18,6 +18,7 @@ import pytest
 import rasterio
 
 from tests.conftest import draw_roads, road_image, write_png_pair
+from tests.rasters import write_raster
 from tests.reliability.test_segment_cli import (
     ENV,
     ROOT,
@@ -41,9 +42,7 @@ def quiet(stderr: str) -> bool:
 
 
 def plain_png(path: Path, size: int = 200, seed: int = 0) -> Path:
-    with rasterio.open(path, "w", driver="PNG", width=size, height=size, count=3, dtype="uint8") as dst:
-        dst.write(scene(size, seed))
-    return path
+    return write_raster(path, scene(size, seed))
 
 
 def edit_checkpoint(source: Path, target: Path, **meta: object) -> Path:

@@ -26,6 +26,7 @@ import rasterio
 from affine import Affine
 
 from tests.conftest import draw_roads, road_image
+from tests.rasters import write_raster
 
 resource = pytest.importorskip("resource", reason="POSIX only: file size limits, SIGKILL")
 
@@ -75,10 +76,7 @@ def temporaries(folder: Path) -> list[str]:
 
 def write_tif(path: Path, data: np.ndarray, transform: Affine | None = UTM, crs: str | None = "EPSG:32631",
               **extra: object) -> Path:
-    with rasterio.open(path, "w", driver=extra.pop("driver", "GTiff"), width=data.shape[2], height=data.shape[1],
-                       count=data.shape[0], dtype=data.dtype.name, crs=crs, transform=transform, **extra) as dst:
-        dst.write(data)
-    return path
+    return write_raster(path, data, crs=crs, transform=transform, **{"driver": "GTiff", **extra})
 
 
 def scene(size: int, seed: int = 0) -> np.ndarray:
@@ -242,11 +240,7 @@ def gcp_image(path: Path, transform: Affine, crs: str | None, size: int = 200) -
 
     gcps = [GroundControlPoint(row=r, col=c, x=(transform * (c, r))[0], y=(transform * (c, r))[1])
             for r in (0, size / 2, size) for c in (0, size / 2, size)]
-    data = scene(size, seed=3)
-    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8") as dst:
-        dst.write(data)
-        dst.gcps = (gcps, crs or CRS())  # an empty CRS: GCPs without one
-    return path
+    return write_raster(path, scene(size, seed=3), gcps=(gcps, crs or CRS()))  # an empty CRS: GCPs without one
 
 
 def test_gcp_only_raster_is_warped_to_where_its_gcps_put_it(small, tmp_path):

@@ -22,6 +22,7 @@ import rasterio
 
 from roadseg_plugin.core.checkpoint import read_checkpoint
 from tests.conftest import draw_roads, road_image, write_png_pair
+from tests.rasters import write_raster
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
@@ -235,9 +236,7 @@ def test_zero_one_masks_evaluate_like_0_255_masks(trained, tmp_path):
     for mask in sorted((tmp_path / "d01" / "masks").iterdir()):
         with rasterio.open(mask) as src:
             values = src.read(1)
-        with rasterio.open(mask, "w", driver="PNG", width=values.shape[1], height=values.shape[0], count=1,
-                           dtype="uint8") as dst:
-            dst.write((values > 127).astype(np.uint8)[None])  # the same roads as 1, not 255
+        write_raster(mask, (values > 127).astype(np.uint8))  # the same roads as 1, not 255
     results = []
     for folder in (data, tmp_path / "d01"):
         done = cli("evaluate", "--model", run / "best.pt", "--data", folder, "--json", tmp_path / f"{folder.name}.json",

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
-import rasterio
 import torch
 from rasterio.transform import from_origin
 
 from roadseg_plugin.core.errors import DatasetError
 from tests.conftest import draw_roads, road_image, write_png_pair
+from tests.rasters import write_raster
 from training.datasets import (
     RandomCropDataset,
     find_pairs,
@@ -65,19 +65,13 @@ def test_white_pixels_are_not_valid(tmp_path):
 
 
 def test_raster_nodata_and_jpeg_and_geotiff(tmp_path):
-    (tmp_path / "images").mkdir()
-    (tmp_path / "masks").mkdir()
     rng = np.random.default_rng(3)
     mask = draw_roads(32, rng)
     image = road_image(mask, rng)
     image[:, :, :4] = 0
-    profile = dict(driver="GTiff", width=32, height=32, count=3, dtype="uint8", nodata=0,
-                   crs="EPSG:32619", transform=from_origin(300000, 4600000, 0.5, 0.5))
-    with rasterio.open(tmp_path / "images" / "g.tif", "w", **profile) as dst:
-        dst.write(image)
-    with rasterio.open(tmp_path / "masks" / "g.jpg", "w", driver="JPEG", width=32, height=32, count=1,
-                       dtype="uint8") as dst:
-        dst.write((mask * 255).astype(np.uint8)[None])
+    write_raster(tmp_path / "images" / "g.tif", image, nodata=0, crs="EPSG:32619",
+                 transform=from_origin(300000, 4600000, 0.5, 0.5))
+    write_raster(tmp_path / "masks" / "g.jpg", (mask * 255).astype(np.uint8))
     tile = load_tiles(tmp_path)[0]
     assert not tile.valid[:, :4].any() and tile.valid[:, 4:].all()
     assert tile.gsd_m == pytest.approx(0.5, rel=1e-3)  # ground metres (UTM's grid: within 0.1 %)
@@ -87,10 +81,8 @@ def test_raster_nodata_and_jpeg_and_geotiff(tmp_path):
 @pytest.mark.parametrize("crs,res,expected", [("EPSG:2249", 2.0, 2 * 0.3048006096),  # US survey feet
                                               ("EPSG:4326", 1e-5, (0.5580 + 1.1141) / 2)])  # degrees at 60 N
 def test_geotiff_gsd_is_in_metres_whatever_the_crs_units(tmp_path, crs, res, expected):
-    profile = dict(driver="GTiff", width=16, height=16, count=3, dtype="uint8", crs=crs,
-                   transform=from_origin(700000 if res > 1 else 10.0, 3000000 if res > 1 else 60.0 + 8 * res, res, res))
-    with rasterio.open(tmp_path / "t.tif", "w", **profile) as dst:
-        dst.write(np.full((3, 16, 16), 90, np.uint8))
+    write_raster(tmp_path / "t.tif", np.full((3, 16, 16), 90, np.uint8), crs=crs,
+                 transform=from_origin(700000 if res > 1 else 10.0, 3000000 if res > 1 else 60.0 + 8 * res, res, res))
     _, _, gsd = read_image(tmp_path / "t.tif")
     assert gsd == pytest.approx(expected, rel=1e-3)
 
@@ -161,11 +153,8 @@ def truncate(path):
 
 
 def write_tif_pair(root, name, image, mask):
-    for sub, array in (("images", image), ("masks", (mask * 255).astype(np.uint8)[None])):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-        with rasterio.open(root / sub / f"{name}.tif", "w", driver="GTiff", width=array.shape[2],
-                           height=array.shape[1], count=array.shape[0], dtype="uint8") as dst:
-            dst.write(array)
+    for sub, array in (("images", image), ("masks", (mask * 255).astype(np.uint8))):
+        write_raster(root / sub / f"{name}.tif", array)
 
 
 @pytest.mark.parametrize("fmt,sub", [("png", "images"), ("png", "masks"), ("tif", "images")])
@@ -188,9 +177,7 @@ def test_zero_one_masks_are_road_and_background(road_dataset):
     rng = np.random.default_rng(8)
     mask = draw_roads(64, rng)
     write_png_pair(road_dataset, "01", road_image(mask, rng), mask)
-    with rasterio.open(road_dataset / "masks" / "01.png", "w", driver="PNG", width=64, height=64, count=1,
-                       dtype="uint8") as dst:
-        dst.write(mask.astype(np.uint8)[None])  # values 0 and 1, not 0 and 255
+    write_raster(road_dataset / "masks" / "01.png", mask.astype(np.uint8))  # values 0 and 1, not 0 and 255
     tiles = {t.name: t for t in load_tiles(road_dataset)}
     assert mask.any() and np.array_equal(tiles["01"].mask, mask)
     assert np.array_equal(read_mask(road_dataset / "masks" / "tile0.png"), tiles["tile0"].mask)  # 0/255 unchanged
@@ -198,9 +185,7 @@ def test_zero_one_masks_are_road_and_background(road_dataset):
 
 def test_other_mask_values_keep_the_over_127_rule(tmp_path):
     values = np.array([[0, 1, 100, 128, 200, 255]], np.uint8)
-    with rasterio.open(tmp_path / "m.png", "w", driver="PNG", width=6, height=1, count=1, dtype="uint8") as dst:
-        dst.write(values[None])
+    write_raster(tmp_path / "m.png", values)
     assert read_mask(tmp_path / "m.png").tolist() == [[False, False, False, True, True, True]]
-    with rasterio.open(tmp_path / "z.png", "w", driver="PNG", width=6, height=1, count=1, dtype="uint8") as dst:
-        dst.write(np.zeros((1, 1, 6), np.uint8))
+    write_raster(tmp_path / "z.png", np.zeros((1, 1, 6), np.uint8))
     assert not read_mask(tmp_path / "z.png").any()

@@ -12,6 +12,7 @@ from shapely.geometry import LineString, box
 
 from roadseg_plugin.core.errors import DatasetError
 from tests.conftest import road_image
+from tests.rasters import write_raster as write_array
 from training.datasets import load_tiles
 from training.drawn_lines import make_label_dataset, rasterise_lines, tile_windows
 
@@ -24,10 +25,7 @@ def write_raster(path: Path, size: int = 200, crs: str = UTM, res: float = 1.0,
     mask = np.zeros((size, size), bool)
     mask[size // 2 - 3:size // 2 + 4, :] = True  # rows 97..103 for 200 px  # an east-west road through the middle
     image = road_image(mask, np.random.default_rng(1))
-    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs=crs,
-                       transform=from_origin(*origin, res, res)) as dst:
-        dst.write(image)
-    return path
+    return write_array(path, image, crs=crs, transform=from_origin(*origin, res, res))
 
 
 def middle_road(size: int = 200) -> gpd.GeoDataFrame:
@@ -108,9 +106,7 @@ def test_clear_errors(tmp_path: Path, case: str, message: str) -> None:
 
 def test_non_8bit_raster_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "f.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=64, height=64, count=3, dtype="float32", crs=UTM,
-                       transform=from_origin(X0, Y0, 1, 1)) as dst:
-        dst.write(np.zeros((3, 64, 64), np.float32))
+    write_array(path, np.zeros((3, 64, 64), np.float32), crs=UTM, transform=from_origin(X0, Y0, 1, 1))
     with pytest.raises(DatasetError, match="8-bit"):
         make_label_dataset([path], middle_road(), tmp_path / "ds")
 

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
 from rasterio.transform import from_origin
 
 from roadseg_plugin.core.params import BUNDLED_MODEL
 from roadseg_plugin.core.vectorise import vectorise_mask
 from tests.conftest import SHARED_DATA, draw_roads, needs_shared_data, road_image
+from tests.rasters import write_raster
 from training.datasets import Tile, load_tiles
 from training.finetune import FinetuneConfig, finetune_from_lines, measure, on_torch
 from training.finetune_data import split_by_area, undrawn_share
@@ -20,10 +20,7 @@ CRS = "EPSG:26986"
 
 
 def write_geotiff(path: Path, image: np.ndarray, x0: float = 200000.0, y0: float = 900000.0) -> Path:
-    with rasterio.open(path, "w", driver="GTiff", width=image.shape[2], height=image.shape[1], count=3,
-                       dtype="uint8", crs=CRS, transform=from_origin(x0, y0, 1.0, 1.0)) as dst:
-        dst.write(image)
-    return path
+    return write_raster(path, image, crs=CRS, transform=from_origin(x0, y0, 1.0, 1.0))
 
 
 def drawn(tmp_path: Path, n: int = 2, size: int = 192) -> tuple[list[Path], object]:
