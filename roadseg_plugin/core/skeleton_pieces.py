@@ -230,13 +230,23 @@ def _add_core(pieces: Pieces, sk: np.ndarray, core: tuple[int, int, int, int], o
             _add_core(pieces, sk, sub, origin, padded, prob, radius)
 
 
+SMALL_HOLE_PX = 16  # holes of the road mask up to this area are filled before thinning
+
+
 def skeletonize_components(mask: np.ndarray) -> np.ndarray:
-    """`skeletonize(mask)`, one 8-connected component at a time inside its bounding box.
+    """`skeletonize(mask)`, one 8-connected component at a time inside its bounding box, after
+    filling holes of up to SMALL_HOLE_PX pixels: thinning draws a ring around each, and a
+    speckled mask left rings and stubs of 3-4 m on a real tile.
 
     Zhang-Suen thinning scans the whole array on every pass, though roads cover a few per cent
     of it; components never touch, so thinning each alone in its box gives the same skeleton
     for a fraction of the scanning (2.5x faster on the benchmark's mask).
     """
+    holes, count = ndimage.label(~mask)  # background, 4-connected (the complement of 8-connected roads)
+    if count:
+        small = np.bincount(holes.ravel()) <= SMALL_HOLE_PX
+        small[0] = False  # label 0: the road pixels themselves
+        mask = mask | small[holes]
     labels, count = ndimage.label(mask, structure=np.ones((3, 3), bool))
     if count <= 1:
         return skeletonize(mask)

@@ -45,9 +45,11 @@ def test_every_backend_loads_the_bundled_model_and_they_agree(real_batch):
     np.testing.assert_allclose(probs["onnxruntime"], probs["torch"], atol=1e-4)
     int8, fp32 = probs["onnxruntime-int8"], probs["onnxruntime"]
     # Within a few /255 over the whole range: the probabilities are not clipped (the sigmoid runs
-    # in float), so every threshold finds the same roads with int8 as with fp32.
+    # in float), so every threshold finds the same roads with int8 as with fp32. (The blended
+    # weights of 343ad04076b9 quantise a little less tightly than the Massachusetts model's: 99th
+    # percentile 4.3/255 against 3/255; the masks below still agree on 99.9 % of pixels.)
     diff = np.abs(int8 - fp32)
-    assert np.quantile(diff, 0.99) < 3 / 255 and diff.mean() < 1 / 255
+    assert np.quantile(diff, 0.99) < 5 / 255 and diff.mean() < 1 / 255
     assert int8.max() > 0.97 and fp32.max() > 0.97
     for threshold in (0.2, backend.meta.threshold, 0.5, 0.8, 0.9, 0.95):
         assert ((int8 > threshold) == (fp32 > threshold)).mean() > 0.999, threshold

@@ -100,7 +100,9 @@ def test_parse_ood_and_held_out_stems():
     assert parse_ood(["shanghai=../a/b:0.76"]) == {"shanghai": (Path("../a/b"), 0.76)}
     with pytest.raises(ValueError, match="NAME=DIR:GSD"):
         parse_ood(["shanghai=../a/b"])
-    assert "16228945_15" in held_out_stems(None) and len(held_out_stems(None)) == 8
+    # the bundled model's held-out tiles of every set it was trained or validated on
+    stems = held_out_stems(None)
+    assert {"16228945_15", "23579125_15"} <= set(stems) and len(stems) == len(set(stems)) > 8
 
 
 def test_cli_writes_table_and_json_and_refuses_unknown_shifts(road_dataset, tiny_checkpoint, tmp_path, capsys):
@@ -124,5 +126,6 @@ def test_bundled_model_on_a_real_held_out_tile():
     assert bgr["iou"] == pytest.approx(clean["iou"], abs=1e-9)
     assert wrong["iou"] < clean["iou"] - 0.2  # forgetting `bands` on a BGR file is what the suite shows
     tiles = {t.name for t in load_tiles(SHARED_DATA)}
-    assert set(held_out_stems(None)) <= tiles
-    assert warm["iou"] <= clean["iou"]
+    assert len(set(held_out_stems(None)) & tiles) == 8  # the Massachusetts ones (the others are other sets')
+    # normalisation "auto" maps the cast back: about the clean figure (the blended model: 0.454 vs 0.449)
+    assert abs(warm["iou"] - clean["iou"]) <= 0.02
