@@ -13,8 +13,8 @@ lint: setup
 	$(PY) -m mypy
 
 # Both print their wall time (and the 10 slowest tests). `make test` runs the fast tests, then the slow
-# ones (two pytest runs: each time is one run of those tests). Targets: test-fast 2 min, test 6 min on
-# an idle 2-core machine. ARGS: more pytest arguments, e.g. ARGS="tests/core -x".
+# ones (two pytest runs: each time is one run of those tests). ARGS: more pytest arguments, e.g.
+# ARGS="tests/core -x".
 test: setup
 	@bash scripts/test.sh all $(ARGS)
 

@@ -95,6 +95,7 @@ def test_bad_labels_are_clear_errors(roadseg_provider, road_rasters, tiny_checkp
 
 
 @needs_shared_data
+@pytest.mark.slow  # real data, 12 s; the fast twin: test_lines_in_another_crs_over_two_rasters (drawn roads)
 def test_real_tile_one_epoch(roadseg_provider, mass_tile, tiny_checkpoint, tmp_path: Path) -> None:
     """Lines 'digitised' over a real Massachusetts crop (its mask's centre lines) train one epoch."""
     from roadseg_plugin.core.checkpoint import load_model

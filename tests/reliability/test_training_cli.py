@@ -122,9 +122,16 @@ BAD_OPTIONS = [  # the option as typed, and the start of the one-line message
     (["--max-minutes", "0"], "max_minutes 0.0: must be a finite number greater than 0"),
     (["--scale-jitter", "-0.5"], "scale_jitter -0.5: must be a finite number, 0 or more"),
 ]
+# One command per option costs a Python start with torch (about 2 s each). Every option's check is
+# tests/training/test_train_config.py's (in this process, fast); these three, a whole number, a
+# float read from "nan" and a message made from the model's depth, show the command's way there
+# (parsed, refused in one line, exit 2, no run folder) in make test-fast; the rest are slow.
+FAST_BAD_OPTIONS = {"--batch-size=0", "--lr=nan", "--infer-tile=500"}
 
 
-@pytest.mark.parametrize("option,message", BAD_OPTIONS, ids=["=".join(o) for o, _ in BAD_OPTIONS])
+@pytest.mark.parametrize("option,message", [
+    pytest.param(o, m, id="=".join(o), marks=() if "=".join(o) in FAST_BAD_OPTIONS else pytest.mark.slow)
+    for o, m in BAD_OPTIONS])
 def test_bad_option_exits_2_before_the_run_folder_exists(data, tmp_path, option, message):
     out = tmp_path / "run"
     line = one_error(cli("train", "--data", data, "--out", out, "--device", "cpu", *option))

@@ -125,25 +125,37 @@ def test_a_worse_fine_tune_returns_the_start_model_and_says_so(tmp_path, tiny_ch
     assert forced.kept == "tuned" and any("as asked" in m for m in forced.messages)
 
 
-@needs_shared_data
-@pytest.mark.slow
-@pytest.mark.parametrize("replay", [False, True])
-def test_fifty_drawn_lines_on_real_tiles_never_make_held_out_tiles_worse(tmp_path, replay):
+@pytest.fixture(scope="module")
+def fifty_lines(tmp_path_factory):
+    """Two real tiles as GeoTIFFs with ~50 drawn lines over them (about half their roads), three
+    held-out tiles and the bundled model's figures on them: (rasters, lines, held, before), made
+    once for both fine-tunes."""
     import geopandas as gpd
     import pandas as pd
 
+    if not (SHARED_DATA / "images").is_dir():
+        pytest.skip(f"real Massachusetts tiles not found at {SHARED_DATA} (they live beside the repository)")
+    folder = tmp_path_factory.mktemp("fifty_lines")
     extra = SHARED_DATA.parent / "extra"
     tiles = {t.name: t for t in load_tiles(extra)}
     rasters, frames = [], []
     for i, name in enumerate(("10528795_15", "10678810_15")):
         t = tiles[name]
         x0 = 200000.0 + i * 2000
-        rasters.append(write_geotiff(tmp_path / f"{name}.tif", t.image, x0))
+        rasters.append(write_geotiff(folder / f"{name}.tif", t.image, x0))
         lines = vectorise_mask(t.mask, from_origin(x0, 900000.0, 1, 1), CRS)
         frames.append(lines.nlargest(25, "length_m"))  # ~50 drawn lines over the two tiles, about half the roads
     lines = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=CRS)
     held = [tiles[name] for name in ("10228660_15", "10378795_15", "10078720_15")]
     before, _ = measure(on_torch(BUNDLED_MODEL, "cpu"), held)
+    return rasters, lines, held, before
+
+
+@needs_shared_data
+@pytest.mark.slow
+@pytest.mark.parametrize("replay", [False, True])
+def test_fifty_drawn_lines_on_real_tiles_never_make_held_out_tiles_worse(fifty_lines, tmp_path, replay):
+    rasters, lines, held, before = fifty_lines
     result = finetune_from_lines(FinetuneConfig(rasters=rasters, lines=lines, out=tmp_path / "run", minutes=1,
                                                 device="cpu", replay=SHARED_DATA if replay else None))
     after, _ = measure(on_torch(result.model, "cpu"), held)
