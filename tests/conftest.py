@@ -89,3 +89,12 @@ def tiny_checkpoint(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.pt"
     save_checkpoint(path, model, meta)
     return path
+
+
+def default_sigint() -> None:
+    """A `preexec_fn` for CLI subprocesses that are sent Ctrl-C: SIGINT as a terminal gives it.
+    pytest-qgis's QGIS application sets SIGINT to ignored in the test process, children inherit
+    that, and Python then installs no KeyboardInterrupt handler (the run would finish, exit 0)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import SHARED_DATA, needs_shared_data
+from tests.conftest import SHARED_DATA, default_sigint, needs_shared_data
 from tests.rasters import write_raster
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -332,7 +332,8 @@ def test_resume_after_ctrl_c_reruns_only_unfinished_chunks(mosaic, reference, sc
     common = [str(mosaic), "--out", str(out), "--chunk", str(CHUNK)]
     args = [*common, "--workers", "1"]
     proc = subprocess.Popen([sys.executable, "-m", "roadseg_plugin", "segment-region", *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)  # Ctrl-C as a terminal gives it (see the function)
     deadline, recorded = time.monotonic() + 240, {}
     while time.monotonic() < deadline and proc.poll() is None:
         try:

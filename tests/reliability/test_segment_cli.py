@@ -25,7 +25,7 @@ import pytest
 import rasterio
 from affine import Affine
 
-from tests.conftest import draw_roads, road_image
+from tests.conftest import default_sigint, draw_roads, road_image
 from tests.rasters import write_raster
 
 resource = pytest.importorskip("resource", reason="POSIX only: file size limits, SIGKILL")
@@ -49,7 +49,7 @@ def cli(*args: object, timeout: float = 300, file_limit: int | None = None) -> s
 
 def start(*args: object) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "roadseg_plugin", *map(str, args)], cwd=ROOT, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
 
 
 def one_error(done: subprocess.CompletedProcess, *expected: str) -> str:
